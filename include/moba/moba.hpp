@@ -1,0 +1,9 @@
+// Umbrella header of the moba library.
+#pragma once
+
+#include "moba/attention.hpp"
+#include "moba/error.hpp"
+#include "moba/moa_plan.hpp"
+#include "moba/params.hpp"
+#include "moba/tensor.hpp"
+#include "moba/version.hpp"

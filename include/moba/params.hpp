@@ -1,0 +1,58 @@
+// What attention to compute: full causal, MoBA (top-k of key blocks per query) or MoA
+// (per-head sliding window + attention sink). docs/semantics.md is the exact definition.
+#pragma once
+
+#include <vector>
+
+namespace moba {
+
+enum class Mode { full, moba, moa };
+
+// Per-head window of MoA for one layer: head h of a sequence of length N attends to the
+// first `sink` tokens plus the last floor(alpha[h] + beta[h] * N) tokens up to itself.
+// alpha/beta hold one value per query head, or one per KV head (shared by its query group).
+struct MoaHeads {
+  std::vector<float> alpha;
+  std::vector<float> beta;
+  int sink = 64;
+};
+
+struct AttentionParams {
+  Mode mode = Mode::moba;
+  int block_size = 0;          // MoBA: tokens per key block (moba_chunk_size)
+  int topk = 0;                // MoBA: blocks kept per query, the own block included
+  float softmax_scale = 0.0f;  // 0 means 1/sqrt(head_dim)
+  MoaHeads moa;                // MoA only
+
+  static AttentionParams full() {
+    AttentionParams p;
+    p.mode = Mode::full;
+    return p;
+  }
+  static AttentionParams moba_blocks(int block_size, int topk) {
+    AttentionParams p;
+    p.mode = Mode::moba;
+    p.block_size = block_size;
+    p.topk = topk;
+    return p;
+  }
+  static AttentionParams moa_heads(MoaHeads heads) {
+    AttentionParams p;
+    p.mode = Mode::moa;
+    p.moa = std::move(heads);
+    return p;
+  }
+};
+
+// Where work runs. `automatic` picks the tensors' device: CUDA for GPU tensors, the fast
+// CPU backend for host tensors. `reference` is the fp64 definition of truth (CPU only).
+enum class Backend { automatic, reference, cpu, cuda };
+
+struct RunOptions {
+  Backend backend = Backend::automatic;
+  void* cuda_stream = nullptr;  // cudaStream_t; nullptr is the default stream
+  bool deterministic = false;   // backward without float atomics (bit-identical repeats)
+  int num_threads = 0;          // CPU backend; 0 means all hardware threads
+};
+
+}  // namespace moba

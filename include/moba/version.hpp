@@ -1,0 +1,5 @@
+#pragma once
+#define MOBA_VERSION_MAJOR 0
+#define MOBA_VERSION_MINOR 1
+#define MOBA_VERSION_PATCH 0
+#define MOBA_VERSION_STRING "0.1.0"

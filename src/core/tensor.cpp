@@ -1,0 +1,71 @@
+#include "moba/tensor.hpp"
+
+#include <sstream>
+
+namespace moba {
+
+std::size_t dtype_size(DType t) {
+  switch (t) {
+    case DType::f32: return 4;
+    case DType::f16: return 2;
+    case DType::bf16: return 2;
+    case DType::i32: return 4;
+  }
+  return 0;
+}
+
+std::string dtype_name(DType t) {
+  switch (t) {
+    case DType::f32: return "f32";
+    case DType::f16: return "f16";
+    case DType::bf16: return "bf16";
+    case DType::i32: return "i32";
+  }
+  return "?";
+}
+
+std::string device_name(Device d) {
+  return d.type == DeviceType::cpu ? "cpu" : "cuda:" + std::to_string(d.index);
+}
+
+TensorView TensorView::contiguous(void* data, DType dtype, Device device,
+                                  std::initializer_list<std::int64_t> shape) {
+  TensorView t;
+  t.data = data;
+  t.dtype = dtype;
+  t.device = device;
+  t.ndim = static_cast<int>(shape.size());
+  int i = 0;
+  for (auto s : shape) t.shape[i++] = s;
+  std::int64_t st = 1;
+  for (int d = t.ndim - 1; d >= 0; --d) {
+    t.stride[d] = st;
+    st *= t.shape[d];
+  }
+  return t;
+}
+
+std::int64_t TensorView::numel() const {
+  std::int64_t n = 1;
+  for (int d = 0; d < ndim; ++d) n *= shape[d];
+  return n;
+}
+
+bool TensorView::is_contiguous() const {
+  std::int64_t st = 1;
+  for (int d = ndim - 1; d >= 0; --d) {
+    if (shape[d] != 1 && stride[d] != st) return false;
+    st *= shape[d];
+  }
+  return true;
+}
+
+std::string TensorView::shape_str() const {
+  std::ostringstream os;
+  os << '[';
+  for (int d = 0; d < ndim; ++d) os << (d ? ", " : "") << shape[d];
+  os << ']';
+  return os.str();
+}
+
+}  // namespace moba
