@@ -195,7 +195,7 @@ std::int32_t* check_selection(const char* name, const TensorView& sel, const Pro
   check_rank(name, sel, 3, "[total_tokens, num_q_heads, topk - 1]");
   if (sel.dtype != DType::i32) invalid(name, "dtype i32", dtype_name(sel.dtype));
   if (sel.shape[0] != p.total || sel.shape[1] != p.hq || sel.shape[2] != p.past_k())
-    invalid(name, "shape [" + std::to_string(p.total) + ", " + std::to_string(p.hq) + ", " + std::to_string(p.past_k()) + "]",
+    invalid(name, "shape [" + std::to_string(p.total) + ", " + std::to_string(p.hq) + ", " + std::to_string(p.past_k()) + "] ([total, num_q_heads, topk - 1])",
             "shape " + sel.shape_str());
   if (sel.device != p.device) invalid(name, "device " + device_name(p.device), device_name(sel.device));
   if (!sel.is_contiguous()) invalid(name, "a contiguous tensor", "non-contiguous strides");
