@@ -1,0 +1,223 @@
+"""The bridge between torch tensors and the C++ core (moba._C).
+
+Everything here runs eagerly on real tensors: it checks what the C++ layer cannot see (ranks
+before allocating outputs, max_seqlen), makes the last dimension contiguous, allocates the
+outputs with torch and hands raw pointers, shapes and strides to moba._C. The custom ops in
+moba.ops call these functions from their real (non-fake) implementations.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Optional, Sequence
+
+import torch
+
+try:
+    from . import _C
+except ImportError as e:  # pragma: no cover - only without a built extension
+    raise ImportError(
+        "moba: the compiled extension moba._C is missing; install the package with "
+        "`pip install .` from the repository root (see docs/python.md)"
+    ) from e
+
+
+class OutOfMemoryError(torch.OutOfMemoryError, MemoryError):
+    """Raised when moba cannot allocate memory; both a torch.OutOfMemoryError and a MemoryError."""
+
+
+_C.set_out_of_memory_error(OutOfMemoryError)
+
+_DTYPES = {
+    torch.float32: "f32",
+    torch.float16: "f16",
+    torch.bfloat16: "bf16",
+    torch.int32: "i32",
+}
+
+BACKENDS = ("auto", "reference", "cpu", "cuda")
+
+
+def fail(arg: str, expected: str, got: str, exc: type = ValueError):
+    """Raise `exc` in the C++ library's style: 'moba: ARG: expected X, got Y'."""
+    raise exc(f"moba: {arg}: expected {expected}, got {got}")
+
+
+def shape_str(t: torch.Tensor) -> str:
+    return "[" + ", ".join(str(int(s)) for s in t.shape) + "]"
+
+
+def check_tensor(name: str, t, ndim: int, layout: str) -> None:
+    """Type and rank checks that must happen before outputs are allocated from `t`'s shape."""
+    if not isinstance(t, torch.Tensor):
+        fail(name, "a torch.Tensor", type(t).__name__, TypeError)
+    if t.dim() != ndim:
+        fail(name, f"{ndim} dimensions {layout}", f"shape {shape_str(t)}")
+
+
+def check_qkv(q, k, v) -> None:
+    check_tensor("q", q, 3, "[total_tokens, num_q_heads, head_dim]")
+    check_tensor("k", k, 3, "[total_tokens, num_kv_heads, head_dim]")
+    check_tensor("v", v, 3, "[total_tokens, num_kv_heads, head_dim]")
+
+
+def check_positive(name: str, value, what: str):
+    if isinstance(value, torch.SymInt):
+        return value
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        fail(name, f"an integer {what}", repr(value), TypeError)
+    if value < 1:
+        fail(name, f"{what} >= 1", str(value))
+    return int(value)
+
+
+def effective_topk(max_seqlen: int, block_size: int, topk: int) -> int:
+    """top-k clamped to the most blocks any sequence of `max_seqlen` tokens has.
+
+    Gives the same key sets (every past block is kept either way) but keeps the saved
+    selection [total, heads, topk - 1] from growing with a huge top-k.
+    """
+    if block_size < 1 or topk < 1:
+        return topk  # invalid; the C++ checks report it
+    blocks = max(1, -(-max(int(max_seqlen), 0) // block_size))
+    return min(topk, blocks)
+
+
+def last_dim_contiguous(t: torch.Tensor) -> torch.Tensor:
+    """The C++ API needs stride 1 on the last dimension; other strides are passed through."""
+    if t.dim() > 0 and t.shape[-1] > 1 and t.stride(-1) != 1:
+        return t.contiguous()
+    return t
+
+
+def describe(name: str, t: Optional[torch.Tensor]):
+    """The tuple moba._C reads a tensor from (see python/src/bindings.cpp)."""
+    if t is None:
+        return None
+    dtype = _DTYPES.get(t.dtype)
+    if dtype is None:
+        expected = "int32" if name in ("cu_seqlens", "selection") else "float32, float16 or bfloat16"
+        fail(name, f"dtype {expected}", str(t.dtype).replace("torch.", ""))
+    index = t.device.index if t.device.index is not None else 0
+    strides = tuple(t.stride())
+    if t.numel() == 0:
+        # torch gives empty tensors strides as if each size were >= 1; the C++ contiguity check
+        # multiplies the real sizes. Any strides address no element, so pass the C++ ones.
+        st, acc = [], 1
+        for s in reversed(t.shape):
+            st.append(acc)
+            acc *= int(s)
+        strides = tuple(reversed(st))
+    return (name, t.data_ptr(), dtype, t.device.type, index, tuple(t.shape), strides)
+
+
+def check_max_seqlen(cu_seqlens: torch.Tensor, max_seqlen: int) -> None:
+    """max_seqlen must bound every sequence of cu_seqlens (as in flash-attn's varlen API).
+
+    Only checked when cu_seqlens is otherwise well formed; the C++ layer reports the rest.
+    """
+    if isinstance(max_seqlen, bool) or not isinstance(max_seqlen, numbers.Integral):
+        fail("max_seqlen", "an int", type(max_seqlen).__name__, TypeError)
+    if max_seqlen < 0:
+        fail("max_seqlen", "a value >= 0", str(max_seqlen))
+    if not isinstance(cu_seqlens, torch.Tensor):
+        fail("cu_seqlens", "an int32 torch.Tensor", type(cu_seqlens).__name__, TypeError)
+    if cu_seqlens.dtype != torch.int32 or cu_seqlens.dim() != 1 or cu_seqlens.numel() < 2:
+        return
+    cu = cu_seqlens if cu_seqlens.device.type == "cpu" else cu_seqlens.to("cpu")
+    lens = cu[1:] - cu[:-1]
+    if int(cu[0]) != 0 or bool((lens < 0).any()):
+        return
+    longest = int(lens.max())
+    if max_seqlen < longest:
+        fail(
+            "max_seqlen",
+            f">= the longest sequence in cu_seqlens ({longest})",
+            str(max_seqlen),
+        )
+
+
+def _run_options(t: torch.Tensor, backend: str, deterministic: bool) -> dict:
+    if backend not in BACKENDS:
+        fail("backend", "one of " + ", ".join(BACKENDS), repr(backend))
+    stream = 0
+    threads = 0
+    if t.device.type == "cuda":
+        stream = torch.cuda.current_stream(t.device).cuda_stream
+    elif t.device.type == "cpu":
+        threads = torch.get_num_threads()
+    return dict(backend=backend, cuda_stream=stream, deterministic=deterministic, num_threads=threads)
+
+
+def _device_guard(t: torch.Tensor):
+    if t.device.type == "cuda":
+        return torch.cuda.device(t.device)
+    import contextlib
+
+    return contextlib.nullcontext()
+
+
+def params(mode: str, block_size: int = 0, topk: int = 0, softmax_scale: float = 0.0,
+           alphas: Sequence[float] = (), betas: Sequence[float] = (), sink: int = 64) -> dict:
+    return dict(mode=mode, block_size=block_size, topk=topk, softmax_scale=float(softmax_scale),
+                alpha=[float(a) for a in alphas], beta=[float(b) for b in betas], sink=sink)
+
+
+def forward(q, k, v, cu_seqlens, max_seqlen: int, prm: dict, backend: str = "auto",
+            deterministic: bool = False):
+    """Returns (out, lse, selection or None); selection only for MoBA."""
+    check_qkv(q, k, v)
+    check_max_seqlen(cu_seqlens, max_seqlen)
+    q, k, v = last_dim_contiguous(q), last_dim_contiguous(k), last_dim_contiguous(v)
+    total, hq = q.shape[0], q.shape[1]
+    out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    lse = torch.empty((hq, total), dtype=torch.float32, device=q.device)
+    sel = None
+    if prm["mode"] == "moba":
+        sel = torch.empty((total, hq, max(prm["topk"] - 1, 0)), dtype=torch.int32, device=q.device)
+    with _device_guard(q):
+        _C.forward(
+            describe("q", q), describe("k", k), describe("v", v),
+            describe("cu_seqlens", cu_seqlens), describe("out", out), describe("lse", lse),
+            describe("selection", sel), **prm, **_run_options(q, backend, deterministic),
+        )
+    return out, lse, sel
+
+
+def backward(dout, q, k, v, out, lse, selection, cu_seqlens, prm: dict, backend: str = "auto",
+             deterministic: bool = False):
+    """Returns (dq, dk, dv) given the forward's out, lse and selection."""
+    check_qkv(q, k, v)
+    q, k, v = last_dim_contiguous(q), last_dim_contiguous(k), last_dim_contiguous(v)
+    out, dout = last_dim_contiguous(out), last_dim_contiguous(dout)
+    if dout.dtype != q.dtype:
+        dout = dout.to(q.dtype)
+    dq = torch.zeros(q.shape, dtype=q.dtype, device=q.device)
+    dk = torch.zeros(k.shape, dtype=k.dtype, device=k.device)
+    dv = torch.zeros(v.shape, dtype=v.dtype, device=v.device)
+    with _device_guard(q):
+        _C.backward(
+            describe("q", q), describe("k", k), describe("v", v), describe("out", out),
+            describe("lse", lse), describe("dout", dout), describe("cu_seqlens", cu_seqlens),
+            describe("selection", selection), describe("dq", dq), describe("dk", dk),
+            describe("dv", dv), **prm, **_run_options(q, backend, deterministic),
+        )
+    return dq, dk, dv
+
+
+def gate(q, k, cu_seqlens, max_seqlen: int, prm: dict, backend: str = "auto"):
+    check_tensor("q", q, 3, "[total_tokens, num_q_heads, head_dim]")
+    check_tensor("k", k, 3, "[total_tokens, num_kv_heads, head_dim]")
+    check_max_seqlen(cu_seqlens, max_seqlen)
+    q, k = last_dim_contiguous(q), last_dim_contiguous(k)
+    sel = torch.empty((q.shape[0], q.shape[1], max(prm["topk"] - 1, 0)), dtype=torch.int32,
+                      device=q.device)
+    with _device_guard(q):
+        _C.gate(describe("q", q), describe("k", k), describe("cu_seqlens", cu_seqlens),
+                describe("selection", sel), **prm, **_run_options(q, backend, False))
+    return sel
+
+
+def default_scale(head_dim: int) -> float:
+    return 1.0 / math.sqrt(head_dim)

@@ -1,0 +1,38 @@
+import os
+import sys
+
+import pytest
+import torch
+
+sys.path.insert(0, os.path.dirname(__file__))  # reference.py
+
+import moba  # noqa: E402
+
+
+def _cuda_skip_reason():
+    if not torch.cuda.is_available():
+        return "no CUDA device visible to torch"
+    info = {b["name"]: b for b in moba.backends()}
+    if not info["cuda"]["compiled"]:
+        return "the moba CUDA backend is not compiled into this build"
+    return None
+
+
+CUDA_SKIP = _cuda_skip_reason()
+
+DEVICES = [
+    pytest.param("cpu", id="cpu"),
+    pytest.param("cuda", id="cuda", marks=pytest.mark.skipif(CUDA_SKIP is not None,
+                                                               reason=str(CUDA_SKIP))),
+]
+
+
+@pytest.fixture(params=DEVICES)
+def device(request):
+    return request.param
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(1234)
+    yield
