@@ -1,0 +1,180 @@
+// CPU backward (FlashAttention-2 algebra): per (row chunk x key tile) recompute P from the saved
+// lse, dP = dO.V^T, dS = P (dP - D) with D_t = <dout_t, out_t>, then dV += P^T dO,
+// dK += dS^T Q, dQ += dS K: five products of the forward's size. The selection is the forward's
+// (the gate is not rerun). Units are the forward's (query head x rows), so dQ rows belong to
+// one unit; dK/dV of a key are hit by many units, so each thread adds into its own fp32
+// accumulator for the current KV head and the copies are summed once at the end (no atomics,
+// no races; with RunOptions::deterministic the unit->thread assignment is static, so repeats
+// are bit-identical). Memory: threads x total x D x 8 bytes for the accumulators.
+#include <omp.h>
+
+#include <cmath>
+#include <memory>
+#include <vector>
+
+#include "core/backends.hpp"
+#include "cpu/microkernels.hpp"
+#include "cpu/tiles.hpp"
+#include "cpu/work.hpp"
+
+namespace moba::detail {
+
+namespace cpu {
+namespace {
+
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr float kLn2 = 0.6931471805599453f;
+
+template <int D>
+struct BackwardTile {
+  // Unit rows: q * scale * log2(e), dout, dq accumulator, lse * log2(e), D_t.
+  std::vector<float> q, dout, dq, lse2, delta;
+  const float* kpanels = nullptr;  // this sequence's K and V as [panel][D][16], K as rows
+  const float* vpanels = nullptr;
+  const float* krows = nullptr;
+  float* dk_acc = nullptr;  // this thread's accumulators, this sequence's first key
+  float* dv_acc = nullptr;
+  const RowPlan* plan = nullptr;
+
+  alignas(64) float p[kRowTile * kKeyTile];
+  alignas(64) float ds[kRowTile * kKeyTile];
+  const float* qp[kRowTile];
+  const float* dop[kRowTile];
+  float* dqp[kRowTile];
+  const float* kp[kKeyTile];
+  float* dkp[kKeyTile];
+  float* dvp[kKeyTile];
+
+  void reset(int rows) {
+    q.resize(std::size_t(rows) * D);
+    dout.resize(std::size_t(rows) * D);
+    dq.assign(std::size_t(rows) * D, 0.f);
+    lse2.resize(rows);
+    delta.resize(rows);
+  }
+
+  void run(const Job& job) {
+    for (int c0 = 0; c0 < job.count; c0 += kRowTile) {
+      const int* idx = job.rows + c0;
+      const int mc = std::min(kRowTile, job.count - c0);
+      for (int r = 0; r < mc; ++r) {
+        qp[r] = q.data() + std::size_t(idx[r]) * D;
+        dop[r] = dout.data() + std::size_t(idx[r]) * D;
+        dqp[r] = dq.data() + std::size_t(idx[r]) * D;
+      }
+      for_each_key_tile(*plan, job, idx, mc, [&](int kt, int kmin, int kend) { tile(job, idx, mc, kt, kmin, kend); });
+    }
+  }
+
+  void tile(const Job& job, const int* idx, int mc, int kt, int kmin, int kend) {
+    const int n = kend - kt, ncols = (n + kPanel - 1) / kPanel * kPanel;
+    for (int c = 0; c < ncols; c += kPanel) {
+      panel_dot_rows<D>(mc, qp, kpanels + std::size_t(kt + c) * D, p + c, kKeyTile);
+      panel_dot_rows<D>(mc, dop, vpanels + std::size_t(kt + c) * D, ds + c, kKeyTile);
+    }
+    for (int r = 0; r < mc; ++r) {
+      float* pr = p + r * kKeyTile;
+      float* dsr = ds + r * kKeyTile;
+      mask_row(*plan, job, idx[r], kt, kmin, kend, ncols, pr);
+      const vf l = vset1(lse2[idx[r]]), dt = vset1(delta[idx[r]]);
+      for (int c = 0; c < ncols; c += kLanes) {
+        const vf pv = vexp2(vload(pr + c) - l);  // masked: exp2(-inf) = 0
+        vstore(pr + c, pv);
+        vstore(dsr + c, pv * (vload(dsr + c) - dt));
+      }
+    }
+    for (int j = 0; j < n; ++j) {
+      kp[j] = krows + std::size_t(kt + j) * D;
+      dkp[j] = dk_acc + std::size_t(kt + j) * D;
+      dvp[j] = dv_acc + std::size_t(kt + j) * D;
+    }
+    rows_axpy_all<D>(n, mc, p, 1, kKeyTile, dop, dvp, nullptr);  // dV += P^T dO
+    rows_axpy_all<D>(n, mc, ds, 1, kKeyTile, qp, dkp, nullptr);  // dK += dS^T Q (scaled)
+    rows_axpy_all<D>(mc, n, ds, kKeyTile, 1, kp, dqp, nullptr);  // dQ += dS K
+  }
+};
+
+template <int D>
+void backward(const Problem& p, const Backward& w, const RunOptions& o) {
+  const int threads = thread_count(o);
+  const PanelLayout lay(p);
+  std::vector<float> kpanels, vpanels, krows;
+  std::vector<std::vector<float>> dk_acc(threads), dv_acc(threads);
+  const float qmul = p.scale * kLog2e;
+  const std::size_t acc_size = std::size_t(p.total) * D;
+  for (int g = 0; g < p.hkv; ++g) {
+    pack_panels(p, lay, w.k, g, kpanels, threads);
+    pack_panels(p, lay, w.v, g, vpanels, threads);
+    pack_rows(p, w.k, g, krows, threads);
+    const std::vector<Unit> units = make_units(p, g);
+    for (int th = 0; th < threads; ++th) dk_acc[th].clear(), dv_acc[th].clear();
+#pragma omp parallel num_threads(threads)
+    {
+      const int tid = omp_get_thread_num();
+      dk_acc[tid].assign(acc_size, 0.f);
+      dv_acc[tid].assign(acc_size, 0.f);
+      auto eng = std::make_unique<BackwardTile<D>>();
+      RowPlan plan;
+      std::vector<float> out_row(D);
+      auto run_unit = [&](const Unit& u) {
+        const int begin = p.cu_seqlens[u.seq];
+        plan.build(p, u, w.selection);
+        eng->plan = &plan;
+        eng->kpanels = kpanels.data() + lay.seq_panel[u.seq] * D * kPanel;
+        eng->vpanels = vpanels.data() + lay.seq_panel[u.seq] * D * kPanel;
+        eng->krows = krows.data() + std::size_t(begin) * D;
+        eng->dk_acc = dk_acc[tid].data() + std::size_t(begin) * D;
+        eng->dv_acc = dv_acc[tid].data() + std::size_t(begin) * D;
+        eng->reset(plan.rows);
+        for (int r = 0; r < plan.rows; ++r) {
+          const std::int64_t tok = begin + u.r0 + r;
+          float* dor = eng->dout.data() + std::size_t(r) * D;
+          load_row(p.dtype, w.q.data, elem(w.q, tok, u.h), eng->q.data() + std::size_t(r) * D, D, qmul);
+          load_row(p.dtype, w.dout.data, elem(w.dout, tok, u.h), dor, D, 1.f);
+          load_row(p.dtype, w.out.data, elem(w.out, tok, u.h), out_row.data(), D, 1.f);
+          float dot = 0.f;
+          for (int d = 0; d < D; ++d) dot += dor[d] * out_row[d];
+          eng->delta[r] = dot;
+          eng->lse2[r] = w.lse[std::int64_t(u.h) * p.total + tok] * kLog2e;
+        }
+        for_each_job(p, plan, [&](const Job& job) { eng->run(job); });
+        for (int r = 0; r < plan.rows; ++r)
+          store_row(p.dtype, w.dq.data, elem(w.dq, begin + u.r0 + r, u.h), eng->dq.data() + std::size_t(r) * D, D, p.scale);
+      };
+      if (o.deterministic) {
+#pragma omp for schedule(static, 1)
+        for (std::size_t ui = 0; ui < units.size(); ++ui) run_unit(units[ui]);
+      } else {
+#pragma omp for schedule(dynamic, 1)
+        for (std::size_t ui = 0; ui < units.size(); ++ui) run_unit(units[ui]);
+      }
+      // (implicit barrier) Sum the per-thread copies in thread order and round once.
+      std::vector<float> sum(D);
+#pragma omp for schedule(static)
+      for (int t = 0; t < p.total; ++t) {
+        for (int which = 0; which < 2; ++which) {
+          auto& acc = which == 0 ? dk_acc : dv_acc;
+          std::fill(sum.begin(), sum.end(), 0.f);
+          for (int th = 0; th < threads; ++th) {
+            if (acc[th].empty()) continue;  // a thread the runtime did not start
+            const float* a = acc[th].data() + std::size_t(t) * D;
+            for (int d = 0; d < D; ++d) sum[d] += a[d];
+          }
+          const Operand& dst = which == 0 ? w.dk : w.dv;
+          store_row(p.dtype, dst.data, elem(dst, t, g), sum.data(), D, which == 0 ? kLn2 : 1.f);
+        }
+      }
+    }
+  }
+}
+
+}  // namespace
+}  // namespace cpu
+
+void cpu_backward(const Problem& p, const Backward& b, const RunOptions& o) {
+  if (p.total == 0) return;
+  if (p.head_dim == 64) cpu::backward<64>(p, b, o);
+  else cpu::backward<128>(p, b, o);
+}
+
+}  // namespace moba::detail

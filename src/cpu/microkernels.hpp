@@ -1,0 +1,120 @@
+// Register-blocked fp32 micro-kernels. Both keep a 6 x 16 block of the result in 12 vector
+// registers (6 rows x 2 vectors of 8 lanes), the classic AVX2 sgemm shape: per step 2 vector
+// loads + 6 broadcasts feed 12 FMAs, so the FMA units, not the loads, are the limit.
+// Rows are passed as pointer arrays: the MoBA gather (the rows of a query block that chose a
+// key block) is then free, with no copying of query or accumulator rows.
+#pragma once
+
+#include <cstddef>
+
+#include "cpu/simd.hpp"
+
+namespace moba::detail::cpu {
+
+constexpr int kPanel = 16;  // keys per packed panel: two vectors
+constexpr int kMaxRows = 6;  // rows per register block
+
+// s[r][0..16) = sum_d a_r[d] * panel[d][0..16) for R rows. `panel` is D x 16 keys stored
+// d-major (keys transposed), so each d step loads the 16 keys' values as two vectors.
+template <int D, int R>
+inline void panel_dot(const float* const* a, const float* panel, float* s, std::ptrdiff_t lds) {
+  vf acc0[R], acc1[R];
+  const float* ar[R];
+#pragma GCC unroll 6
+  for (int r = 0; r < R; ++r) {
+    acc0[r] = vzero();
+    acc1[r] = vzero();
+    ar[r] = a[r];
+  }
+#pragma GCC unroll 4
+  for (int d = 0; d < D; ++d) {
+    const vf k0 = vload(panel + d * kPanel), k1 = vload(panel + d * kPanel + kLanes);
+#pragma GCC unroll 6
+    for (int r = 0; r < R; ++r) {
+      const vf x = vset1(ar[r][d]);
+      acc0[r] = vfma(x, k0, acc0[r]);
+      acc1[r] = vfma(x, k1, acc1[r]);
+    }
+  }
+#pragma GCC unroll 6
+  for (int r = 0; r < R; ++r) {
+    vstore(s + r * lds, acc0[r]);
+    vstore(s + r * lds + kLanes, acc1[r]);
+  }
+}
+
+// Any number of rows: blocks of 6, then one block of the remainder.
+template <int D>
+inline void panel_dot_rows(int rows, const float* const* a, const float* panel, float* s,
+                           std::ptrdiff_t lds) {
+  int r = 0;
+  for (; r + kMaxRows <= rows; r += kMaxRows) panel_dot<D, kMaxRows>(a + r, panel, s + r * lds, lds);
+  switch (rows - r) {
+    case 1: panel_dot<D, 1>(a + r, panel, s + r * lds, lds); break;
+    case 2: panel_dot<D, 2>(a + r, panel, s + r * lds, lds); break;
+    case 3: panel_dot<D, 3>(a + r, panel, s + r * lds, lds); break;
+    case 4: panel_dot<D, 4>(a + r, panel, s + r * lds, lds); break;
+    case 5: panel_dot<D, 5>(a + r, panel, s + r * lds, lds); break;
+    default: break;
+  }
+}
+
+// c_i[d0..d0+16) = cscale_i * c_i[..] + sum_{j<n} A(i, j) * b_j[d0..d0+16) for R rows i, where
+// A(i, j) = a[i * sai + j * saj]. With sai = row stride this is P.V (or dS.K); with sai = 1 it
+// is the transposed product P^T.dO (or dS^T.Q) of the backward. cscale may be null (= 1): the
+// online-softmax rescale of the accumulator is folded into the load.
+template <int R>
+inline void rows_axpy(int n, const float* a, std::ptrdiff_t sai, std::ptrdiff_t saj,
+                      const float* const* b, float* const* c, int d0, const float* cscale) {
+  vf acc0[R], acc1[R];
+#pragma GCC unroll 6
+  for (int i = 0; i < R; ++i) {
+    acc0[i] = vload(c[i] + d0);
+    acc1[i] = vload(c[i] + d0 + kLanes);
+    if (cscale) {
+      const vf sc = vset1(cscale[i]);
+      acc0[i] = acc0[i] * sc;
+      acc1[i] = acc1[i] * sc;
+    }
+  }
+#pragma GCC unroll 2
+  for (int j = 0; j < n; ++j) {
+    const float* bj = b[j] + d0;
+    const vf b0 = vload(bj), b1 = vload(bj + kLanes);
+    const float* aj = a + j * saj;
+#pragma GCC unroll 6
+    for (int i = 0; i < R; ++i) {
+      const vf x = vset1(aj[i * sai]);
+      acc0[i] = vfma(x, b0, acc0[i]);
+      acc1[i] = vfma(x, b1, acc1[i]);
+    }
+  }
+#pragma GCC unroll 6
+  for (int i = 0; i < R; ++i) {
+    vstore(c[i] + d0, acc0[i]);
+    vstore(c[i] + d0 + kLanes, acc1[i]);
+  }
+}
+
+// All `rows` rows of c and all D columns, blocked 6 rows x 16 columns.
+template <int D>
+inline void rows_axpy_all(int rows, int n, const float* a, std::ptrdiff_t sai, std::ptrdiff_t saj,
+                          const float* const* b, float* const* c, const float* cscale) {
+  for (int r = 0; r < rows; r += kMaxRows) {
+    const int m = rows - r < kMaxRows ? rows - r : kMaxRows;
+    const float* ar = a + r * sai;
+    const float* sc = cscale ? cscale + r : nullptr;
+    for (int d0 = 0; d0 < D; d0 += kPanel) {
+      switch (m) {
+        case 6: rows_axpy<6>(n, ar, sai, saj, b, c + r, d0, sc); break;
+        case 5: rows_axpy<5>(n, ar, sai, saj, b, c + r, d0, sc); break;
+        case 4: rows_axpy<4>(n, ar, sai, saj, b, c + r, d0, sc); break;
+        case 3: rows_axpy<3>(n, ar, sai, saj, b, c + r, d0, sc); break;
+        case 2: rows_axpy<2>(n, ar, sai, saj, b, c + r, d0, sc); break;
+        default: rows_axpy<1>(n, ar, sai, saj, b, c + r, d0, sc); break;
+      }
+    }
+  }
+}
+
+}  // namespace moba::detail::cpu

@@ -1,0 +1,107 @@
+// Conversion between the storage dtypes and the fp32 tiles the micro-kernels read. K and V of
+// one KV head are converted once per call (not once per query tile), into the layouts the
+// kernels want: "panels" (16 keys transposed, [D][16], for the q.k dot products) and "rows"
+// (row-major [token][D], for the P.V style products).
+#pragma once
+
+#include <omp.h>
+
+#include <cstdint>
+#include <vector>
+
+#include "core/dtype.hpp"
+#include "core/problem.hpp"
+#include "cpu/microkernels.hpp"
+
+namespace moba::detail::cpu {
+
+// dst[0..D) = mul * x[offset .. offset + D) converted to fp32.
+inline void load_row(DType t, const void* base, std::int64_t offset, float* dst, int D, float mul) {
+  switch (t) {
+    case DType::f32: {
+      const float* s = static_cast<const float*>(base) + offset;
+      for (int d = 0; d < D; ++d) dst[d] = s[d] * mul;
+      break;
+    }
+    case DType::bf16: {
+      const std::uint16_t* s = static_cast<const std::uint16_t*>(base) + offset;
+      for (int d = 0; d < D; ++d) dst[d] = bits_to_float(std::uint32_t(s[d]) << 16) * mul;
+      break;
+    }
+    case DType::f16: {
+      const std::uint16_t* s = static_cast<const std::uint16_t*>(base) + offset;
+      int d = 0;
+#ifdef __F16C__
+      for (; d + 8 <= D; d += 8)
+        _mm256_storeu_ps(dst + d, _mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128(
+                                                    reinterpret_cast<const __m128i*>(s + d))),
+                                                _mm256_set1_ps(mul)));
+#endif
+      for (; d < D; ++d) dst[d] = f16_to_float(s[d]) * mul;
+      break;
+    }
+    default: break;
+  }
+}
+
+// x[offset .. offset + D) = src * mul rounded to dtype (round-to-nearest-even, once).
+inline void store_row(DType t, void* base, std::int64_t offset, const float* src, int D, float mul) {
+  for (int d = 0; d < D; ++d) store_from_float(base, offset + d, t, src[d] * mul);
+}
+
+inline std::int64_t elem(const Operand& x, std::int64_t token, int head) {
+  return token * x.token_stride + head * x.head_stride;
+}
+
+// Where each sequence's keys sit in the packed panel buffer (padded to whole panels).
+struct PanelLayout {
+  std::vector<std::int64_t> seq_panel;  // batch + 1: first panel of each sequence
+  std::vector<int> panel_seq;           // the sequence of each panel
+  explicit PanelLayout(const Problem& p) {
+    seq_panel.assign(p.batch + 1, 0);
+    for (int b = 0; b < p.batch; ++b) {
+      const int len = p.cu_seqlens[b + 1] - p.cu_seqlens[b];
+      seq_panel[b + 1] = seq_panel[b] + (len + kPanel - 1) / kPanel;
+      panel_seq.insert(panel_seq.end(), seq_panel[b + 1] - seq_panel[b], b);
+    }
+  }
+  std::int64_t panels() const { return seq_panel.back(); }
+};
+
+// K or V of KV head `head`, every sequence, as [panel][D][16]; keys past a sequence's end are 0.
+inline void pack_panels(const Problem& p, const PanelLayout& lay, const Operand& x, int head,
+                        std::vector<float>& out, int threads) {
+  const int D = p.head_dim;
+  out.resize(std::size_t(lay.panels()) * D * kPanel);
+#pragma omp parallel num_threads(threads)
+  {
+    std::vector<float> row(D);
+#pragma omp for schedule(static)
+    for (std::int64_t pi = 0; pi < lay.panels(); ++pi) {
+      const int b = lay.panel_seq[pi];
+      const int begin = p.cu_seqlens[b], len = p.cu_seqlens[b + 1] - begin;
+      const int k0 = int(pi - lay.seq_panel[b]) * kPanel;
+      float* panel = out.data() + pi * D * kPanel;
+      for (int kk = 0; kk < kPanel; ++kk) {
+        if (k0 + kk < len) load_row(p.dtype, x.data, elem(x, begin + k0 + kk, head), row.data(), D, 1.f);
+        else std::fill(row.begin(), row.end(), 0.f);
+        for (int d = 0; d < D; ++d) panel[d * kPanel + kk] = row[d];
+      }
+    }
+  }
+}
+
+// K or V of KV head `head` as row-major [total][D] fp32.
+inline void pack_rows(const Problem& p, const Operand& x, int head, std::vector<float>& out,
+                      int threads) {
+  const int D = p.head_dim;
+  out.resize(std::size_t(p.total) * D);
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (int t = 0; t < p.total; ++t) load_row(p.dtype, x.data, elem(x, t, head), out.data() + std::size_t(t) * D, D, 1.f);
+}
+
+inline int thread_count(const RunOptions& o) {
+  return o.num_threads > 0 ? o.num_threads : omp_get_max_threads();
+}
+
+}  // namespace moba::detail::cpu
