@@ -8,6 +8,7 @@ moba.ops call these functions from their real (non-fake) implementations.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
 from typing import Optional, Sequence
@@ -138,6 +139,27 @@ def check_max_seqlen(cu_seqlens: torch.Tensor, max_seqlen: int) -> None:
         )
 
 
+# The C++ API's names of parameters -> the Python functions' argument names.
+_RENAMES = {
+    "moba": (("block_size:", "moba_chunk_size:"), ("topk:", "moba_topk:")),
+    "moa": (("moa.alpha", "alphas"), ("moa.beta", "betas"), ("moa.sink:", "sink:")),
+    "full": (),
+}
+
+
+@contextlib.contextmanager
+def _python_names(mode: str):
+    """Report C++ errors with the Python argument names (moba_chunk_size, alphas, ...)."""
+    try:
+        yield
+    except (ValueError, NotImplementedError) as e:
+        msg = str(e)
+        for cpp, py in _RENAMES.get(mode, ()):
+            if msg.startswith("moba: " + cpp):
+                raise type(e)("moba: " + py + msg[len("moba: " + cpp):]) from None
+        raise
+
+
 def _run_options(t: torch.Tensor, backend: str, deterministic: bool) -> dict:
     if backend not in BACKENDS:
         fail("backend", "one of " + ", ".join(BACKENDS), repr(backend))
@@ -153,8 +175,6 @@ def _run_options(t: torch.Tensor, backend: str, deterministic: bool) -> dict:
 def _device_guard(t: torch.Tensor):
     if t.device.type == "cuda":
         return torch.cuda.device(t.device)
-    import contextlib
-
     return contextlib.nullcontext()
 
 
@@ -176,7 +196,7 @@ def forward(q, k, v, cu_seqlens, max_seqlen: int, prm: dict, backend: str = "aut
     sel = None
     if prm["mode"] == "moba":
         sel = torch.empty((total, hq, max(prm["topk"] - 1, 0)), dtype=torch.int32, device=q.device)
-    with _device_guard(q):
+    with _device_guard(q), _python_names(prm["mode"]):
         _C.forward(
             describe("q", q), describe("k", k), describe("v", v),
             describe("cu_seqlens", cu_seqlens), describe("out", out), describe("lse", lse),
@@ -196,7 +216,7 @@ def backward(dout, q, k, v, out, lse, selection, cu_seqlens, prm: dict, backend:
     dq = torch.zeros(q.shape, dtype=q.dtype, device=q.device)
     dk = torch.zeros(k.shape, dtype=k.dtype, device=k.device)
     dv = torch.zeros(v.shape, dtype=v.dtype, device=v.device)
-    with _device_guard(q):
+    with _device_guard(q), _python_names(prm["mode"]):
         _C.backward(
             describe("q", q), describe("k", k), describe("v", v), describe("out", out),
             describe("lse", lse), describe("dout", dout), describe("cu_seqlens", cu_seqlens),
@@ -213,7 +233,7 @@ def gate(q, k, cu_seqlens, max_seqlen: int, prm: dict, backend: str = "auto"):
     q, k = last_dim_contiguous(q), last_dim_contiguous(k)
     sel = torch.empty((q.shape[0], q.shape[1], max(prm["topk"] - 1, 0)), dtype=torch.int32,
                       device=q.device)
-    with _device_guard(q):
+    with _device_guard(q), _python_names(prm["mode"]):
         _C.gate(describe("q", q), describe("k", k), describe("cu_seqlens", cu_seqlens),
                 describe("selection", sel), **prm, **_run_options(q, backend, False))
     return sel
