@@ -1,0 +1,92 @@
+// Work items and kernel arguments of the CUDA backward, shared by host planning code and the
+// kernels (plain structs, no CUDA types).
+//
+// Key-major pass (dK, dV and, in the default mode, dQ by fp32 atomics): one item is one 64-key
+// tile of one KV head together with a range of 64-row tiles of the query rows that see it.
+// The rows of a key tile are, in order:
+//   implicit rows: tokens [impl_begin, impl_end) of the key tile's sequence, for each query
+//     head of the group, in 64-token x 1-head tiles (token tile major, head minor). These are
+//     the rows that see the tile causally: the own MoBA block's rows from the tile on, or, in
+//     full mode, every later row. The first token tile (the diagonal) is masked causally.
+//   listed rows: entries t * hq + h of the rows that selected the tile's MoBA block as a past
+//     block (all keys visible), 64 per tile.
+// A key tile with many row tiles is split over several items; each then writes its dK/dV
+// partial in fp32 to a slot, and a small kernel sums the slots in a fixed order.
+//
+// Query-major dQ pass (deterministic mode): one item is one 64-row tile (implicit: 64 tokens of
+// one head; listed: 64 entries of a selection slot's list) and a run of key tiles it sees
+// fully, the last one optionally diagonal. Each launch ("wave") touches every row at most
+// once, so dQ is accumulated without atomics in a fixed order.
+#pragma once
+
+#include <cstdint>
+
+namespace moba::detail::bwd {
+
+struct KeyItem {
+  int key_start;   // absolute token of the tile's first key
+  int key_len;     // keys of the tile inside the sequence (1..64)
+  int g;           // KV head
+  int impl_begin;  // absolute tokens of the implicit rows: [impl_begin, impl_end)
+  int impl_end;
+  int list_begin;  // listed rows: entries [list_begin, list_begin + list_len) of the list array
+  int list_len;
+  int rt_begin;  // row tiles [rt_begin, rt_end) of this item (implicit tiles first)
+  int rt_end;
+  int partial;  // -1: write dK/dV to the outputs; else the fp32 partial slot
+};
+
+struct DqItem {
+  int key_start;    // absolute token of the first key tile
+  int n_key_tiles;  // consecutive 64-key tiles
+  int diag;         // 1: the last key tile is masked causally (key <= query token)
+  int g;            // KV head
+  int head;         // implicit rows: the query head; -1 for listed rows
+  int row_begin;    // implicit: first absolute token; listed: first entry of the list array
+  int row_len;      // rows of this tile (1..64)
+};
+
+struct Operands {
+  const void* q;
+  const void* k;
+  const void* v;
+  const void* dout;
+  void* dq;
+  void* dk;
+  void* dv;
+  std::int64_t q_ts, q_hs, k_ts, k_hs, v_ts, v_hs, do_ts, do_hs;
+  std::int64_t dq_ts, dq_hs, dk_ts, dk_hs, dv_ts, dv_hs;
+};
+
+struct KeyPassArgs {
+  Operands op;
+  const float* lse;        // [hq, total]
+  const float* dt;         // [hq, total]  D_t = <dout_t, out_t>
+  const int* list;         // entries t * hq + h
+  const KeyItem* items;
+  float* dq_acc;           // [total, hq, D] fp32, atomically accumulated; nullptr: no dQ
+  float* partial;          // [slots, 2, 64, D] fp32 (dK then dV)
+  int total, hq, group;
+  float scale, scale_log2;
+};
+
+// How the dQ pass stores its tile's result.
+enum DqStore : int { kDqStoreAcc = 0, kDqAddAcc = 1, kDqStoreOut = 2 };
+
+struct DqPassArgs {
+  Operands op;
+  const float* lse;
+  const float* dt;
+  const int* list;
+  const DqItem* items;
+  float* dq_acc;  // [total, hq, D]
+  int store;      // DqStore
+  int total, hq, group;
+  float scale, scale_log2;
+};
+
+// Launchers, one instantiation per (dtype, head_dim) and .cu file. is_bf16 picks the dtype.
+template <bool kBf16, int D> void launch_key_pass(const KeyPassArgs& a, int n_items, void* stream);
+template <bool kBf16, int D> void launch_dq_pass(const DqPassArgs& a, int n_items, void* stream);
+
+}  // namespace moba::detail::bwd

@@ -1,0 +1,9 @@
+// One instantiation per file (CI builds on 2 cores): key pass, f16, head_dim 128.
+#include "cuda/backward/key_pass.cuh"
+
+namespace moba::detail::bwd {
+template <>
+void launch_key_pass<false, 128>(const KeyPassArgs& a, int n_items, void* stream) {
+  launch_key_pass_impl<__half, 128>(a, n_items, stream);
+}
+}  // namespace moba::detail::bwd
