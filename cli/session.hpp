@@ -1,0 +1,64 @@
+// One problem staged on one backend: inputs copied to the backend's device once, outputs
+// allocated there, forward/backward run through the public API. `bench` times forward() and
+// backward() alone; `check` copies the results back to the host.
+#pragma once
+
+#include <vector>
+
+#include "device.hpp"
+#include "host_tensor.hpp"
+#include "moba/moba.hpp"
+#include "problem.hpp"
+
+namespace moba::cli {
+
+struct Inputs {
+  HostTensor q, k, v, dout;  // [T, hq, D], [T, hkv, D] x2, [T, hq, D], all in one dtype
+};
+// Normal(0, 1) values (q scaled by q_stddev) in the problem's dtype.
+Inputs random_inputs(const Problem& p, unsigned seed, double q_stddev = 1.0);
+Inputs convert_inputs(const Inputs& in, DType dtype);
+
+struct ForwardResult {
+  HostTensor out;        // like q
+  HostTensor lse;        // f32 [hq, T]
+  HostTensor selection;  // i32 [T, hq, topk - 1] (MoBA)
+};
+
+struct BackwardResult {
+  HostTensor dq, dk, dv;
+};
+
+class Session {
+ public:
+  Session(const Problem& p, const Inputs& in, Backend backend, const RunOptions& options);
+
+  void forward();   // writes out, lse, selection on the backend's device
+  void backward();  // from the session's out, lse and selection
+  void synchronize();
+
+  // Replace the saved forward state (e.g. run the reference backward on another backend's
+  // selection).
+  void set_forward_state(const ForwardResult& state);
+  ForwardResult forward_result();    // copied to the host
+  BackwardResult backward_result();  // copied to the host
+
+ private:
+  // A tensor on the backend's device, with its host copy.
+  struct Slot {
+    HostTensor host;
+    DeviceBuffer device;
+    TensorView view;
+  };
+  Slot stage(HostTensor host);
+  void fetch(Slot& s);
+  void store(Slot& s, const HostTensor& value);
+
+  Problem problem_;
+  Backend backend_;
+  RunOptions options_;
+  bool on_cuda_;
+  Slot q_, k_, v_, dout_, cu_, out_, lse_, selection_, dq_, dk_, dv_;
+};
+
+}  // namespace moba::cli

@@ -1,0 +1,23 @@
+# Runs PROGRAM with ARGS (a ;-list) and checks its exit status (EXPECT_EXIT), that its output
+# matches EXPECT_MATCH (a regex, optional) and that it produced EXPECT_FILE (optional).
+if(EXPECT_FILE)
+  file(REMOVE ${EXPECT_FILE})
+endif()
+execute_process(COMMAND ${PROGRAM} ${ARGS} RESULT_VARIABLE status OUTPUT_VARIABLE out
+                ERROR_VARIABLE err)
+message("${out}${err}")
+if(NOT status STREQUAL "${EXPECT_EXIT}")
+  message(FATAL_ERROR "expected exit status ${EXPECT_EXIT}, got ${status}")
+endif()
+if(EXPECT_MATCH AND NOT "${out}${err}" MATCHES "${EXPECT_MATCH}")
+  message(FATAL_ERROR "output does not match '${EXPECT_MATCH}'")
+endif()
+if(EXPECT_FILE)
+  if(NOT EXISTS ${EXPECT_FILE})
+    message(FATAL_ERROR "expected the file ${EXPECT_FILE}")
+  endif()
+  file(SIZE ${EXPECT_FILE} size)
+  if(size EQUAL 0)
+    message(FATAL_ERROR "${EXPECT_FILE} is empty")
+  endif()
+endif()
