@@ -96,7 +96,7 @@ struct BackwardTile {
 
 template <int D>
 void backward(const Problem& p, const Backward& w, const RunOptions& o) {
-  const int threads = thread_count(o);
+  const int threads = thread_count(p, o);
   const PanelLayout lay(p);
   std::vector<float> kpanels, vpanels, krows;
   std::vector<std::vector<float>> dk_acc(threads), dv_acc(threads);

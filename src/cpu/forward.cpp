@@ -128,7 +128,7 @@ void forward(const Problem& p, const Forward& f, int threads) {
 void cpu_forward(const Problem& p, const Forward& f, const RunOptions& o) {
   if (p.total == 0) return;
   if (p.mode == Mode::moba) cpu_gate(p, f.q, f.k, f.selection, o);
-  const int threads = cpu::thread_count(o);
+  const int threads = cpu::thread_count(p, o);
   if (p.head_dim == 64) cpu::forward<64>(p, f, threads);
   else cpu::forward<128>(p, f, threads);
 }

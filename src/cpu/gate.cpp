@@ -114,7 +114,7 @@ void gate(const Problem& p, const Operand& q, const Operand& k, std::int32_t* se
 void cpu_gate(const Problem& p, const Operand& q, const Operand& k, std::int32_t* selection,
               const RunOptions& o) {
   if (p.past_k() == 0 || p.total == 0) return;
-  const int threads = cpu::thread_count(o);
+  const int threads = cpu::thread_count(p, o);
   if (p.head_dim == 64) cpu::gate<64>(p, q, k, selection, threads);
   else cpu::gate<128>(p, q, k, selection, threads);
 }

@@ -6,6 +6,7 @@
 
 #include <omp.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <vector>
 
@@ -100,8 +101,22 @@ inline void pack_rows(const Problem& p, const Operand& x, int head, std::vector<
   for (int t = 0; t < p.total; ++t) load_row(p.dtype, x.data, elem(x, t, head), out.data() + std::size_t(t) * D, D, 1.f);
 }
 
-inline int thread_count(const RunOptions& o) {
-  return o.num_threads > 0 ? o.num_threads : omp_get_max_threads();
+// Threads for a call: RunOptions::num_threads (0 = all), but no more than the work can feed.
+// Each parallel region ends in a barrier; on a tiny problem (or a loaded machine, where a
+// barrier waits for a descheduled thread) those cost more than the work, so we give every
+// thread at least ~8 MFLOP of attention (about a millisecond).
+inline int thread_count(const Problem& p, const RunOptions& o) {
+  const int most = o.num_threads > 0 ? o.num_threads : omp_get_max_threads();
+  double pairs = 0;  // (query, key) pairs, an upper bound per mode
+  for (int b = 0; b < p.batch; ++b) {
+    const double len = p.cu_seqlens[b + 1] - p.cu_seqlens[b];
+    double keys = (len + 1) / 2;
+    if (p.mode == Mode::moba) keys = std::min(keys, double(p.topk) * p.block_size);
+    pairs += len * keys;
+  }
+  const double flops = pairs * p.hq * 4.0 * p.head_dim;
+  const int fed = static_cast<int>(flops / 8e6) + 1;
+  return std::max(1, std::min(most, fed));
 }
 
 }  // namespace moba::detail::cpu

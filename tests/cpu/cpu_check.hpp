@@ -100,6 +100,7 @@ inline void exact_forward(const Shape& s, const Inputs& in, const std::vector<st
   const int D = s.d, T = s.total(), K = p.past_k();
   out.assign(std::size_t(T) * s.hq * D, 0.0);
   lse.assign(std::size_t(T) * s.hq, 0.0);
+  const std::vector<double> q = in.q.as_double(), k = in.k.as_double(), v = in.v.as_double();
   std::vector<int> keys;
   std::vector<double> w;
   for (std::size_t b = 0; b + 1 < in.cu.size(); ++b) {
@@ -115,17 +116,34 @@ inline void exact_forward(const Shape& s, const Inputs& in, const std::vector<st
         double mx = -INFINITY;
         for (std::size_t i = 0; i < keys.size(); ++i) {
           double dot = 0;
-          for (int d = 0; d < D; ++d) dot += in.q.get(row * D + d) * in.k.get((std::int64_t(keys[i]) * s.hkv + g) * D + d);
+          const double* kr = &k[(std::size_t(keys[i]) * s.hkv + g) * D];
+          for (int d = 0; d < D; ++d) dot += q[row * D + d] * kr[d];
           w[i] = dot * p.scale;
           mx = std::max(mx, w[i]);
         }
         double sum = 0;
         for (double& x : w) sum += (x = std::exp(x - mx));
-        for (std::size_t i = 0; i < keys.size(); ++i)
-          for (int d = 0; d < D; ++d) out[row * D + d] += w[i] / sum * in.v.get((std::int64_t(keys[i]) * s.hkv + g) * D + d);
+        for (std::size_t i = 0; i < keys.size(); ++i) {
+          const double* vr = &v[(std::size_t(keys[i]) * s.hkv + g) * D];
+          for (int d = 0; d < D; ++d) out[row * D + d] += w[i] / sum * vr[d];
+        }
         lse[std::size_t(h) * T + begin + t] = mx + std::log(sum);
       }
   }
+}
+
+// The reference backend's gate (the definition of the selection).
+inline std::vector<std::int32_t> reference_selection(const Shape& s, Inputs& in) {
+  const std::int64_t T = s.total();
+  const int K = std::max(s.params.topk - 1, 0);
+  std::vector<std::int32_t> sel(std::size_t(T) * s.hq * K + 1, -7);
+  RunOptions o;
+  o.backend = Backend::reference;
+  moba_gate(in.q.view(), in.k.view(),
+            TensorView::contiguous(in.cu.data(), DType::i32, Device::cpu(), {std::int64_t(in.cu.size())}),
+            s.params, TensorView::contiguous(sel.data(), DType::i32, Device::cpu(), {T, s.hq, K}), o);
+  sel.pop_back();
+  return sel;
 }
 
 // Each value rounded to dtype once: the error of a result that is exact up to its final store.
