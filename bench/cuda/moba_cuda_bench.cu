@@ -1,0 +1,181 @@
+// Times the CUDA backend's MoBA gate and forward (and the dense causal path) through the public
+// API. Method (see the device notes): inputs drawn on the GPU from a normal distribution, several
+// input sets rotated when one set fits in L2, warm-up calls, then the median of timed repeats
+// (CUDA events around each call). TFLOP/s counts only the work the selection requires:
+// visible (query, key) pairs x 4 x head_dim (QK^T and PV), per head.
+//   moba_cuda_bench            8K, 32K, 128K with 8 heads
+//   moba_cuda_bench --long     adds 512K (2 heads) and 1M (1 head), MoBA only
+//   moba_cuda_bench --quick    8K and 32K only
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "moba/moba.hpp"
+
+namespace {
+
+#define CK(x)                                                                      \
+  do {                                                                             \
+    cudaError_t e_ = (x);                                                          \
+    if (e_ != cudaSuccess) {                                                       \
+      std::fprintf(stderr, "%s failed: %s\n", #x, cudaGetErrorString(e_));         \
+      std::exit(1);                                                                \
+    }                                                                              \
+  } while (0)
+
+__global__ void fill_normal(__nv_bfloat16* x, long long n, unsigned seed) {
+  for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n;
+       i += (long long)gridDim.x * blockDim.x) {
+    unsigned long long z = (unsigned long long)i * 0x9E3779B97F4A7C15ull + seed * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    z ^= z >> 31;
+    const float u1 = ((z & 0xffffffu) + 1) / 16777217.f, u2 = ((z >> 24) & 0xffffffu) / 16777216.f;
+    x[i] = __float2bfloat16(sqrtf(-2.f * logf(u1)) * cospif(2.f * u2));
+  }
+}
+
+struct Set {
+  void *q, *k, *v;
+};
+
+struct Config {
+  const char* name;
+  moba::AttentionParams params;
+};
+
+double median(std::vector<float> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+// visible pairs per head for 1 sequence of length n
+double pairs(const moba::AttentionParams& p, long long n) {
+  if (p.mode == moba::Mode::full) return double(n) * (n + 1) / 2;
+  const int B = p.block_size, K = p.topk - 1;
+  double s = 0;
+  for (long long t = 0; t < n; ++t) {
+    const long long own = t / B;
+    s += double(t - own * B + 1) + double(std::min<long long>(K, own)) * B;
+  }
+  return s;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  bool quick = false, lng = false;
+  for (int i = 1; i < argc; ++i) {
+    if (!std::strcmp(argv[i], "--quick")) quick = true;
+    if (!std::strcmp(argv[i], "--long")) lng = true;
+  }
+  cudaDeviceProp prop{};
+  CK(cudaGetDeviceProperties(&prop, 0));
+  std::printf("# device: %s, %d SMs, L2 %d MB\n# %s\n", prop.name, prop.multiProcessorCount,
+              prop.l2CacheSize >> 20, moba::build_info().c_str());
+  const int D = 128;
+  struct Size { long long n; int h; bool dense; };
+  std::vector<Size> sizes = {{8192, 8, true}, {32768, 8, true}};
+  if (!quick) sizes.push_back({131072, 8, true});
+  if (lng) {
+    sizes.push_back({524288, 2, false});
+    sizes.push_back({1048576, 1, false});
+  }
+  const Config configs[] = {  // dense first: the MoBA rows report their speedup over it
+      {"dense causal", moba::AttentionParams::full()},
+      {"moba B=64 top3", moba::AttentionParams::moba_blocks(64, 3)},
+      {"moba B=4096 top12", moba::AttentionParams::moba_blocks(4096, 12)},
+      {"moba B=512 top8", moba::AttentionParams::moba_blocks(512, 8)},
+  };
+  std::printf("| N | H | config | fwd ms (gate incl.) | gate ms | TFLOP/s (selected work) | dense/this |\n");
+  std::printf("|---|---|---|---|---|---|---|\n");
+  cudaEvent_t e0, e1;
+  CK(cudaEventCreate(&e0));
+  CK(cudaEventCreate(&e1));
+  for (const Size& sz : sizes) {
+    const long long N = sz.n;
+    const int H = sz.h;
+    const std::size_t bytes = std::size_t(N) * H * D * 2;
+    const int nsets = int(std::min<long long>(4, std::max<long long>(1, (3LL * prop.l2CacheSize) / (3 * bytes) + 1)));
+    std::vector<Set> sets(nsets);
+    for (int i = 0; i < nsets; ++i) {
+      CK(cudaMalloc(&sets[i].q, bytes));
+      CK(cudaMalloc(&sets[i].k, bytes));
+      CK(cudaMalloc(&sets[i].v, bytes));
+      fill_normal<<<1024, 256>>>((__nv_bfloat16*)sets[i].q, N * H * D, 3 * i + 1);
+      fill_normal<<<1024, 256>>>((__nv_bfloat16*)sets[i].k, N * H * D, 3 * i + 2);
+      fill_normal<<<1024, 256>>>((__nv_bfloat16*)sets[i].v, N * H * D, 3 * i + 3);
+      CK(cudaGetLastError());
+    }
+    void *out, *lse, *sel;
+    CK(cudaMalloc(&out, bytes));
+    CK(cudaMalloc(&lse, std::size_t(N) * H * 4));
+    CK(cudaMalloc(&sel, std::size_t(N) * H * 11 * 4));
+    std::vector<int> cu{0, int(N)};
+    const moba::TensorView cuv =
+        moba::TensorView::contiguous(cu.data(), moba::DType::i32, moba::Device::cpu(), {2});
+    double dense_ms = 0;
+    for (const Config& c : configs) {
+      const bool is_dense = c.params.mode == moba::Mode::full;
+      if (is_dense && !sz.dense) continue;
+      const int past = is_dense ? 0 : c.params.topk - 1;
+      auto view = [&](void* p) {
+        return moba::TensorView::contiguous(p, moba::DType::bf16, moba::Device::cuda(0), {N, H, D});
+      };
+      const moba::TensorView ov = view(out);
+      const moba::TensorView lv = moba::TensorView::contiguous(lse, moba::DType::f32, moba::Device::cuda(0), {H, N});
+      moba::TensorView sv;
+      if (!is_dense) sv = moba::TensorView::contiguous(sel, moba::DType::i32, moba::Device::cuda(0), {N, H, past});
+      auto fwd = [&](int i) {
+        const Set& s = sets[i % nsets];
+        moba::attention_forward(view(s.q), view(s.k), view(s.v), cuv, c.params, ov, lv, sv);
+      };
+      auto gate = [&](int i) {
+        const Set& s = sets[i % nsets];
+        moba::moba_gate(view(s.q), view(s.k), cuv, c.params, sv);
+      };
+      auto time = [&](auto&& f, double budget_ms) {
+        for (int i = 0; i < 2; ++i) f(i);
+        CK(cudaDeviceSynchronize());
+        std::vector<float> ts;
+        double spent = 0;
+        for (int i = 0; i < 50 && (ts.size() < 5 || spent < budget_ms); ++i) {
+          CK(cudaEventRecord(e0));
+          f(i);
+          CK(cudaEventRecord(e1));
+          CK(cudaEventSynchronize(e1));
+          float ms;
+          CK(cudaEventElapsedTime(&ms, e0, e1));
+          ts.push_back(ms);
+          spent += ms;
+        }
+        return median(ts);
+      };
+      const double ms = time(fwd, 600.0);
+      const double gms = is_dense ? 0.0 : time(gate, 200.0);
+      if (is_dense) dense_ms = ms;
+      const double flops = pairs(c.params, N) * 4.0 * D * H;
+      char ratio[32] = "-", gtxt[32] = "-";
+      if (dense_ms > 0) std::snprintf(ratio, sizeof ratio, "%.1fx", dense_ms / ms);
+      if (!is_dense) std::snprintf(gtxt, sizeof gtxt, "%.3f", gms);
+      std::printf("| %lldK | %d | %s | %.3f | %s | %.0f | %s |\n", N / 1024, H, c.name, ms, gtxt,
+                  flops / ms * 1e-9, ratio);
+      std::fflush(stdout);
+    }
+    CK(cudaFree(out));
+    CK(cudaFree(lse));
+    CK(cudaFree(sel));
+    for (auto& s : sets) {
+      CK(cudaFree(s.q));
+      CK(cudaFree(s.k));
+      CK(cudaFree(s.v));
+    }
+  }
+  return 0;
+}

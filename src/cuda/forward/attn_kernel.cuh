@@ -1,0 +1,348 @@
+// The forward attention engine (sm_80+ mma.sync path). One CTA = 4 warps = 64 query rows of one
+// query head; each warp owns 16 rows. The rows are either a contiguous 64-token tile of a
+// sequence (dense kinds: full causal, MoBA own block, MoA) or up to 64 gathered tokens that all
+// chose the same key block in the same selection slot (MoBA wave). Keys stream through shared
+// memory in 64-key chunks (cp.async, double-buffered); S = Q K^T and O += P V run on tensor
+// cores (m16n8k16) with one online softmax in registers.
+//
+// MoBA state between launches: rows that still have selected blocks to visit keep their
+// unnormalised fp32 output, running max and sum in one output-sized scratch (acc, mrow, lrow).
+// Slot s of every row is visited in wave s, so a row is touched by one CTA per launch: no races,
+// no atomics, bit-identical repeats. The launch that visits a row's last block writes `out` and
+// `lse` directly.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cfloat>
+#include <cstdint>
+
+#include "cuda/common/check.hpp"
+#include "cuda/common/mma.cuh"
+#include "cuda/forward/attn_params.hpp"
+
+namespace moba::cuda {
+
+template <class T, int D>
+struct AttnTraits {
+  static constexpr int kRows = 64;
+  static constexpr int kKeys = 64;
+  static constexpr int kStride = D + 8;  // elements; 16-byte pad keeps ldmatrix conflict-free
+  static constexpr int kTileElems = 64 * kStride;
+  static constexpr int kSmemBytes = 5 * kTileElems * int(sizeof(T)) + 2 * 64 * int(sizeof(int));
+};
+
+// Largest index i in [lo, hi) with a[i] <= x (a non-decreasing, a[lo] <= x).
+__device__ __forceinline__ int last_le(const int* a, int lo, int hi, int x) {
+  while (hi - lo > 1) {
+    const int mid = (lo + hi) >> 1;
+    if (a[mid] <= x) lo = mid;
+    else hi = mid;
+  }
+  return lo;
+}
+
+template <class T, int D>
+__global__ void __launch_bounds__(128) attn_fwd_kernel(const AttnParams p) {
+  using Tr = AttnTraits<T, D>;
+  constexpr int S = Tr::kStride;
+  constexpr int KD = D / 16;  // k-steps over the head dim
+  constexpr int ND = D / 8;   // n-tiles over the head dim
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  T* sQ = reinterpret_cast<T*>(smem_raw);
+  T* sK = sQ + Tr::kTileElems;       // 2 buffers
+  T* sV = sK + 2 * Tr::kTileElems;   // 2 buffers
+  int* sTok = reinterpret_cast<int*>(sV + 2 * Tr::kTileElems);
+  int* sPos = sTok + 64;
+
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+  const int g = lane >> 2, c4 = lane & 3;
+  const bool gather = p.kind == kGatherWave;
+
+  // ---- which rows and which keys -------------------------------------------------------
+  int h, seq, nrows, t0 = 0, j_block = 0;
+  int r0b = 0, r0e = 0, r1b = 0, r1e = 0;  // two key ranges (positions within the sequence)
+  int moa_w = 0;
+  if (!gather) {
+    const int tile = p.num_tiles - 1 - int(blockIdx.x);  // longest tiles first
+    h = blockIdx.y;
+    seq = last_le(p.tile_off, 0, p.batch, tile);
+    const int len = p.cu[seq + 1] - p.cu[seq];
+    t0 = (tile - p.tile_off[seq]) * 64;
+    nrows = min(64, len - t0);
+    const int tend = t0 + nrows;
+    if (p.kind == kDenseFull) {
+      r1b = 0; r1e = tend;
+    } else if (p.kind == kDenseMobaOwn) {
+      r1b = (t0 / p.block_size) * p.block_size; r1e = tend;
+    } else {  // MoA
+      moa_w = p.moa_window[h * p.batch + seq];
+      const int lo = max(0, t0 - moa_w + 1);
+      if (p.moa_sink >= lo) {
+        r1b = 0; r1e = tend;
+      } else {
+        r0b = 0; r0e = p.moa_sink;
+        r1b = lo; r1e = tend;
+      }
+    }
+    if (tid < 64) {
+      sTok[tid] = tid < nrows ? p.cu[seq] + t0 + tid : -1;
+      sPos[tid] = t0 + tid;
+    }
+  } else {
+    const int tiles_begin = p.btile_off[p.bucket_begin];
+    const int i = tiles_begin + int(blockIdx.x);
+    if (i >= p.btile_off[p.bucket_end]) return;
+    const int b = last_le(p.btile_off, p.bucket_begin, p.bucket_end, i);
+    const int local = b - p.bucket_begin;
+    h = local / p.num_blocks;
+    const int gb = local - h * p.num_blocks;
+    seq = last_le(p.blk_off, 0, p.batch, gb);
+    j_block = gb - p.blk_off[seq];
+    r1b = j_block * p.block_size;
+    r1e = r1b + p.block_size;
+    const int start = p.bucket_off[b] + (i - p.btile_off[b]) * 64;
+    nrows = min(64, p.bucket_off[b + 1] - start);
+    if (tid < 64) {
+      const int tok = tid < nrows ? p.rows[start + tid] : -1;
+      sTok[tid] = tok;
+      sPos[tid] = tok >= 0 ? tok - p.cu[seq] : 0;
+    }
+  }
+  const int seq_begin = p.cu[seq];
+  const int hk = h / p.group;
+  __syncthreads();
+
+  const T* qg = static_cast<const T*>(p.q);
+  const T* kg = static_cast<const T*>(p.k);
+  const T* vg = static_cast<const T*>(p.v);
+
+  // ---- async loads ---------------------------------------------------------------------
+  constexpr int kChunksPerRow = D / 8;  // 16-byte pieces
+  auto load_q = [&]() {
+#pragma unroll
+    for (int it = 0; it < 64 * kChunksPerRow / 128; ++it) {
+      const int idx = tid + it * 128;
+      const int r = idx / kChunksPerRow, cc = idx % kChunksPerRow;
+      const int tok = sTok[r];
+      const T* src = qg + (tok >= 0 ? std::int64_t(tok) * p.q_ts + std::int64_t(h) * p.q_hs + cc * 8 : 0);
+      cp_async_16(sQ + r * S + cc * 8, src, tok >= 0);
+    }
+  };
+  const int n0 = (r0e - r0b + 63) / 64;
+  const int n1 = (r1e - r1b + 63) / 64;
+  const int nchunks = n0 + n1;
+  auto chunk_range = [&](int cidx, int& kb, int& ke) {
+    if (cidx < n0) { kb = r0b + cidx * 64; ke = min(kb + 64, r0e); }
+    else { kb = r1b + (cidx - n0) * 64; ke = min(kb + 64, r1e); }
+  };
+  auto load_kv = [&](int cidx, int buf) {
+    int kb, ke;
+    chunk_range(cidx, kb, ke);
+    T* dk = sK + buf * Tr::kTileElems;
+    T* dv = sV + buf * Tr::kTileElems;
+#pragma unroll
+    for (int it = 0; it < 64 * kChunksPerRow / 128; ++it) {
+      const int idx = tid + it * 128;
+      const int r = idx / kChunksPerRow, cc = idx % kChunksPerRow;
+      const int kp = kb + r;
+      const bool ok = kp < ke;
+      const std::int64_t tok = seq_begin + (ok ? kp : kb);
+      cp_async_16(dk + r * S + cc * 8, kg + tok * p.k_ts + std::int64_t(hk) * p.k_hs + cc * 8, ok);
+      cp_async_16(dv + r * S + cc * 8, vg + tok * p.v_ts + std::int64_t(hk) * p.v_hs + cc * 8, ok);
+    }
+  };
+
+  // ---- per-thread state ----------------------------------------------------------------
+  const int row0 = warp * 16 + g, row1 = row0 + 8;
+  const int tok_r[2] = {sTok[row0], sTok[row1]};
+  const int pos_r[2] = {sPos[row0], sPos[row1]};
+  float o[ND][4];
+  float m[2], l[2];
+#pragma unroll
+  for (int n = 0; n < ND; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.f;
+  m[0] = m[1] = -INFINITY;
+  l[0] = l[1] = 0.f;
+  if (gather) {  // resume the running state of these rows
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      const int tok = tok_r[i];
+      if (tok < 0) continue;
+      const std::int64_t ri = std::int64_t(h) * p.total + tok;
+      m[i] = p.mrow[ri];
+      l[i] = c4 == 0 ? p.lrow[ri] : 0.f;
+      const float* a = p.acc + (std::int64_t(tok) * p.hq + h) * D;
+#pragma unroll
+      for (int n = 0; n < ND; ++n) {
+        const float2 v2 = *reinterpret_cast<const float2*>(a + n * 8 + 2 * c4);
+        o[n][2 * i] = v2.x;
+        o[n][2 * i + 1] = v2.y;
+      }
+    }
+  }
+
+  load_q();
+  load_kv(0, 0);
+  cp_async_commit();
+
+  std::uint32_t qf[KD][4];
+  const float sl2 = p.scale_log2;
+  const int t_first = t0;  // dense: position of row 0
+
+  for (int cidx = 0; cidx < nchunks; ++cidx) {
+    const int buf = cidx & 1;
+    if (cidx + 1 < nchunks) {
+      load_kv(cidx + 1, buf ^ 1);
+      cp_async_commit();
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
+    __syncthreads();
+    if (cidx == 0) {
+#pragma unroll
+      for (int kk = 0; kk < KD; ++kk)
+        ldsm_x4(qf[kk], smem_addr(sQ + (warp * 16 + (lane & 15)) * S + kk * 16 + (lane >> 4) * 8));
+    }
+    const T* cK = sK + buf * Tr::kTileElems;
+    const T* cV = sV + buf * Tr::kTileElems;
+
+    // S = Q K^T (16 x 64 per warp)
+    float s[8][4];
+#pragma unroll
+    for (int n = 0; n < 8; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.f;
+#pragma unroll
+    for (int np = 0; np < 4; ++np) {
+#pragma unroll
+      for (int kk = 0; kk < KD; ++kk) {
+        std::uint32_t b[4];
+        ldsm_x4(b, smem_addr(cK + (np * 16 + (lane & 7) + (lane >> 4) * 8) * S + kk * 16 +
+                             ((lane >> 3) & 1) * 8));
+        mma_16816<T>(s[2 * np], qf[kk], b[0], b[1]);
+        mma_16816<T>(s[2 * np + 1], qf[kk], b[2], b[3]);
+      }
+    }
+
+    // scale, mask
+    int kb, ke;
+    chunk_range(cidx, kb, ke);
+    const bool need_mask =
+        !gather && (ke - kb < 64 || p.kind == kDenseMoa || kb + 63 > t_first);
+#pragma unroll
+    for (int n = 0; n < 8; ++n)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) s[n][e] *= sl2;
+    if (need_mask) {
+#pragma unroll
+      for (int n = 0; n < 8; ++n)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int key = kb + n * 8 + 2 * c4 + (e & 1);
+          const int t = pos_r[e >> 1];
+          bool vis = key < ke && key <= t;
+          if (p.kind == kDenseMoa) vis = vis && (key < p.moa_sink || key > t - moa_w);
+          if (!vis) s[n][e] = -INFINITY;
+        }
+    }
+
+    // online softmax
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      float mx = -INFINITY;
+#pragma unroll
+      for (int n = 0; n < 8; ++n) mx = fmaxf(mx, fmaxf(s[n][2 * i], s[n][2 * i + 1]));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+      const float m_new = fmaxf(m[i], mx);
+      const float m_use = m_new == -INFINITY ? 0.f : m_new;
+      const float alpha = fast_exp2(m[i] - m_use);
+      m[i] = m_new;
+      float rs = 0.f;
+#pragma unroll
+      for (int n = 0; n < 8; ++n) {
+        s[n][2 * i] = fast_exp2(s[n][2 * i] - m_use);
+        s[n][2 * i + 1] = fast_exp2(s[n][2 * i + 1] - m_use);
+        rs += s[n][2 * i] + s[n][2 * i + 1];
+      }
+      l[i] = l[i] * alpha + rs;
+#pragma unroll
+      for (int n = 0; n < ND; ++n) {
+        o[n][2 * i] *= alpha;
+        o[n][2 * i + 1] *= alpha;
+      }
+    }
+
+    // O += P V
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) {
+      std::uint32_t a[4];
+      a[0] = Dt<T>::pack(s[2 * kk][0], s[2 * kk][1]);
+      a[1] = Dt<T>::pack(s[2 * kk][2], s[2 * kk][3]);
+      a[2] = Dt<T>::pack(s[2 * kk + 1][0], s[2 * kk + 1][1]);
+      a[3] = Dt<T>::pack(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+#pragma unroll
+      for (int dp = 0; dp < KD; ++dp) {
+        std::uint32_t b[4];
+        ldsm_x4_t(b, smem_addr(cV + (kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * S + dp * 16 +
+                               (lane >> 4) * 8));
+        mma_16816<T>(o[2 * dp], a, b[0], b[1]);
+        mma_16816<T>(o[2 * dp + 1], a, b[2], b[3]);
+      }
+    }
+    __syncthreads();
+  }
+
+  // ---- write back ----------------------------------------------------------------------
+  T* og = static_cast<T*>(p.out);
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    float lt = l[i];
+    lt += __shfl_xor_sync(0xffffffffu, lt, 1);
+    lt += __shfl_xor_sync(0xffffffffu, lt, 2);
+    const int tok = tok_r[i];
+    if (tok < 0) continue;
+    const int pos = pos_r[i];
+    bool final_row = true;
+    if (p.kind == kDenseMobaOwn) {
+      final_row = min(p.past_k, pos / p.block_size) == 0;
+    } else if (gather) {
+      final_row = p.wave == min(p.past_k, pos / p.block_size) - 1;
+    }
+    const std::int64_t ri = std::int64_t(h) * p.total + tok;
+    if (final_row) {
+      const float inv = 1.f / lt;
+      T* dst = og + std::int64_t(tok) * p.o_ts + std::int64_t(h) * p.o_hs;
+#pragma unroll
+      for (int n = 0; n < ND; ++n)
+        *reinterpret_cast<std::uint32_t*>(dst + n * 8 + 2 * c4) =
+            Dt<T>::pack(o[n][2 * i] * inv, o[n][2 * i + 1] * inv);
+      if (c4 == 0) p.lse[ri] = (m[i] + __log2f(lt)) * 0.6931471805599453f;
+    } else {
+      float* a = p.acc + (std::int64_t(tok) * p.hq + h) * D;
+#pragma unroll
+      for (int n = 0; n < ND; ++n)
+        *reinterpret_cast<float2*>(a + n * 8 + 2 * c4) = make_float2(o[n][2 * i], o[n][2 * i + 1]);
+      if (c4 == 0) {
+        p.mrow[ri] = m[i];
+        p.lrow[ri] = lt;
+      }
+    }
+  }
+}
+
+template <class T, int D>
+void launch_attention(const AttnParams& p, int grid_x, int grid_y, void* stream) {
+  if (grid_x <= 0 || grid_y <= 0) return;
+  using Tr = AttnTraits<T, D>;
+  MOBA_CUDA_CHECK(cudaFuncSetAttribute(attn_fwd_kernel<T, D>,
+                                       cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                       Tr::kSmemBytes));
+  attn_fwd_kernel<T, D><<<dim3(grid_x, grid_y), 128, Tr::kSmemBytes,
+                          static_cast<cudaStream_t>(stream)>>>(p);
+  MOBA_CUDA_LAUNCH_CHECK();
+}
+
+}  // namespace moba::cuda
+
+#define MOBA_INSTANTIATE_ATTENTION(T, D) \
+  template void moba::cuda::launch_attention<T, D>(const moba::cuda::AttnParams&, int, int, void*);

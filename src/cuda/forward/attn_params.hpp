@@ -1,0 +1,54 @@
+// The plain-data description of one forward launch, shared by the host planner
+// (forward.cpp) and the attention kernel (attn_kernel.cuh).
+#pragma once
+
+#include <cstdint>
+
+namespace moba::cuda {
+
+// What a launch computes.
+//   kDenseFull   full causal: rows = 64-token tiles, keys 0..t
+//   kDenseMobaOwn MoBA own block, causal; writes the final result for rows with no past
+//                 selection and the running state (scratch) for the others
+//   kDenseMoa    MoA: sink + sliding window
+//   kGatherWave  MoBA wave s: the rows whose s-th selected block is j, gathered into 64-row
+//                tiles against the whole block j; merges into the running state
+enum AttnKind : int { kDenseFull = 0, kDenseMobaOwn = 1, kDenseMoa = 2, kGatherWave = 3 };
+
+struct AttnParams {
+  const void* q;
+  const void* k;
+  const void* v;
+  void* out;
+  std::int64_t q_ts, q_hs, k_ts, k_hs, v_ts, v_hs, o_ts, o_hs;  // element strides
+  float* lse;   // [hq, total]
+  float* acc;   // MoBA scratch [total, hq, D] fp32, unnormalised output
+  float* mrow;  // MoBA scratch [hq, total]: running max (log2 domain, scaled)
+  float* lrow;  // MoBA scratch [hq, total]: running sum
+  int total, hq, group;
+  float scale_log2;  // softmax_scale * log2(e)
+  int kind;
+  int block_size, past_k;
+  // sequences
+  int batch;
+  const int* cu;        // [batch + 1]
+  const int* tile_off;  // [batch + 1] prefix of ceil(len / 64)
+  int num_tiles;
+  const int* blk_off;   // [batch + 1] prefix of full blocks len / block_size
+  int num_blocks;       // blk_off[batch]
+  // MoA
+  const int* moa_window;  // [hq * batch]
+  int moa_sink;
+  // gather wave
+  int wave;
+  const int* rows;        // token indices, grouped by bucket
+  const int* bucket_off;  // [num_buckets + 1]
+  const int* btile_off;   // [num_buckets + 1] prefix of ceil(count / 64)
+  int bucket_begin, bucket_end;  // this wave's buckets: (wave * hq + h) * num_blocks + gb
+};
+
+// One instantiation per (dtype, head_dim); defined in attn_<dtype>_d<D>.cu.
+template <class T, int D>
+void launch_attention(const AttnParams& p, int grid_x, int grid_y, void* stream);
+
+}  // namespace moba::cuda

@@ -1,0 +1,241 @@
+// Host side of the CUDA forward and gate: plans the launches from the validated Problem and
+// dispatches (dtype, head_dim) once to the compiled instantiations.
+//   full / MoA : one dense launch (64-row tiles x heads, longest tiles first)
+//   MoBA       : gate (block means, fused score + top-k), the own block (dense, causal), then
+//                one gathered launch per selection slot (core/... semantics: each row sees its
+//                own block causally plus exactly its selected blocks, one exact softmax)
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "core/backends.hpp"
+#include "core/validate.hpp"
+#include "cuda/common/workspace.hpp"
+#include "cuda/forward/attn_params.hpp"
+#include "cuda/forward/waves.hpp"
+#include "cuda/gate/gate_params.hpp"
+
+namespace moba::detail {
+
+using namespace moba::cuda;
+
+namespace {
+
+class DeviceGuard {
+ public:
+  explicit DeviceGuard(int dev) {
+    MOBA_CUDA_CHECK(cudaGetDevice(&prev_));
+    if (prev_ != dev) MOBA_CUDA_CHECK(cudaSetDevice(dev));
+    changed_ = prev_ != dev;
+  }
+  ~DeviceGuard() {
+    if (changed_) (void)cudaSetDevice(prev_);
+  }
+
+ private:
+  int prev_ = 0;
+  bool changed_ = false;
+};
+
+void check_supported(const Problem& p, const char* what) {
+  if (p.dtype != DType::bf16 && p.dtype != DType::f16)
+    fail(ErrorKind::unsupported, std::string("cuda backend: ") + what +
+                                     " supports dtypes bf16 and f16, got " + dtype_name(p.dtype) +
+                                     " (use the cpu backend for f32)");
+  if (p.head_dim != 64 && p.head_dim != 128)
+    invalid("q", "head_dim 64 or 128 on the cuda backend", std::to_string(p.head_dim));
+  if (p.mode == Mode::moba && p.block_size % 64 != 0)
+    invalid("block_size", "a multiple of 64 on the cuda backend", std::to_string(p.block_size));
+}
+
+// Per-sequence tables, uploaded once per call.
+struct Plan {
+  std::vector<int> host;  // cu | tile_off | blk_off | moa_window
+  int num_tiles = 0, num_blocks = 0;
+  const int* cu = nullptr;
+  const int* tile_off = nullptr;
+  const int* blk_off = nullptr;
+  const int* moa_window = nullptr;
+};
+
+Plan make_plan(const Problem& p, Workspace& ws) {
+  Plan pl;
+  const int nb1 = p.batch + 1;
+  pl.host.assign(std::size_t(3) * nb1 + (p.mode == Mode::moa ? std::size_t(p.hq) * p.batch : 0), 0);
+  int* cu = pl.host.data();
+  int* toff = cu + nb1;
+  int* boff = toff + nb1;
+  for (int b = 0; b <= p.batch; ++b) cu[b] = p.cu_seqlens[b];
+  for (int b = 0; b < p.batch; ++b) {
+    const int len = p.cu_seqlens[b + 1] - p.cu_seqlens[b];
+    toff[b + 1] = toff[b] + (len + 63) / 64;
+    boff[b + 1] = boff[b] + (p.mode == Mode::moba ? len / p.block_size : 0);
+  }
+  if (p.mode == Mode::moa) {
+    int* win = boff + nb1;
+    for (int h = 0; h < p.hq; ++h)
+      for (int b = 0; b < p.batch; ++b)
+        win[h * p.batch + b] = p.moa_window(h, p.cu_seqlens[b + 1] - p.cu_seqlens[b]);
+  }
+  pl.num_tiles = toff[p.batch];
+  pl.num_blocks = boff[p.batch];
+  int* dev = ws.upload(pl.host, "sequence tables");
+  pl.cu = dev;
+  pl.tile_off = dev + nb1;
+  pl.blk_off = dev + 2 * nb1;
+  pl.moa_window = p.mode == Mode::moa ? dev + 3 * nb1 : nullptr;
+  return pl;
+}
+
+template <class F>
+void dispatch(const Problem& p, F&& f) {
+  if (p.dtype == DType::bf16) {
+    if (p.head_dim == 64) f(static_cast<__nv_bfloat16*>(nullptr), std::integral_constant<int, 64>());
+    else f(static_cast<__nv_bfloat16*>(nullptr), std::integral_constant<int, 128>());
+  } else {
+    if (p.head_dim == 64) f(static_cast<__half*>(nullptr), std::integral_constant<int, 64>());
+    else f(static_cast<__half*>(nullptr), std::integral_constant<int, 128>());
+  }
+}
+
+void run_gate(const Problem& p, const Plan& pl, const Operand& q, const Operand& k,
+              std::int32_t* selection, Workspace& ws) {
+  if (p.past_k() == 0 || p.total == 0) return;
+  if (p.past_k() > kGateMaxPastK)
+    fail(ErrorKind::unsupported, "cuda backend: topk - 1 = " + std::to_string(p.past_k()) +
+                                     " exceeds the gate's limit of " +
+                                     std::to_string(kGateMaxPastK));
+  GateParams g{};
+  g.q = q.data;
+  g.k = k.data;
+  g.q_ts = q.token_stride;
+  g.q_hs = q.head_stride;
+  g.k_ts = k.token_stride;
+  g.k_hs = k.head_stride;
+  g.means = ws.alloc_bytes(std::size_t(std::max(pl.num_blocks, 1)) * p.hkv * p.head_dim * 2,
+                           "MoBA block means");
+  g.sel = selection;
+  g.total = p.total;
+  g.hq = p.hq;
+  g.hkv = p.hkv;
+  g.group = p.group();
+  g.block_size = p.block_size;
+  g.past_k = p.past_k();
+  g.batch = p.batch;
+  g.cu = pl.cu;
+  g.tile_off = pl.tile_off;
+  g.num_tiles = pl.num_tiles;
+  g.blk_off = pl.blk_off;
+  g.num_blocks = pl.num_blocks;
+  dispatch(p, [&](auto* t, auto d) {
+    using T = std::remove_pointer_t<decltype(t)>;
+    launch_gate<T, decltype(d)::value>(g, ws.stream());
+  });
+}
+
+}  // namespace
+
+void cuda_gate(const Problem& p, const Operand& q, const Operand& k, std::int32_t* selection,
+               const RunOptions& o) {
+  check_supported(p, "moba_gate");
+  if (p.total == 0 || p.past_k() == 0) return;
+  DeviceGuard guard(p.device.index);
+  Workspace ws(stream_of(o));
+  const Plan pl = make_plan(p, ws);
+  run_gate(p, pl, q, k, selection, ws);
+}
+
+void cuda_forward(const Problem& p, const Forward& f, const RunOptions& o) {
+  check_supported(p, "attention_forward");
+  if (p.total == 0) return;
+  DeviceGuard guard(p.device.index);
+  Workspace ws(stream_of(o));
+  const Plan pl = make_plan(p, ws);
+
+  AttnParams a{};
+  a.q = f.q.data;
+  a.k = f.k.data;
+  a.v = f.v.data;
+  a.out = f.out.data;
+  a.q_ts = f.q.token_stride;
+  a.q_hs = f.q.head_stride;
+  a.k_ts = f.k.token_stride;
+  a.k_hs = f.k.head_stride;
+  a.v_ts = f.v.token_stride;
+  a.v_hs = f.v.head_stride;
+  a.o_ts = f.out.token_stride;
+  a.o_hs = f.out.head_stride;
+  a.lse = f.lse;
+  a.total = p.total;
+  a.hq = p.hq;
+  a.group = p.group();
+  a.scale_log2 = p.scale * 1.4426950408889634f;
+  a.block_size = p.block_size;
+  a.past_k = p.past_k();
+  a.batch = p.batch;
+  a.cu = pl.cu;
+  a.tile_off = pl.tile_off;
+  a.num_tiles = pl.num_tiles;
+  a.blk_off = pl.blk_off;
+  a.num_blocks = pl.num_blocks;
+  a.moa_window = pl.moa_window;
+  a.moa_sink = p.moa_sink;
+
+  auto launch = [&](int gx, int gy) {
+    dispatch(p, [&](auto* t, auto d) {
+      using T = std::remove_pointer_t<decltype(t)>;
+      launch_attention<T, decltype(d)::value>(a, gx, gy, ws.stream());
+    });
+  };
+
+  if (p.mode != Mode::moba) {
+    a.kind = p.mode == Mode::full ? kDenseFull : kDenseMoa;
+    launch(pl.num_tiles, p.hq);
+    return;
+  }
+
+  // MoBA
+  run_gate(p, pl, f.q, f.k, f.selection, ws);
+  const bool any_past = p.past_k() > 0 && pl.num_blocks > 0;
+  if (any_past) {
+    const long long nsel = (long long)p.total * p.hq * p.past_k();
+    if (nsel >= (1LL << 31) - 1)
+      fail(ErrorKind::unsupported, "cuda backend: total * hq * (topk - 1) = " +
+                                       std::to_string(nsel) + " selection entries exceed 2^31");
+    a.acc = ws.alloc<float>(std::size_t(p.total) * p.hq * p.head_dim, "MoBA running output");
+    a.mrow = ws.alloc<float>(std::size_t(p.total) * p.hq, "MoBA running max");
+    a.lrow = ws.alloc<float>(std::size_t(p.total) * p.hq, "MoBA running sum");
+  }
+  a.kind = kDenseMobaOwn;
+  launch(pl.num_tiles, p.hq);
+  if (!any_past) return;
+
+  const WaveLists w = build_wave_lists(f.selection, p.total, p.hq, p.past_k(), pl.cu, p.batch,
+                                       pl.blk_off, pl.num_blocks, ws);
+  a.kind = kGatherWave;
+  a.rows = w.rows;
+  a.bucket_off = w.bucket_off;
+  a.btile_off = w.btile_off;
+  for (int s = 0; s < p.past_k(); ++s) {
+    // rows with a valid slot s: positions t >= (s + 1) * block_size
+    long long rows_s = 0;
+    for (int b = 0; b < p.batch; ++b) {
+      const long long len = p.cu_seqlens[b + 1] - p.cu_seqlens[b];
+      rows_s += std::max(0LL, len - (long long)(s + 1) * p.block_size);
+    }
+    if (rows_s == 0) break;
+    rows_s *= p.hq;
+    const long long buckets = (long long)p.hq * pl.num_blocks;
+    const long long bound = rows_s / 64 + std::min(buckets, rows_s) + 1;
+    a.wave = s;
+    a.bucket_begin = int((long long)s * buckets);
+    a.bucket_end = int((long long)(s + 1) * buckets);
+    launch(int(std::min<long long>(bound, 0x7fffffffLL)), 1);
+  }
+}
+
+}  // namespace moba::detail

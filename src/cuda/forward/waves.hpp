@@ -1,0 +1,26 @@
+// MoBA forward work lists: the rows that chose each key block, grouped by selection slot.
+// Bucket b = (slot * hq + head) * num_blocks + global_block. After build_wave_lists:
+//   rows[bucket_off[b] .. bucket_off[b+1])  the tokens in bucket b (order within a bucket is
+//                                           irrelevant: each row is computed independently)
+//   btile_off[b]                            prefix of ceil(count_b / 64): 64-row tiles
+// Index lists only (int32, the size of the selection itself); no per-top-k output workspace.
+#pragma once
+
+#include <cstdint>
+
+#include "cuda/common/workspace.hpp"
+
+namespace moba::cuda {
+
+struct WaveLists {
+  int* rows = nullptr;
+  int* bucket_off = nullptr;  // [num_buckets + 1]
+  int* btile_off = nullptr;   // [num_buckets + 1]
+  std::int64_t num_buckets = 0;
+};
+
+WaveLists build_wave_lists(const std::int32_t* sel, int total, int hq, int past_k,
+                           const int* cu, int batch, const int* blk_off, int num_blocks,
+                           Workspace& ws);
+
+}  // namespace moba::cuda

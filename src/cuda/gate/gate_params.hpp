@@ -1,0 +1,30 @@
+// Plain-data description of the MoBA gate launches (block means, then fused score + top-k),
+// shared by the host planner (src/cuda/forward/forward.cpp) and gate_kernel.cuh.
+#pragma once
+
+#include <cstdint>
+
+namespace moba::cuda {
+
+struct GateParams {
+  const void* q;
+  const void* k;
+  std::int64_t q_ts, q_hs, k_ts, k_hs;
+  void* means;            // [num_blocks, hkv, D] in the input dtype
+  std::int32_t* sel;      // [total, hq, past_k]
+  int total, hq, hkv, group, block_size, past_k, batch;
+  const int* cu;          // [batch + 1]
+  const int* tile_off;    // [batch + 1] prefix of ceil(len / 64)
+  int num_tiles;
+  const int* blk_off;     // [batch + 1] prefix of full blocks
+  int num_blocks;
+};
+
+// Largest past_k the fused top-k keeps in shared memory (64 rows x past_k x 8 bytes).
+constexpr int kGateMaxPastK = 255;
+
+// One instantiation per (dtype, head_dim); defined in gate_<dtype>_d<D>.cu.
+template <class T, int D>
+void launch_gate(const GateParams& p, void* stream);
+
+}  // namespace moba::cuda

@@ -1,0 +1,54 @@
+// Device discovery and small runtime services of the CUDA backend.
+#include <cuda_runtime.h>
+
+#include <sstream>
+
+#include "core/backends.hpp"
+#include "cuda/common/check.hpp"
+
+namespace moba::detail {
+
+bool cuda_compiled() { return true; }
+
+int cuda_device_count() {
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return 0;
+  }
+  return n;
+}
+
+std::string cuda_describe() {
+  std::ostringstream os;
+  int rt = 0, drv = 0;
+  (void)cudaRuntimeGetVersion(&rt);
+  (void)cudaDriverGetVersion(&drv);
+  const int n = cuda_device_count();
+  os << "runtime " << rt / 1000 << "." << (rt % 1000) / 10;
+  if (drv > 0) os << ", driver API " << drv / 1000 << "." << (drv % 1000) / 10;
+  os << ", kernels";
+#ifdef MOBA_CUDA_ARCHS
+  os << " " << MOBA_CUDA_ARCHS;
+#endif
+  if (n == 0) {
+    os << "; no CUDA device";
+    return os.str();
+  }
+  for (int i = 0; i < n; ++i) {
+    cudaDeviceProp prop{};
+    if (cudaGetDeviceProperties(&prop, i) != cudaSuccess) {
+      (void)cudaGetLastError();
+      continue;
+    }
+    os << "; cuda:" << i << " " << prop.name << " (sm_" << prop.major << prop.minor << ", "
+       << prop.multiProcessorCount << " SMs, " << (prop.totalGlobalMem >> 20) << " MiB)";
+  }
+  return os.str();
+}
+
+void cuda_copy_to_host(void* dst, const void* src, std::size_t bytes) {
+  MOBA_CUDA_CHECK(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToHost));
+}
+
+}  // namespace moba::detail

@@ -1,0 +1,225 @@
+// Helpers for the CUDA backend tests: GPU presence, device buffers, a forward/gate run through
+// the public API with device tensors (outputs poisoned first), and an fp64 forward that takes a
+// given selection (so the attention is checked on the GPU's own choice of blocks).
+#pragma once
+
+#include <cuda_runtime.h>
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <thread>
+#include <vector>
+
+#include "core/dtype.hpp"
+#include "core/problem.hpp"
+#include "core/visibility.hpp"
+#include "test_support.hpp"
+
+namespace moba::testing {
+
+inline bool gpu_present() {
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return false;
+  }
+  return n > 0;
+}
+
+#define MOBA_SKIP_WITHOUT_GPU()                                                              \
+  do {                                                                                       \
+    if (!::moba::testing::gpu_present())                                                     \
+      GTEST_SKIP() << "no CUDA device (cudaGetDeviceCount is 0 or failed): the cuda backend " \
+                      "tests are compiled but not run on this machine";                      \
+  } while (0)
+
+#define CUDA_OK(x) ASSERT_EQ((x), cudaSuccess) << #x
+
+struct DevBuf {
+  void* p = nullptr;
+  std::size_t bytes = 0;
+  explicit DevBuf(std::size_t n) : bytes(n) {
+    if (cudaMalloc(&p, n ? n : 16) != cudaSuccess) throw std::runtime_error("cudaMalloc failed");
+  }
+  ~DevBuf() { cudaFree(p); }
+  DevBuf(const DevBuf&) = delete;
+  DevBuf& operator=(const DevBuf&) = delete;
+  void up(const void* h) {
+    if (bytes && cudaMemcpy(p, h, bytes, cudaMemcpyHostToDevice) != cudaSuccess)
+      throw std::runtime_error("cudaMemcpy H2D failed");
+  }
+  void down(void* h) const {
+    if (bytes && cudaMemcpy(h, p, bytes, cudaMemcpyDeviceToHost) != cudaSuccess)
+      throw std::runtime_error("cudaMemcpy D2H failed");
+  }
+};
+
+inline TensorView dev_view(void* p, DType t, std::initializer_list<std::int64_t> shape) {
+  return TensorView::contiguous(p, t, Device::cuda(0), shape);
+}
+
+struct GpuRun {
+  HostTensor out;
+  std::vector<float> lse;
+  std::vector<std::int32_t> sel;
+};
+
+// Forward on the GPU through the public API; out/lse/selection are poisoned before the call.
+inline GpuRun gpu_forward(const Shape& s, const Inputs& in, bool cu_on_device = false) {
+  const std::int64_t T = s.total();
+  const int past = s.params.mode == Mode::moba ? std::max(s.params.topk - 1, 0) : 0;
+  DevBuf q(in.q.bytes.size()), k(in.k.bytes.size()), v(in.v.bytes.size());
+  DevBuf o(in.q.bytes.size()), l(std::size_t(T) * s.hq * 4), sl(std::size_t(T) * s.hq * past * 4);
+  DevBuf cu(in.cu.size() * 4);
+  q.up(in.q.bytes.data());
+  k.up(in.k.bytes.data());
+  v.up(in.v.bytes.data());
+  cu.up(in.cu.data());
+  GpuRun r;
+  r.out = HostTensor(s.dtype, {T, s.hq, s.d});
+  r.out.fill(NAN);
+  r.lse.assign(std::size_t(T) * s.hq, NAN);
+  r.sel.assign(std::size_t(T) * s.hq * past, -7);
+  o.up(r.out.bytes.data());
+  l.up(r.lse.data());
+  sl.up(r.sel.data());
+  std::vector<int> cu_host = in.cu;
+  TensorView cuv = cu_on_device
+                       ? dev_view(cu.p, DType::i32, {std::int64_t(in.cu.size())})
+                       : TensorView::contiguous(cu_host.data(), DType::i32, Device::cpu(),
+                                                {std::int64_t(in.cu.size())});
+  TensorView selv;
+  if (s.params.mode == Mode::moba) selv = dev_view(sl.p, DType::i32, {T, s.hq, past});
+  RunOptions opt;
+  opt.backend = Backend::cuda;
+  attention_forward(dev_view(q.p, s.dtype, {T, s.hq, s.d}), dev_view(k.p, s.dtype, {T, s.hkv, s.d}),
+                    dev_view(v.p, s.dtype, {T, s.hkv, s.d}), cuv, s.params,
+                    dev_view(o.p, s.dtype, {T, s.hq, s.d}), dev_view(l.p, DType::f32, {s.hq, T}),
+                    selv, opt);
+  if (cudaDeviceSynchronize() != cudaSuccess) throw std::runtime_error("kernel failed");
+  o.down(r.out.bytes.data());
+  l.down(r.lse.data());
+  sl.down(r.sel.data());
+  return r;
+}
+
+// The Problem fields visibility.hpp needs, built from a test Shape.
+inline detail::Problem problem_of(const Shape& s) {
+  detail::Problem p;
+  p.mode = s.params.mode;
+  p.block_size = s.params.block_size;
+  p.topk = s.params.topk;
+  p.hq = s.hq;
+  p.hkv = s.hkv;
+  p.head_dim = s.d;
+  p.scale = s.params.softmax_scale != 0.f ? s.params.softmax_scale
+                                          : static_cast<float>(1.0 / std::sqrt(double(s.d)));
+  if (p.mode == Mode::moa) {
+    const auto& a = s.params.moa.alpha;
+    const auto& b = s.params.moa.beta;
+    for (int h = 0; h < s.hq; ++h) {
+      const int src = int(a.size()) == s.hq ? h : h / (s.hq / s.hkv);
+      p.moa_alpha.push_back(a[src]);
+      p.moa_beta.push_back(b[src]);
+    }
+    p.moa_sink = s.params.moa.sink;
+  }
+  return p;
+}
+
+struct Truth {
+  std::vector<double> out;  // [T, hq, D]
+  std::vector<double> lse;  // [hq, T]
+};
+
+// fp64 forward over the keys `selection` (the GPU's) implies; multithreaded over tokens.
+inline Truth truth_forward(const Shape& s, const Inputs& in, const std::vector<std::int32_t>& sel) {
+  const detail::Problem p = problem_of(s);
+  const int T = s.total(), D = s.d, past = p.past_k();
+  const std::vector<double> q = in.q.as_double(), k = in.k.as_double(), v = in.v.as_double();
+  Truth t;
+  t.out.assign(std::size_t(T) * s.hq * D, 0.0);
+  t.lse.assign(std::size_t(T) * s.hq, 0.0);
+  std::vector<int> seq_of(T);
+  for (std::size_t b = 0; b + 1 < in.cu.size(); ++b)
+    for (int x = in.cu[b]; x < in.cu[b + 1]; ++x) seq_of[x] = int(b);
+  const int nth = std::max(1u, std::min(32u, std::thread::hardware_concurrency()));
+  std::vector<std::thread> pool;
+  for (int w = 0; w < nth; ++w)
+    pool.emplace_back([&, w]() {
+      std::vector<double> sc;
+      std::vector<int> keys;
+      for (int tok = w; tok < T; tok += nth) {
+        const int b = seq_of[tok], begin = in.cu[b], len = in.cu[b + 1] - begin;
+        for (int h = 0; h < s.hq; ++h) {
+          const int hk = h / (s.hq / s.hkv);
+          keys.clear();
+          const std::int32_t* sp = past ? sel.data() + (std::size_t(tok) * s.hq + h) * past : nullptr;
+          detail::for_each_visible_range(p, len, tok - begin, h, sp, [&](int kb, int ke) {
+            for (int j = kb; j < ke; ++j) keys.push_back(begin + j);
+          });
+          sc.resize(keys.size());
+          double mx = -INFINITY;
+          const double* qr = &q[(std::size_t(tok) * s.hq + h) * D];
+          for (std::size_t i = 0; i < keys.size(); ++i) {
+            const double* kr = &k[(std::size_t(keys[i]) * s.hkv + hk) * D];
+            double acc = 0;
+            for (int d = 0; d < D; ++d) acc += qr[d] * kr[d];
+            sc[i] = acc * p.scale;
+            mx = std::max(mx, sc[i]);
+          }
+          double sum = 0;
+          for (double& x : sc) sum += (x = std::exp(x - mx));
+          double* orow = &t.out[(std::size_t(tok) * s.hq + h) * D];
+          for (std::size_t i = 0; i < keys.size(); ++i) {
+            const double* vr = &v[(std::size_t(keys[i]) * s.hkv + hk) * D];
+            const double pr = sc[i] / sum;
+            for (int d = 0; d < D; ++d) orow[d] += pr * vr[d];
+          }
+          t.lse[std::size_t(h) * T + tok] = mx + std::log(sum);
+        }
+      }
+    });
+  for (auto& th : pool) th.join();
+  return t;
+}
+
+// fp64 gate scores of block j for (tok, h), with the reference's block means.
+struct GateScores {
+  const Shape& s;
+  const Inputs& in;
+  std::vector<double> means;  // [gb][hkv][D]
+  std::vector<int> blk_off;
+  GateScores(const Shape& sh, const Inputs& inp) : s(sh), in(inp) {
+    const int B = s.params.block_size, D = s.d;
+    blk_off.push_back(0);
+    for (std::size_t b = 0; b + 1 < in.cu.size(); ++b)
+      blk_off.push_back(blk_off.back() + (in.cu[b + 1] - in.cu[b]) / B);
+    means.assign(std::size_t(blk_off.back()) * s.hkv * D, 0.0);
+    for (std::size_t b = 0; b + 1 < in.cu.size(); ++b)
+      for (int j = 0; j < blk_off[b + 1] - blk_off[b]; ++j)
+        for (int hk = 0; hk < s.hkv; ++hk)
+          for (int d = 0; d < D; ++d) {
+            double sum = 0;
+            for (int x = 0; x < B; ++x)
+              sum += in.k.get((std::int64_t(in.cu[b] + j * B + x) * s.hkv + hk) * D + d);
+            means[(std::size_t(blk_off[b] + j) * s.hkv + hk) * D + d] =
+                detail::round_to(s.dtype, static_cast<float>(sum) / static_cast<float>(B));
+          }
+  }
+  // score and sum of |terms| (the fp32 error scale)
+  void score(int seq, int tok, int h, int j, double& sc, double& mag) const {
+    const int D = s.d, hk = h / (s.hq / s.hkv);
+    const double* m = &means[(std::size_t(blk_off[seq] + j) * s.hkv + hk) * D];
+    sc = 0;
+    mag = 0;
+    for (int d = 0; d < D; ++d) {
+      const double x = in.q.get((std::int64_t(tok) * s.hq + h) * D + d) * m[d];
+      sc += x;
+      mag += std::fabs(x);
+    }
+  }
+};
+
+}  // namespace moba::testing
