@@ -1,5 +1,6 @@
 // `moba check`: random problems of every kind on one backend against the fp64 reference,
 // forward and backward, with a pass/fail table. Exit status 1 when any case fails.
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <memory>
@@ -32,9 +33,10 @@ struct CheckOptions {
 };
 
 struct CaseResult {
-  std::vector<Verdict> verdicts;  // out, lse, dq, dk, dv
+  std::vector<Verdict> verdicts;  // out, lse, then dq, dk, dv when the backward ran
   SelectionReport selection;
   std::int64_t masked_rows = 0;  // forward rows left out (selection differs, see below)
+  std::string unsupported;       // what the backend said it does not support (not a failure)
   bool ok() const {
     for (const auto& v : verdicts)
       if (!v.ok()) return false;
@@ -134,12 +136,29 @@ CaseResult run_case(const RandomCase& c, Backend backend, const CheckOptions& o)
   run.deterministic = o.deterministic;
   const Inputs in = random_inputs(p, c.input_seed, c.q_stddev);
 
-  // The backend under test.
+  // The backend under test. A part it reports as unsupported (ErrorKind::unsupported) is left
+  // out and reported; every other error stops the check.
+  CaseResult r;
   Session tested(p, in, backend, run);
-  tested.forward();
-  ForwardResult fwd = tested.forward_result();
-  tested.backward();
-  BackwardResult bwd = tested.backward_result();
+  ForwardResult fwd;
+  BackwardResult bwd;
+  bool have_backward = true;
+  try {
+    tested.forward();
+    fwd = tested.forward_result();
+  } catch (const Error& e) {
+    if (e.kind() != ErrorKind::unsupported) throw;
+    r.unsupported = e.what();
+    return r;
+  }
+  try {
+    tested.backward();
+    bwd = tested.backward_result();
+  } catch (const Error& e) {
+    if (e.kind() != ErrorKind::unsupported) throw;
+    r.unsupported = e.what();
+    have_backward = false;
+  }
   const HostTensor out_used = fwd.out;  // what the backend's backward saw
   if (o.inject_fault) {
     perturb_last_row(fwd.out);
@@ -163,7 +182,6 @@ CaseResult run_case(const RandomCase& c, Backend backend, const CheckOptions& o)
   if (!same) truth.forward();
   const ForwardResult fwd_truth = same ? fwd_ref : truth.forward_result();
 
-  CaseResult r;
   if (p.params.mode == Mode::moba)
     r.selection = compare_selection(p, in.q, in.k, fwd.selection, fwd_ref.selection);
   const std::vector<char> rows = forward_row_mask(p, fwd, fwd_ref, fwd_truth, r.masked_rows);
@@ -173,6 +191,8 @@ CaseResult run_case(const RandomCase& c, Backend backend, const CheckOptions& o)
   r.verdicts.push_back(judge("lse", p.dtype, Quantity::lse, fwd.lse.to_double(),
                              fwd_ref.lse.to_double(), fwd_truth.lse.to_double(),
                              transpose_rows(rows, p.total(), p.hq)));
+
+  if (!have_backward) return r;
 
   // Backward on the backend's own selection (gradients hold the selection fixed).
   reference.set_forward_state({fwd_ref.out, fwd_ref.lse, fwd.selection});
@@ -199,11 +219,16 @@ std::string error_cell(const Verdict& v) {
   return fmt::format("{:.1e}{}", v.error.rel_l2, v.ok() ? " " : "!");
 }
 
+std::string shorten(const std::string& s, std::size_t n) {
+  return s.size() <= n ? s : s.substr(0, n - 3) + "...";
+}
+
 int run_check(const CheckOptions& o) {
   const Backend backend = choose_backend(o.backend);
   RandomProblemOptions gen;
   switch (backend) {
-    case Backend::cuda:
+    case Backend::cuda:  // bf16/f16 kernels, blocks of 64
+      gen.dtypes = {DType::f16, DType::bf16};
       gen.max_len = 640;
       gen.block_sizes = {64, 128};
       break;
@@ -233,13 +258,26 @@ int run_check(const CheckOptions& o) {
   std::fflush(stdout);
 
   const auto start = std::chrono::steady_clock::now();
-  int passed = 0, failed = 0;
+  int passed = 0, failed = 0, partial = 0;
+  std::vector<std::string> unsupported;
   std::int64_t sel_rows = 0, sel_ties = 0;
   std::vector<std::string> failures;
   for (int i = first; i < last; ++i) {
     const RandomCase c = random_case(i, o.seed, gen);
-    const CaseResult r = run_case(c, backend, o);
+    CaseResult r;
+    try {
+      r = run_case(c, backend, o);
+    } catch (const Error&) {
+      std::fflush(stdout);
+      fmt::print(stderr, "moba check: case {} ({}) stopped with an error:\n", i, c.problem.detail_str());
+      throw;
+    }
     (r.ok() ? passed : failed) += 1;
+    if (!r.unsupported.empty()) {
+      ++partial;
+      if (std::find(unsupported.begin(), unsupported.end(), r.unsupported) == unsupported.end())
+        unsupported.push_back(r.unsupported);
+    }
     sel_rows += r.selection.rows;
     sel_ties += r.selection.near_ties;
     std::string sel = "-";
@@ -249,8 +287,9 @@ int run_check(const CheckOptions& o) {
     }
     std::vector<std::string> cells{std::to_string(i), c.problem.shape_str(), c.problem.mode_str()};
     for (const auto& v : r.verdicts) cells.push_back(error_cell(v));
+    while (cells.size() < 8) cells.push_back("n/a");
     cells.push_back(sel);
-    cells.push_back(r.ok() ? "PASS" : "FAIL");
+    cells.push_back(r.ok() ? (r.unsupported.empty() ? "PASS" : "PASS*") : "FAIL");
     fmt::print("{}\n", table.row(cells));
     if (o.verbose) {
       fmt::print("      {}\n      rel_l2/tol:", c.problem.detail_str());
@@ -278,6 +317,10 @@ int run_check(const CheckOptions& o) {
 
   fmt::print("{}\n", table.rule());
   for (const auto& f : failures) fmt::print("FAIL {}\n", f);
+  if (partial) {
+    fmt::print("PASS* / n/a: {} case(s) ran only in part; the backend reported as unsupported:\n", partial);
+    for (const auto& u : unsupported) fmt::print("  {}\n", shorten(u, 300));
+  }
   if (sel_rows)
     fmt::print("selection: {} of {} MoBA rows chose differently at near-equal scores ({:.4f}%)\n",
                sel_ties, sel_rows, 100.0 * sel_ties / sel_rows);

@@ -24,9 +24,8 @@ RandomCase random_case(int index, unsigned seed, const RandomProblemOptions& o) 
   RandomCase c;
   Problem& p = c.problem;
   static const Mode modes[] = {Mode::full, Mode::moba, Mode::moa};
-  static const DType dtypes[] = {DType::f32, DType::f16, DType::bf16};
   const Mode mode = modes[index % 3];
-  p.dtype = dtypes[(index / 3) % 3];
+  p.dtype = o.dtypes[std::size_t(index / 3) % o.dtypes.size()];
 
   const int batch = uniform(1, o.max_batch);
   for (int b = 0; b < batch; ++b) {

@@ -14,7 +14,8 @@ namespace moba::cli {
 struct RandomProblemOptions {
   int max_len = 256;                            // longest sequence
   int max_batch = 4;
-  std::vector<int> head_dims{64, 128};          // what the backend supports
+  std::vector<DType> dtypes{DType::f32, DType::f16, DType::bf16};  // what the backend supports
+  std::vector<int> head_dims{64, 128};
   std::vector<int> block_sizes{16, 32, 50, 64}; // MoBA block sizes the backend supports
   // Upper bound on full-causal pairs x heads x head_dim per case: keeps the fp64 reference,
   // which runs four times per case, to about a second. Heads shrink first, then lengths.
@@ -28,7 +29,7 @@ struct RandomCase {
 };
 
 // Case `index` of a run seeded by `seed`: the same pair always gives the same case. Modes
-// cycle full/moba/moa and dtypes f32/f16/bf16 over consecutive indices, so 9 consecutive
+// cycle full/moba/moa and dtypes (f32/f16/bf16) over consecutive indices, so 9 consecutive
 // cases cover every combination.
 RandomCase random_case(int index, unsigned seed, const RandomProblemOptions& o);
 

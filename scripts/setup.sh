@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Installs what building and testing moba needs on Debian/Ubuntu: the toolchain and libraries
+# (apt-get, as root or through sudo) and, when the Python package exists (python/), the pinned
+# Python packages (pip; in a venv at .venv if the system Python is externally managed).
+#   scripts/setup.sh             everything
+#   scripts/setup.sh --no-python only the Debian packages
+set -euo pipefail
+source "$(dirname "$0")/common.sh"
+
+with_python=1
+[ "${1:-}" = "--no-python" ] && with_python=0
+
+log "Debian packages"
+packages=(cmake ninja-build g++ make pkg-config git
+          libgtest-dev libbenchmark-dev libcli11-dev libfmt-dev nlohmann-json3-dev
+          libopenblas-dev gnuplot-nox)
+[ -d "$MOBA_ROOT/python" ] && [ "$with_python" = 1 ] && packages+=(python3 python3-dev python3-pip python3-venv)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2> /dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+else
+  echo "all present"
+fi
+
+if [ -d "$MOBA_ROOT/python" ] && [ "$with_python" = 1 ]; then
+  log "Python packages"
+  py=$(python_cmd)
+  if [ -z "${PYTHON:-}" ] && [ "$py" != "$MOBA_ROOT/.venv/bin/python" ] && python_externally_managed "$py"; then
+    echo "$py is externally managed (PEP 668): using a venv at $MOBA_ROOT/.venv"
+    "$py" -m venv "$MOBA_ROOT/.venv"
+    py=$MOBA_ROOT/.venv/bin/python
+  fi
+  "$py" -m pip install -q --upgrade pip
+  "$py" -m pip install -q torch==2.11.0 numpy pytest pybind11==3.1.0 scikit-build-core==1.1.2 \
+    transformers==5.17.0
+  echo "$("$py" -c 'import torch; print("torch", torch.__version__)')"
+fi
+log "setup done"
