@@ -111,8 +111,8 @@ int main(int argc, char** argv) {
   std::ostringstream md;
   md << "device: " << prop.name << " (" << prop.multiProcessorCount << " SMs)\n\n";
   md << "| N | attention | state | pairs/row | default ms | TFLOP/s | determ. ms | TFLOP/s | det/def | "
-        "workspace MiB (det) | dense-flash extra MiB | peak ratio vs dense flash |\n";
-  md << "|---|---|---|---|---|---|---|---|---|---|---|---|\n";
+        "workspace MiB (det) | dense-flash extra MiB | peak ratio vs dense flash | all-atomic dQ ms |\n";
+  md << "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
   std::printf("%s", md.str().c_str());
   std::fflush(stdout);
 
@@ -195,12 +195,16 @@ int main(int argc, char** argv) {
       }
       const double flops = 10.0 * D * pairs;
 
-      double ms[2] = {0, 0};
-      std::size_t ws[2] = {0, 0};
-      for (int det = 0; det < 2; ++det) {
+      // Variants: 0 default, 1 deterministic, 2 default with every dQ by atomics
+      // (MOBA_BWD_DQ=atomic, for comparison).
+      double ms[3] = {0, 0, 0};
+      std::size_t ws[3] = {0, 0, 0};
+      for (int det = 0; det < 3; ++det) {
         moba::RunOptions o;
         o.backend = moba::Backend::cuda;
         o.deterministic = det == 1;
+        if (det == 2) setenv("MOBA_BWD_DQ", "atomic", 1);
+        else unsetenv("MOBA_BWD_DQ");
         auto call = [&]() {
           moba::attention_backward(view(q.p, bf, {T, H, D}), view(k.p, bf, {T, H, D}), view(v.p, bf, {T, H, D}),
                                    view(out.p, bf, {T, H, D}), view(lse.p, moba::DType::f32, {H, T}),
@@ -227,6 +231,10 @@ int main(int argc, char** argv) {
             spent += t;
           }
           ms[det] = median(times);
+          setenv("MOBA_BWD_TIMING", "1", 1);  // one more call, stage times to stderr
+          std::fprintf(stderr, "[%ldK %s] ", N / 1024, c.name);
+          call();
+          unsetenv("MOBA_BWD_TIMING");
         } catch (const moba::Error& e) {
           std::fprintf(stderr, "backward failed (%s, N=%ld): %s\n", c.name, N, e.what());
           ms[det] = NAN;
@@ -240,12 +248,13 @@ int main(int argc, char** argv) {
       const double sel_bytes = double(N) * H * past * 4;
       const double flash_extra = double(nq) * 4 + double(N) * H * 4;
       const double ratio = (tensors + sel_bytes + double(std::max(ws[0], ws[1]))) / (tensors + flash_extra);
+      unsetenv("MOBA_BWD_DQ");
       char line[512];
       std::snprintf(line, sizeof line,
-                    "| %ldK | %s | %s | %.0f | %.3f | %.0f | %.3f | %.0f | %.2fx | %.1f (%.1f) | %.1f | %.2f |\n",
+                    "| %ldK | %s | %s | %.0f | %.3f | %.0f | %.3f | %.0f | %.2fx | %.1f (%.1f) | %.1f | %.2f | %.3f |\n",
                     N / 1024, c.name, state.c_str(), pairs / (double(N) * H), ms[0], flops / ms[0] * 1e-9, ms[1],
                     flops / ms[1] * 1e-9, ms[1] / ms[0], ws[0] / 1048576.0, ws[1] / 1048576.0,
-                    flash_extra / 1048576.0, ratio);
+                    flash_extra / 1048576.0, ratio, ms[2]);
       md << line;
       std::printf("%s", line);
       std::fflush(stdout);

@@ -7,23 +7,30 @@
 //     the block: one entry per selection slot, keyed and stably radix-sorted (CUB), so the
 //     order inside a list is fixed (token, then head) and runs are bit-identical. The list
 //     offsets come back to the host (one small copy + stream sync) to plan the work.
-//  3. Key-major pass (key_pass.cuh): one CTA per 64-key tile and KV head holds dK, dV in
+//  3. Query-major dQ pass (dq_pass.cuh) over the causal rows: one CTA per 64-token tile and
+//     head recomputes S and dP over the keys of its own block (full mode: all earlier keys) and
+//     keeps dQ in registers. No atomics; it stores dQ (to the output when nothing is listed).
+//  4. Key-major pass (key_pass.cuh): one CTA per 64-key tile and KV head holds dK, dV in
 //     registers over every row tile that sees the tile: the causal rows of its own block (full
 //     mode: every later row) and the listed rows of its block. CTAs are launched longest
 //     first; a key tile with many more row tiles than the average is split over several CTAs
 //     whose fp32 partials a small kernel sums in a fixed order.
-//     Default mode: dQ is accumulated there by fp32 atomics into a [total, hq, D] scratch,
-//     then scaled and rounded to the output.
-//     Deterministic mode: no float atomics anywhere. The key pass skips dQ; a query-major pass
-//     (dq_pass.cuh) recomputes S and dP per row tile: one launch for the causal part (own
-//     block / full causal), then one launch per selection slot over the listed rows, each
-//     launch touching every row at most once, so dQ is summed in a fixed order.
+//     Default mode: the listed rows' dQ is added there by fp32 atomics into a [total, hq, D]
+//     scratch (after step 3 stored the causal part), then scaled and rounded to the output.
+//     Deterministic mode: no float atomics anywhere. The key pass skips dQ; the dQ pass runs
+//     once more per selection slot over the listed rows, each launch touching every row at
+//     most once, so dQ is summed in a fixed order.
 // Workspace: D (4 B per row and head), the lists (4 B per selection entry, plus sort buffers
-// freed before the main passes), the fp32 dQ scratch (not needed in deterministic full mode)
+// freed before the main passes), the fp32 dQ scratch (not needed in full mode or when no
+// past block is selected)
 // and, for split key tiles, 2 * 64 * D floats per extra CTA.
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
 #include <cub/device/device_radix_sort.cuh>
 #include <cstdint>
 #include <vector>
@@ -187,6 +194,19 @@ void run_backward(const Problem& p, const Backward& w, const RunOptions& o) {
   const int P = moba ? p.past_k() : 0;
   BackwardStats stats;
   Meter mem;
+  // MOBA_BWD_DQ=atomic: default mode adds every dQ by atomics (instead of the query-major pass
+  // for the causal rows); for measurements. MOBA_BWD_TIMING=1: per-stage times on stderr.
+  const char* knob = std::getenv("MOBA_BWD_DQ");
+  const bool all_atomic = !det && knob && !std::strcmp(knob, "atomic");
+  const bool timing = std::getenv("MOBA_BWD_TIMING") != nullptr;
+  std::vector<std::pair<const char*, double>> marks;
+  auto mark = [&](const char* what) {
+    if (!timing) return;
+    MOBA_CUDA_CHECK(cudaStreamSynchronize(stream));
+    marks.push_back({what, std::chrono::duration<double, std::milli>(
+                               std::chrono::steady_clock::now().time_since_epoch()).count()});
+  };
+  mark("start");
 
   int dev = 0, nsm = 132;
   MOBA_CUDA_CHECK(cudaGetDevice(&dev));
@@ -208,6 +228,7 @@ void run_backward(const Problem& p, const Backward& w, const RunOptions& o) {
         static_cast<const T*>(w.dout.data), w.dout.token_stride, w.dout.head_stride, total, hq, D, dt);
     MOBA_CUDA_LAUNCH_CHECK();
   }
+  mark("D");
 
   // Per-block row lists (MoBA with past blocks).
   int* list = nullptr;
@@ -248,6 +269,7 @@ void run_backward(const Problem& p, const Backward& w, const RunOptions& o) {
     stats.list_entries = off[nkeys];
   }
   const bool has_lists = P > 0 && off.back() > 0;
+  mark("lists");
 
   // Key-major items: one per (key tile, KV head), split when far above the average.
   struct Tile {
@@ -310,11 +332,11 @@ void run_backward(const Problem& p, const Backward& w, const RunOptions& o) {
   stats.key_items = static_cast<int>(items.size());
   stats.split_tiles = static_cast<int>(splits.size());
 
-  // Deterministic dQ items: wave 0 = causal part per (64-token tile, head); wave 1 + s = the
-  // rows of selection slot s, per (block, KV head), 64 at a time.
+  // Query-major dQ items. Wave 0 (both modes): the causal part per (64-token tile, head).
+  // Waves 1 + s (deterministic mode): the rows of selection slot s, per (block, KV head).
   std::vector<DqItem> dq_items;
   std::vector<std::pair<int, int>> waves;  // (first item, count)
-  if (det) {
+  if (!all_atomic) {
     for (int b = 0; b < p.batch; ++b) {
       const int begin = p.cu_seqlens[b], len = p.cu_seqlens[b + 1] - begin;
       for (int qt = 0; qt * 64 < len; ++qt) {
@@ -326,7 +348,7 @@ void run_backward(const Problem& p, const Backward& w, const RunOptions& o) {
     std::stable_sort(dq_items.begin(), dq_items.end(),
                      [](const DqItem& a, const DqItem& b) { return a.n_key_tiles > b.n_key_tiles; });
     waves.push_back({0, static_cast<int>(dq_items.size())});
-    for (int s = 0; s < P && has_lists; ++s) {
+    for (int s = 0; s < P && has_lists && det; ++s) {
       const int first = static_cast<int>(dq_items.size());
       for (int b = 0; b < p.batch; ++b) {
         const int begin = p.cu_seqlens[b];
@@ -340,8 +362,8 @@ void run_backward(const Problem& p, const Backward& w, const RunOptions& o) {
       if (static_cast<int>(dq_items.size()) > first)
         waves.push_back({first, static_cast<int>(dq_items.size()) - first});
     }
-    stats.dq_waves = static_cast<int>(waves.size());
   }
+  stats.dq_waves = static_cast<int>(waves.size());
 
   // Scratch for the passes.
   KeyItem* items_d = ws.upload(items, "backward work items");
@@ -354,17 +376,18 @@ void run_backward(const Problem& p, const Backward& w, const RunOptions& o) {
     mem.add(std::size_t(n_partials) * 2 * 64 * D * 4 + splits.size() * sizeof(SplitTile));
   }
   float* dq_acc = nullptr;
-  const bool need_acc = !det || has_lists;
+  const bool need_acc = all_atomic || has_lists;
   if (need_acc) {
     dq_acc = ws.alloc<float>(std::size_t(total) * hq * D, "fp32 dQ accumulator");
     mem.add(std::size_t(total) * hq * D * 4);
-    if (!det) MOBA_CUDA_CHECK(cudaMemsetAsync(dq_acc, 0, std::size_t(total) * hq * D * 4, stream));
+    if (all_atomic) MOBA_CUDA_CHECK(cudaMemsetAsync(dq_acc, 0, std::size_t(total) * hq * D * 4, stream));
   }
   DqItem* dq_items_d = nullptr;
-  if (det) {
+  if (!dq_items.empty()) {
     dq_items_d = ws.upload(dq_items, "dQ work items");
     mem.add(dq_items.size() * sizeof(DqItem));
   }
+  mark("plan+alloc");
 
   Operands op{w.q.data, w.k.data, w.v.data, w.dout.data, w.dq.data, w.dk.data, w.dv.data,
               w.q.token_stride, w.q.head_stride, w.k.token_stride, w.k.head_stride,
@@ -372,8 +395,19 @@ void run_backward(const Problem& p, const Backward& w, const RunOptions& o) {
               w.dq.token_stride, w.dq.head_stride, w.dk.token_stride, w.dk.head_stride,
               w.dv.token_stride, w.dv.head_stride};
   const float scale_log2 = p.scale * 1.4426950408889634f;
+  auto wave = [&](std::size_t i) {
+    DqPassArgs da{op, w.lse, dt, list, dq_items_d + waves[i].first, dq_acc,
+                  i == 0 ? (has_lists ? kDqStoreAcc : kDqStoreOut) : kDqAddAcc,
+                  total, hq, G, p.scale, scale_log2};
+    dq_pass(bf16, D, da, waves[i].second, stream);
+  };
 
-  KeyPassArgs ka{op, w.lse, dt, list, items_d, det ? nullptr : dq_acc, partial, total, hq, G, p.scale, scale_log2};
+  // Causal rows' dQ first (it stores; the listed rows' contributions are added after it).
+  if (!waves.empty()) wave(0);
+  mark("dq causal");
+  // dK, dV; in the default mode also the listed rows' dQ (all rows' with MOBA_BWD_DQ=atomic).
+  KeyPassArgs ka{op, w.lse, dt, list, items_d, det ? nullptr : dq_acc, all_atomic ? 0 : 1, partial,
+                 total, hq, G, p.scale, scale_log2};
   key_pass(bf16, D, ka, static_cast<int>(items.size()), stream);
   if (!splits.empty()) {
     reduce_partials_kernel<T><<<static_cast<int>(splits.size()), 256, 0, stream>>>(
@@ -381,20 +415,23 @@ void run_backward(const Problem& p, const Backward& w, const RunOptions& o) {
         static_cast<T*>(w.dv.data), w.dv.token_stride, w.dv.head_stride);
     MOBA_CUDA_LAUNCH_CHECK();
   }
-  if (det) {
-    for (std::size_t i = 0; i < waves.size(); ++i) {
-      DqPassArgs da{op, w.lse, dt, list, dq_items_d + waves[i].first, dq_acc,
-                    i == 0 ? (has_lists ? kDqStoreAcc : kDqStoreOut) : kDqAddAcc,
-                    total, hq, G, p.scale, scale_log2};
-      dq_pass(bf16, D, da, waves[i].second, stream);
-    }
-  }
+  mark("key pass");
+  for (std::size_t i = 1; i < waves.size(); ++i) wave(i);
+  mark("dq listed");
   if (need_acc) {
     const std::int64_t n = std::int64_t(total) * hq * (D / 2);
     convert_dq_kernel<T><<<ceil_div(n, 256), 256, 0, stream>>>(dq_acc, total, hq, D, p.scale,
                                                                static_cast<T*>(w.dq.data),
                                                                w.dq.token_stride, w.dq.head_stride);
     MOBA_CUDA_LAUNCH_CHECK();
+  }
+  mark("convert");
+  if (timing) {
+    std::fprintf(stderr, "moba bwd timing (%s, %d items, %d splits, %d dq waves):", det ? "det" : (all_atomic ? "atomic" : "default"),
+                 stats.key_items, stats.split_tiles, static_cast<int>(waves.size()));
+    for (std::size_t i = 1; i < marks.size(); ++i)
+      std::fprintf(stderr, " %s %.3f", marks[i].first, marks[i].second - marks[i - 1].second);
+    std::fprintf(stderr, " | total %.3f ms\n", marks.back().second - marks.front().second);
   }
   stats.peak_workspace_bytes = mem.peak;
   g_stats = stats;

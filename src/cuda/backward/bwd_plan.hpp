@@ -65,6 +65,7 @@ struct KeyPassArgs {
   const int* list;         // entries t * hq + h
   const KeyItem* items;
   float* dq_acc;           // [total, hq, D] fp32, atomically accumulated; nullptr: no dQ
+  int dq_listed_only;      // 1: dQ only for listed rows (the causal rows' dQ comes from the dQ pass)
   float* partial;          // [slots, 2, 64, D] fp32 (dK then dV)
   int total, hq, group;
   float scale, scale_log2;

@@ -96,6 +96,12 @@ __global__ void __launch_bounds__(128, 2) key_pass_kernel(const KeyPassArgs a) {
     }
   };
 
+  // Row tiles are visited from a rotated start, so that CTAs of neighbouring key tiles (which
+  // share most of their rows and run at the same time) add dQ to different rows at any moment.
+  const int n_rt = it.rt_end - it.rt_begin;
+  const int rot = n_rt > 0 ? ((it.key_start >> 6) * 5 + it.g * 3) % n_rt : 0;
+  auto rt_at = [&](int i) { const int x = i + rot; return it.rt_begin + (x >= n_rt ? x - n_rt : x); };
+
   // K, V tiles of the item and the first row tile.
 #pragma unroll
   for (int i = 0; i < 64 * kC / 128; ++i) {
@@ -108,7 +114,7 @@ __global__ void __launch_bounds__(128, 2) key_pass_kernel(const KeyPassArgs a) {
     cp_async16(sV + swz<kC>(row, chunk),
                reinterpret_cast<const char*>(vp + tok * a.op.v_ts + it.g * a.op.v_hs) + chunk * 16, ok);
   }
-  if (it.rt_begin < it.rt_end) load_rows(it.rt_begin, 0);
+  if (n_rt > 0) load_rows(rt_at(0), 0);
   cp_async_commit();
 
   float dk[D / 8][4], dv[D / 8][4];
@@ -121,13 +127,15 @@ __global__ void __launch_bounds__(128, 2) key_pass_kernel(const KeyPassArgs a) {
   const int kabs0 = it.key_start + key_row0;
 
   int buf = 0;
-  for (int rt = it.rt_begin; rt < it.rt_end; ++rt, buf ^= 1) {
+  for (int i = 0; i < n_rt; ++i, buf ^= 1) {
+    const int rt = rt_at(i);
     cp_async_wait_all();
-    __syncthreads();  // tile rt landed; every warp is done with tile rt-1 (buffers, dS)
-    if (rt + 1 < it.rt_end) {
-      load_rows(rt + 1, buf ^ 1);
+    __syncthreads();  // tile rt landed; every warp is done with the previous tile (buffers, dS)
+    if (i + 1 < n_rt) {
+      load_rows(rt_at(i + 1), buf ^ 1);
       cp_async_commit();
     }
+    const bool with_dq = a.dq_acc != nullptr && (!a.dq_listed_only || rt >= n_impl);
     const bool diag = rt < n_impl && rt < G;
     const std::uint32_t sQ = sb + L::kQ + buf * L::kTile, sDO = sb + L::kDO + buf * L::kTile;
     const float* lse_b = lse_s + buf * 64;
@@ -209,7 +217,7 @@ __global__ void __launch_bounds__(128, 2) key_pass_kernel(const KeyPassArgs a) {
       const std::uint32_t da[4] = {Ops::pack(g[2 * kq][0], g[2 * kq][1]), Ops::pack(g[2 * kq][2], g[2 * kq][3]),
                                    Ops::pack(g[2 * kq + 1][0], g[2 * kq + 1][1]),
                                    Ops::pack(g[2 * kq + 1][2], g[2 * kq + 1][3])};
-      if (a.dq_acc) {
+      if (with_dq) {
         unsigned char* base = smem + L::kDS;
         *reinterpret_cast<std::uint32_t*>(base + swz<8>(key_row0, 2 * kq) + (lane & 3) * 4) = da[0];
         *reinterpret_cast<std::uint32_t*>(base + swz<8>(key_row0 + 8, 2 * kq) + (lane & 3) * 4) = da[1];
@@ -225,7 +233,7 @@ __global__ void __launch_bounds__(128, 2) key_pass_kernel(const KeyPassArgs a) {
       }
     }
 
-    if (a.dq_acc) {
+    if (with_dq) {
       __syncthreads();  // dS^T complete
       // dQ rows 16w..16w+15 = dS (rows, 64 keys) K (64 keys, D). A from dS^T by transposed loads.
       std::uint32_t af[4][4];
