@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import threading
 from typing import Callable, Dict, Iterable, Optional, Tuple
 
 import torch
@@ -37,36 +36,37 @@ __all__ = [
 ]
 
 MODES = ("moba", "full")
-_state = threading.local()
-_DEFAULT_MODE = ["moba"]  # process-wide default; set_mode changes it
+# Process-wide (a plain global, so torch.compile guards on it instead of breaking the graph).
+_MODE = ["moba"]
+
+
+def _check_mode(mode: str) -> None:
+    if mode not in MODES:
+        raise ValueError(f"moba: mode: expected one of {', '.join(MODES)}, got {mode!r}")
 
 
 def get_mode() -> str:
     """'moba' (registered sparse attention, hybrid layers honoured) or 'full' (all layers)."""
-    return getattr(_state, "mode", None) or _DEFAULT_MODE[0]
+    return _MODE[0]
 
 
 def set_mode(mode: str) -> None:
     """Switch every registered moba/MoA attention between sparse ('moba') and full causal
-    attention ('full'), process-wide; e.g. full attention for the last steps of training."""
-    if mode not in MODES:
-        raise ValueError(f"moba: mode: expected one of {', '.join(MODES)}, got {mode!r}")
-    _DEFAULT_MODE[0] = mode
-    if hasattr(_state, "mode"):
-        del _state.mode
+    attention ('full'); e.g. full attention for the last steps of training."""
+    _check_mode(mode)
+    _MODE[0] = mode
 
 
 @contextlib.contextmanager
 def attention_mode(mode: str):
-    """Context manager: the attention mode inside the block (this thread), restored after."""
-    if mode not in MODES:
-        raise ValueError(f"moba: mode: expected one of {', '.join(MODES)}, got {mode!r}")
-    previous = getattr(_state, "mode", None)
-    _state.mode = mode
+    """Context manager: `set_mode(mode)` inside the block, the previous mode restored after."""
+    _check_mode(mode)
+    previous = _MODE[0]
+    _MODE[0] = mode
     try:
         yield
     finally:
-        _state.mode = previous
+        _MODE[0] = previous
 
 
 @dataclasses.dataclass
@@ -324,7 +324,10 @@ def _attention(cfg: HFAttentionConfig, module, query, key, value, attention_mask
         max_seqlen = int(max_length_q) if max_length_q is not None else int((cu[1:] - cu[:-1]).max())
     else:
         packed = None
-        if position_ids is not None and b == 1 and attention_mask is None:
+        # Looking for restarts reads the positions (a host sync), which torch.compile cannot
+        # trace without a graph break: when compiling, pass cu_seq_lens_q for packed rows.
+        if (position_ids is not None and b == 1 and attention_mask is None
+                and not torch.compiler.is_compiling()):
             packed = _packed_from_position_ids(position_ids, sq)
         if packed is not None:
             cu, max_seqlen = packed
