@@ -28,7 +28,7 @@ constexpr float kLn2 = 0.6931471805599453f;
 template <int D>
 struct BackwardTile {
   // Unit rows: q * scale * log2(e), dout, dq accumulator, lse * log2(e), D_t.
-  std::vector<float> q, dout, dq, lse2, delta;
+  aligned_vector<float> q, dout, dq, lse2, delta;
   const float* kpanels = nullptr;  // this sequence's K and V as [panel][D][16], K as rows
   const float* vpanels = nullptr;
   const float* krows = nullptr;
@@ -98,8 +98,8 @@ template <int D>
 void backward(const Problem& p, const Backward& w, const RunOptions& o) {
   const int threads = thread_count(p, o);
   const PanelLayout lay(p);
-  std::vector<float> kpanels, vpanels, krows;
-  std::vector<std::vector<float>> dk_acc(threads), dv_acc(threads);
+  aligned_vector<float> kpanels, vpanels, krows;
+  std::vector<aligned_vector<float>> dk_acc(threads), dv_acc(threads);
   const float qmul = p.scale * kLog2e;
   const std::size_t acc_size = std::size_t(p.total) * D;
   for (int g = 0; g < p.hkv; ++g) {

@@ -23,7 +23,7 @@ constexpr float kLn2 = 0.6931471805599453f;
 // running max / sum of every row, plus the scratch of one (row chunk x key tile) step.
 template <int D>
 struct ForwardTile {
-  std::vector<float> q, o, m, l;
+  aligned_vector<float> q, o, m, l;
   const float* kpanels = nullptr;  // this sequence's K, [panel][D][16]
   const float* vrows = nullptr;    // this sequence's V, [key][D]
   const RowPlan* plan = nullptr;
@@ -89,7 +89,7 @@ struct ForwardTile {
 template <int D>
 void forward(const Problem& p, const Forward& f, int threads) {
   const PanelLayout lay(p);
-  std::vector<float> kpanels, vrows;
+  aligned_vector<float> kpanels, vrows;
   const float qmul = p.scale * kLog2e;
   for (int g = 0; g < p.hkv; ++g) {
     pack_panels(p, lay, f.k, g, kpanels, threads);

@@ -51,7 +51,7 @@ void gate(const Problem& p, const Operand& q, const Operand& k, std::int32_t* se
     seq_panel[b + 1] = seq_panel[b] + (nfull + kPanel - 1) / kPanel;
     for (int j = 0; j < nfull; ++j) blocks.push_back({b, j});
   }
-  std::vector<float> means;
+  aligned_vector<float> means;
   for (int g = 0; g < p.hkv; ++g) {
     means.assign(std::size_t(seq_panel.back()) * D * kPanel, 0.f);
 #pragma omp parallel num_threads(threads)

@@ -6,6 +6,8 @@
 #pragma once
 
 #include <cstddef>
+#include <new>
+#include <vector>
 
 #include "cpu/simd.hpp"
 
@@ -96,15 +98,17 @@ inline void rows_axpy(int n, const float* a, std::ptrdiff_t sai, std::ptrdiff_t 
   }
 }
 
-// All `rows` rows of c and all D columns, blocked 6 rows x 16 columns.
+// All `rows` rows of c and all D columns, blocked 6 rows x 16 columns. Column slices outermost:
+// the n rows of b are then read as one 16-column (64-byte) slice each, n * 64 bytes that stay
+// in L1 while every 6-row block of c passes over them.
 template <int D>
 inline void rows_axpy_all(int rows, int n, const float* a, std::ptrdiff_t sai, std::ptrdiff_t saj,
                           const float* const* b, float* const* c, const float* cscale) {
-  for (int r = 0; r < rows; r += kMaxRows) {
-    const int m = rows - r < kMaxRows ? rows - r : kMaxRows;
-    const float* ar = a + r * sai;
-    const float* sc = cscale ? cscale + r : nullptr;
-    for (int d0 = 0; d0 < D; d0 += kPanel) {
+  for (int d0 = 0; d0 < D; d0 += kPanel) {
+    for (int r = 0; r < rows; r += kMaxRows) {
+      const int m = rows - r < kMaxRows ? rows - r : kMaxRows;
+      const float* ar = a + r * sai;
+      const float* sc = cscale ? cscale + r : nullptr;
       switch (m) {
         case 6: rows_axpy<6>(n, ar, sai, saj, b, c + r, d0, sc); break;
         case 5: rows_axpy<5>(n, ar, sai, saj, b, c + r, d0, sc); break;
@@ -116,5 +120,20 @@ inline void rows_axpy_all(int rows, int n, const float* a, std::ptrdiff_t sai, s
     }
   }
 }
+
+// 64-byte aligned fp32 storage: a 16-float slice of an aligned row is one cache line, not two.
+template <class T>
+struct CacheAligned {
+  using value_type = T;
+  CacheAligned() = default;
+  template <class U>
+  CacheAligned(const CacheAligned<U>&) {}
+  T* allocate(std::size_t n) { return static_cast<T*>(::operator new(n * sizeof(T), std::align_val_t(64))); }
+  void deallocate(T* p, std::size_t) { ::operator delete(p, std::align_val_t(64)); }
+  bool operator==(const CacheAligned&) const { return true; }
+  bool operator!=(const CacheAligned&) const { return false; }
+};
+template <class T>
+using aligned_vector = std::vector<T, CacheAligned<T>>;
 
 }  // namespace moba::detail::cpu

@@ -71,7 +71,7 @@ struct PanelLayout {
 
 // K or V of KV head `head`, every sequence, as [panel][D][16]; keys past a sequence's end are 0.
 inline void pack_panels(const Problem& p, const PanelLayout& lay, const Operand& x, int head,
-                        std::vector<float>& out, int threads) {
+                        aligned_vector<float>& out, int threads) {
   const int D = p.head_dim;
   out.resize(std::size_t(lay.panels()) * D * kPanel);
 #pragma omp parallel num_threads(threads)
@@ -93,7 +93,7 @@ inline void pack_panels(const Problem& p, const PanelLayout& lay, const Operand&
 }
 
 // K or V of KV head `head` as row-major [total][D] fp32.
-inline void pack_rows(const Problem& p, const Operand& x, int head, std::vector<float>& out,
+inline void pack_rows(const Problem& p, const Operand& x, int head, aligned_vector<float>& out,
                       int threads) {
   const int D = p.head_dim;
   out.resize(std::size_t(p.total) * D);

@@ -3,10 +3,13 @@
 // core/visibility.hpp so the fast backend cannot drift from the reference's key sets.
 //   full / MoA: a unit is a tile of kRowTile consecutive rows; each row sees one or two ranges
 //               (MoA: sink + window), processed over their union with masking at the edges.
-//   MoBA:       a unit is one query block i. Its rows are grouped by the past block j they chose
-//               (a CSR list per j), so block j's keys are run once against exactly the rows that
-//               need them (key-block-major inside a query block), then the own block causally.
-//               Unchosen blocks are never touched: the work falls with sparsity.
+//   MoBA:       a unit is a run of whole query blocks (about kMobaRows rows). Its rows are grouped
+//               by the past block j they chose (a CSR list per j), so block j's keys are run once
+//               against exactly the rows that need them (key-block-major), then every row's own
+//               block causally. Unchosen blocks are never touched: the work falls with sparsity.
+//               Gathering over several query blocks, not one, matters: with top-k of many
+//               blocks only ~B*(k-1)/i rows of query block i choose a given j, too few rows to
+//               reuse a key tile from registers; a span of blocks multiplies that.
 #pragma once
 
 #include <algorithm>
@@ -21,6 +24,7 @@ namespace moba::detail::cpu {
 
 constexpr int kRowTile = 96;  // query rows per engine chunk (a multiple of the 6-row kernel)
 constexpr int kKeyTile = 64;  // keys per engine step (whole 16-key panels)
+constexpr int kMobaRows = 1024;  // MoBA unit: whole query blocks, about this many rows
 
 struct Unit {
   int seq, h, r0, r1;  // query head h, rows r0 .. r1-1 of sequence seq
@@ -30,7 +34,7 @@ struct Unit {
 // sequence see the most keys), which keeps dynamic scheduling balanced at the end.
 inline std::vector<Unit> make_units(const Problem& p, int g) {
   std::vector<Unit> units;
-  const int step = p.mode == Mode::moba ? p.block_size : kRowTile;
+  const int step = p.mode == Mode::moba ? p.block_size * std::max(1, kMobaRows / p.block_size) : kRowTile;
   for (int b = 0; b < p.batch; ++b) {
     const int len = p.cu_seqlens[b + 1] - p.cu_seqlens[b];
     for (int h = g * p.group(); h < (g + 1) * p.group(); ++h)
@@ -60,15 +64,16 @@ struct RowPlan {
     alo.assign(rows, 0), ahi.assign(rows, 0), blo.assign(rows, 0), bhi.assign(rows, 0);
     all.resize(rows);
     const bool moba = p.mode == Mode::moba;
-    past_blocks = moba ? u.r0 / p.block_size : 0;
+    past_blocks = moba ? (u.r1 - 1) / p.block_size : 0;  // the last row's own block
     past_start.assign(past_blocks + 1, 0);
     pairs_.clear();
     for (int r = 0; r < rows; ++r) {
       all[r] = r;
       const int t = u.r0 + r;
+      const int own_begin = moba ? t / p.block_size * p.block_size : 0;
       int ranges = 0;
       for_each_visible_range(p, len, t, u.h, selection_of(p, selection, begin + t, u.h), [&](int lo, int hi) {
-        if (moba && hi <= past_blocks * p.block_size) {  // a chosen past block
+        if (moba && hi <= own_begin) {  // a chosen past block
           pairs_.push_back({lo / p.block_size, r});
           ++past_start[lo / p.block_size + 1];
         } else if (ranges++ == 0) {
