@@ -111,7 +111,7 @@ int main(int argc, char** argv) {
   std::ostringstream md;
   md << "device: " << prop.name << " (" << prop.multiProcessorCount << " SMs)\n\n";
   md << "| N | attention | state | pairs/row | default ms | TFLOP/s | determ. ms | TFLOP/s | det/def | "
-        "workspace MiB (det) | dense-flash extra MiB | peak ratio vs dense flash | all-atomic dQ ms |\n";
+        "workspace MiB (det) | dense-flash extra MiB | peak ratio vs dense flash | 64-key tiles ms |\n";
   md << "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
   std::printf("%s", md.str().c_str());
   std::fflush(stdout);
@@ -195,16 +195,16 @@ int main(int argc, char** argv) {
       }
       const double flops = 10.0 * D * pairs;
 
-      // Variants: 0 default, 1 deterministic, 2 default with every dQ by atomics
-      // (MOBA_BWD_DQ=atomic, for comparison).
+      // Variants: 0 default, 1 deterministic, 2 default with 64-key tiles everywhere
+      // (MOBA_BWD_NG=1, for comparison with the 128-key tiles).
       double ms[3] = {0, 0, 0};
       std::size_t ws[3] = {0, 0, 0};
       for (int det = 0; det < 3; ++det) {
         moba::RunOptions o;
         o.backend = moba::Backend::cuda;
         o.deterministic = det == 1;
-        if (det == 2) setenv("MOBA_BWD_DQ", "atomic", 1);
-        else unsetenv("MOBA_BWD_DQ");
+        if (det == 2) setenv("MOBA_BWD_NG", "1", 1);
+        else unsetenv("MOBA_BWD_NG");
         auto call = [&]() {
           moba::attention_backward(view(q.p, bf, {T, H, D}), view(k.p, bf, {T, H, D}), view(v.p, bf, {T, H, D}),
                                    view(out.p, bf, {T, H, D}), view(lse.p, moba::DType::f32, {H, T}),
@@ -248,7 +248,7 @@ int main(int argc, char** argv) {
       const double sel_bytes = double(N) * H * past * 4;
       const double flash_extra = double(nq) * 4 + double(N) * H * 4;
       const double ratio = (tensors + sel_bytes + double(std::max(ws[0], ws[1]))) / (tensors + flash_extra);
-      unsetenv("MOBA_BWD_DQ");
+      unsetenv("MOBA_BWD_NG");
       char line[512];
       std::snprintf(line, sizeof line,
                     "| %ldK | %s | %s | %.0f | %.3f | %.0f | %.3f | %.0f | %.2fx | %.1f (%.1f) | %.1f | %.2f | %.3f |\n",

@@ -278,6 +278,20 @@ TEST(CudaBackward, PopularBlockIsSplit) {
   run_case(c, 0);
 }
 
+// Full causal, one long sequence, GQA: the first 128-key tiles see far more row tiles than the
+// average and are split; the causal diagonal spans two token tiles of every key tile.
+TEST(CudaBackward, LongCausalIsSplit) {
+  MOBA_SKIP_WITHOUT_GPU();
+  Shape s;
+  s.seqlens = {2200, 70};
+  s.hq = 2;
+  s.hkv = 1;
+  s.d = 64;
+  s.dtype = DType::f16;
+  s.params = AttentionParams::full();
+  run_case(make_case(s, 4242), 1);
+}
+
 TEST(CudaBackward, MoaIsUnsupported) {
   MOBA_SKIP_WITHOUT_GPU();
   Shape s;

@@ -10,7 +10,8 @@
 //  3. Query-major dQ pass (dq_pass.cuh) over the causal rows: one CTA per 64-token tile and
 //     head recomputes S and dP over the keys of its own block (full mode: all earlier keys) and
 //     keeps dQ in registers. No atomics; it stores dQ (to the output when nothing is listed).
-//  4. Key-major pass (key_pass.cuh): one CTA per 64-key tile and KV head holds dK, dV in
+//  4. Key-major pass (key_pass.cuh): one CTA per 128-key tile (64 when MoBA blocks are not a
+//     multiple of 128) and KV head holds dK, dV in
 //     registers over every row tile that sees the tile: the causal rows of its own block (full
 //     mode: every later row) and the listed rows of its block. CTAs are launched longest
 //     first; a key tile with many more row tiles than the average is split over several CTAs
@@ -23,7 +24,7 @@
 // Workspace: D (4 B per row and head), the lists (4 B per selection entry, plus sort buffers
 // freed before the main passes), the fp32 dQ scratch (not needed in full mode or when no
 // past block is selected)
-// and, for split key tiles, 2 * 64 * D floats per extra CTA.
+// and, for split key tiles, 2 * (64 or 128) * D floats per extra CTA.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -113,18 +114,18 @@ struct SplitTile {
 
 // Sums the fp32 partials of split key tiles in slot order and writes dK, dV.
 template <class T>
-__global__ void reduce_partials_kernel(const SplitTile* tiles, const float* partial, int D, T* dk,
+__global__ void reduce_partials_kernel(const SplitTile* tiles, const float* partial, int KT, int D, T* dk,
                                        std::int64_t dk_ts, std::int64_t dk_hs, T* dv,
                                        std::int64_t dv_ts, std::int64_t dv_hs) {
   const SplitTile st = tiles[blockIdx.x];
-  for (int e = threadIdx.x; e < 64 * D; e += blockDim.x) {
+  for (int e = threadIdx.x; e < KT * D; e += blockDim.x) {
     const int key = e / D, d = e % D;
     if (key >= st.key_len) continue;
     float sk = 0.f, sv = 0.f;
     for (int s = 0; s < st.n_slots; ++s) {
-      const float* base = partial + std::int64_t(st.slot_begin + s) * 2 * 64 * D;
+      const float* base = partial + std::int64_t(st.slot_begin + s) * 2 * KT * D;
       sk += base[e];
-      sv += base[64 * D + e];
+      sv += base[KT * D + e];
     }
     const std::int64_t tok = st.key_start + key;
     dk[tok * dk_ts + st.g * dk_hs + d] = cuda::Dt<T>::from_float(sk);
@@ -164,6 +165,28 @@ void dq_pass(bool bf16, int D, const DqPassArgs& a, int n, cudaStream_t s) {
   if (bf16) D == 64 ? launch_dq_pass<true, 64>(a, n, s) : launch_dq_pass<true, 128>(a, n, s);
   else D == 64 ? launch_dq_pass<false, 64>(a, n, s) : launch_dq_pass<false, 128>(a, n, s);
   MOBA_CUDA_LAUNCH_CHECK();
+}
+
+// The scratch comes from the device's default stream-ordered pool, which by default returns
+// freed memory to the driver at every synchronisation; the next call then maps it again
+// (~1-2 ms for the 0.5 GiB dQ accumulator at 128K tokens). Keep up to 4 GiB cached in the pool
+// (only raised when still at the default of 0; memory above it is still released).
+void keep_pool_memory(int dev) {
+  static bool done[64] = {};
+  if (dev < 0 || dev >= 64 || done[dev]) return;
+  done[dev] = true;
+  cudaMemPool_t pool;
+  if (cudaDeviceGetDefaultMemPool(&pool, dev) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return;
+  }
+  std::uint64_t threshold = 0;
+  if (cudaMemPoolGetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &threshold) == cudaSuccess &&
+      threshold == 0) {
+    threshold = std::uint64_t(4) << 30;
+    (void)cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &threshold);
+  }
+  (void)cudaGetLastError();
 }
 
 bool aligned_operand(const Operand& x) {
@@ -211,6 +234,7 @@ void run_backward(const Problem& p, const Backward& w, const RunOptions& o) {
   int dev = 0, nsm = 132;
   MOBA_CUDA_CHECK(cudaGetDevice(&dev));
   MOBA_CUDA_CHECK(cudaDeviceGetAttribute(&nsm, cudaDevAttrMultiProcessorCount, dev));
+  keep_pool_memory(dev);
 
   // MoBA blocks of each sequence, numbered globally.
   std::vector<int> blk_base(p.batch + 1, 0);
@@ -271,7 +295,11 @@ void run_backward(const Problem& p, const Backward& w, const RunOptions& o) {
   const bool has_lists = P > 0 && off.back() > 0;
   mark("lists");
 
-  // Key-major items: one per (key tile, KV head), split when far above the average.
+  // Key-major items: one per (key tile, KV head), split when far above the average. Tiles are
+  // 128 keys (NG = 2) unless MoBA blocks are not a multiple of 128.
+  const char* ng_knob = std::getenv("MOBA_BWD_NG");  // "1": 64-key tiles always (measurements)
+  const bool ng1 = ng_knob && !std::strcmp(ng_knob, "1");
+  const int NG = (!ng1 && (!moba || B % 128 == 0)) ? 2 : 1, KT = 64 * NG;
   struct Tile {
     KeyItem it;
     int n;
@@ -280,11 +308,11 @@ void run_backward(const Problem& p, const Backward& w, const RunOptions& o) {
   long long row_tiles = 0;
   for (int b = 0; b < p.batch; ++b) {
     const int begin = p.cu_seqlens[b], len = p.cu_seqlens[b + 1] - begin;
-    for (int kt = 0; kt * 64 < len; ++kt) {
-      const int j = kt * 64 / B;
+    for (int kt = 0; kt * KT < len; ++kt) {
+      const int j = kt * KT / B;
       KeyItem it{};
-      it.key_start = begin + kt * 64;
-      it.key_len = std::min(64, len - kt * 64);
+      it.key_start = begin + kt * KT;
+      it.key_len = std::min(KT, len - kt * KT);
       it.impl_begin = it.key_start;
       it.impl_end = begin + (moba ? std::min((j + 1) * B, len) : len);
       it.partial = -1;
@@ -303,7 +331,7 @@ void run_backward(const Problem& p, const Backward& w, const RunOptions& o) {
       }
     }
   }
-  const int slots = 2 * nsm;  // resident CTAs (2 per SM)
+  const int slots = NG == 1 ? 2 * nsm : nsm;  // resident CTAs
   const int cap = std::max(16, ceil_div(row_tiles, 2ll * slots));
   std::vector<KeyItem> items;
   std::vector<SplitTile> splits;
@@ -371,9 +399,9 @@ void run_backward(const Problem& p, const Backward& w, const RunOptions& o) {
   float* partial = nullptr;
   SplitTile* splits_d = nullptr;
   if (n_partials > 0) {
-    partial = ws.alloc<float>(std::size_t(n_partials) * 2 * 64 * D, "split dK/dV partials");
+    partial = ws.alloc<float>(std::size_t(n_partials) * 2 * KT * D, "split dK/dV partials");
     splits_d = ws.upload(splits, "split tiles");
-    mem.add(std::size_t(n_partials) * 2 * 64 * D * 4 + splits.size() * sizeof(SplitTile));
+    mem.add(std::size_t(n_partials) * 2 * KT * D * 4 + splits.size() * sizeof(SplitTile));
   }
   float* dq_acc = nullptr;
   const bool need_acc = all_atomic || has_lists;
@@ -407,11 +435,11 @@ void run_backward(const Problem& p, const Backward& w, const RunOptions& o) {
   mark("dq causal");
   // dK, dV; in the default mode also the listed rows' dQ (all rows' with MOBA_BWD_DQ=atomic).
   KeyPassArgs ka{op, w.lse, dt, list, items_d, det ? nullptr : dq_acc, all_atomic ? 0 : 1, partial,
-                 total, hq, G, p.scale, scale_log2};
+                 total, hq, G, p.scale, scale_log2, NG};
   key_pass(bf16, D, ka, static_cast<int>(items.size()), stream);
   if (!splits.empty()) {
     reduce_partials_kernel<T><<<static_cast<int>(splits.size()), 256, 0, stream>>>(
-        splits_d, partial, D, static_cast<T*>(w.dk.data), w.dk.token_stride, w.dk.head_stride,
+        splits_d, partial, KT, D, static_cast<T*>(w.dk.data), w.dk.token_stride, w.dk.head_stride,
         static_cast<T*>(w.dv.data), w.dv.token_stride, w.dv.head_stride);
     MOBA_CUDA_LAUNCH_CHECK();
   }

@@ -1,8 +1,9 @@
 // Work items and kernel arguments of the CUDA backward, shared by host planning code and the
 // kernels (plain structs, no CUDA types).
 //
-// Key-major pass (dK, dV and, in the default mode, dQ by fp32 atomics): one item is one 64-key
-// tile of one KV head together with a range of 64-row tiles of the query rows that see it.
+// Key-major pass (dK, dV and, in the default mode, the listed rows' dQ by fp32 atomics): one
+// item is one tile of 64 * NG keys (NG = 2 when tiles of 128 keys stay inside one MoBA block)
+// of one KV head together with a range of 64-row tiles of the query rows that see it.
 // The rows of a key tile are, in order:
 //   implicit rows: tokens [impl_begin, impl_end) of the key tile's sequence, for each query
 //     head of the group, in 64-token x 1-head tiles (token tile major, head minor). These are
@@ -25,7 +26,7 @@ namespace moba::detail::bwd {
 
 struct KeyItem {
   int key_start;   // absolute token of the tile's first key
-  int key_len;     // keys of the tile inside the sequence (1..64)
+  int key_len;     // keys of the tile inside the sequence (1..64 * NG)
   int g;           // KV head
   int impl_begin;  // absolute tokens of the implicit rows: [impl_begin, impl_end)
   int impl_end;
@@ -66,9 +67,10 @@ struct KeyPassArgs {
   const KeyItem* items;
   float* dq_acc;           // [total, hq, D] fp32, atomically accumulated; nullptr: no dQ
   int dq_listed_only;      // 1: dQ only for listed rows (the causal rows' dQ comes from the dQ pass)
-  float* partial;          // [slots, 2, 64, D] fp32 (dK then dV)
+  float* partial;          // [slots, 2, 64 * NG, D] fp32 (dK then dV)
   int total, hq, group;
   float scale, scale_log2;
+  int groups;  // NG: 64-key warp groups per CTA (1 or 2); tiles are 64 * NG keys
 };
 
 // How the dQ pass stores its tile's result.

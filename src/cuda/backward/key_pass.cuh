@@ -1,12 +1,15 @@
-// Key-major backward pass (mma.sync, sm_80+). One CTA = 4 warps = one KeyItem: a 64-key tile
-// of one KV head and a run of 64-row tiles of the query rows that see it (bwd_plan.hpp).
+// Key-major backward pass (mma.sync, sm_80+). One CTA = one KeyItem: a tile of 64 * NG keys
+// (NG = a.groups, 1 or 2; 128 * NG threads) of one KV head and a run of 64-row tiles of the
+// query rows that see it (bwd_plan.hpp). NG = 2 (128-key tiles, full mode and MoBA blocks of
+// a multiple of 128) halves the Q/dO loads and dQ atomics per unit of work.
 //
 // Warp w owns keys 16w..16w+15 of the tile and keeps their dK, dV rows in registers for the
 // whole item (no atomics for them). Per row tile, with Q, dO of the 64 rows in shared memory:
 //   S^T  = K_w Q^T             (16 x 64)   P^T = exp(scale S^T - lse), causal mask on the diagonal
 //   dP^T = V_w dO^T            (16 x 64)   dS^T = P^T (dP^T - D)
 //   dV_w += P^T dO,  dK_w += dS^T Q        (P, dS rounded to the dtype as mma operands)
-//   dS^T -> shared; dQ (64 x D) = dS K, warp w rows 16w..16w+15, added by fp32 atomics.
+//   dS^T -> shared; dQ (64 x D) = dS K, warp w rows 16(w%4).., columns split over the groups,
+//   added by fp32 atomics.
 // Q/dO of the next row tile are prefetched with cp.async while the current one computes.
 #pragma once
 
@@ -16,27 +19,30 @@
 
 namespace moba::detail::bwd {
 
+// Shared memory: K, V (64 NG rows each), Q[2], dO[2] (64 rows), dS^T (64 NG x 64), metadata.
 template <int D>
 struct KeyPassSmem {
-  static constexpr int kTile = 64 * D * 2;                // bytes of one 64 x D tile
-  static constexpr int kK = 0, kV = kTile, kQ = 2 * kTile, kDO = 4 * kTile, kDS = 6 * kTile;
-  static constexpr int kMeta = kDS + 64 * 64 * 2;         // lse2[2][64] dt[2][64] tok[2][64] head[2][64]
-  static constexpr int kBytes = kMeta + 4 * 2 * 64 * 4;
+  static constexpr int kTile = 64 * D * 2;  // bytes of one 64 x D tile
+  int ng, k, v, q, dout, ds, meta, bytes;
+  __host__ __device__ explicit KeyPassSmem(int groups)
+      : ng(groups), k(0), v(groups * kTile), q(2 * groups * kTile), dout(q + 2 * kTile),
+        ds(dout + 2 * kTile), meta(ds + groups * 64 * 64 * 2), bytes(meta + 4 * 2 * 64 * 4) {}
 };
 
 template <class T, int D>
-__global__ void __launch_bounds__(128, 2) key_pass_kernel(const KeyPassArgs a) {
+__global__ void __launch_bounds__(256, 1) key_pass_kernel(const KeyPassArgs a) {
   using Ops = DTypeOps<T>;
-  using L = KeyPassSmem<D>;
   constexpr int kC = D / 8;  // 16-byte chunks per row
   extern __shared__ __align__(128) unsigned char smem[];
 
   const KeyItem it = a.items[blockIdx.x];
+  const int NG = a.groups, nthr = 128 * NG;
+  const KeyPassSmem<D> L(NG);
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   const int G = a.group, hq = a.hq;
   const std::uint32_t sb = smem_addr(smem);
-  const std::uint32_t sK = sb + L::kK, sV = sb + L::kV, sDS = sb + L::kDS;
-  float* lse_s = reinterpret_cast<float*>(smem + L::kMeta);
+  const std::uint32_t sK = sb + L.k, sV = sb + L.v, sDS = sb + L.ds;
+  float* lse_s = reinterpret_cast<float*>(smem + L.meta);
   float* dt_s = lse_s + 128;
   int* tok_s = reinterpret_cast<int*>(dt_s + 128);
   int* head_s = tok_s + 128;
@@ -70,10 +76,8 @@ __global__ void __launch_bounds__(128, 2) key_pass_kernel(const KeyPassArgs a) {
   };
 
   auto load_rows = [&](int rt, int buf) {
-    const std::uint32_t sQ = sb + L::kQ + buf * L::kTile, sDO = sb + L::kDO + buf * L::kTile;
-#pragma unroll
-    for (int i = 0; i < 64 * kC / 128; ++i) {
-      const int c = tid + i * 128;
+    const std::uint32_t sQ = sb + L.q + buf * L.kTile, sDO = sb + L.dout + buf * L.kTile;
+    for (int c = tid; c < 64 * kC; c += nthr) {
       const int row = c / kC, chunk = c % kC;
       int tok, head;
       row_of(rt, row, tok, head);
@@ -103,9 +107,7 @@ __global__ void __launch_bounds__(128, 2) key_pass_kernel(const KeyPassArgs a) {
   auto rt_at = [&](int i) { const int x = i + rot; return it.rt_begin + (x >= n_rt ? x - n_rt : x); };
 
   // K, V tiles of the item and the first row tile.
-#pragma unroll
-  for (int i = 0; i < 64 * kC / 128; ++i) {
-    const int c = tid + i * 128;
+  for (int c = tid; c < 64 * NG * kC; c += nthr) {
     const int row = c / kC, chunk = c % kC;
     const bool ok = row < it.key_len;
     const std::int64_t tok = it.key_start + (ok ? row : 0);
@@ -136,8 +138,8 @@ __global__ void __launch_bounds__(128, 2) key_pass_kernel(const KeyPassArgs a) {
       cp_async_commit();
     }
     const bool with_dq = a.dq_acc != nullptr && (!a.dq_listed_only || rt >= n_impl);
-    const bool diag = rt < n_impl && rt < G;
-    const std::uint32_t sQ = sb + L::kQ + buf * L::kTile, sDO = sb + L::kDO + buf * L::kTile;
+    const bool diag = rt < n_impl && rt < G * NG;  // token tiles overlapping the key tile
+    const std::uint32_t sQ = sb + L.q + buf * L.kTile, sDO = sb + L.dout + buf * L.kTile;
     const float* lse_b = lse_s + buf * 64;
     const float* dt_b = dt_s + buf * 64;
     const int* tok_b = tok_s + buf * 64;
@@ -218,7 +220,7 @@ __global__ void __launch_bounds__(128, 2) key_pass_kernel(const KeyPassArgs a) {
                                    Ops::pack(g[2 * kq + 1][0], g[2 * kq + 1][1]),
                                    Ops::pack(g[2 * kq + 1][2], g[2 * kq + 1][3])};
       if (with_dq) {
-        unsigned char* base = smem + L::kDS;
+        unsigned char* base = smem + L.ds;
         *reinterpret_cast<std::uint32_t*>(base + swz<8>(key_row0, 2 * kq) + (lane & 3) * 4) = da[0];
         *reinterpret_cast<std::uint32_t*>(base + swz<8>(key_row0 + 8, 2 * kq) + (lane & 3) * 4) = da[1];
         *reinterpret_cast<std::uint32_t*>(base + swz<8>(key_row0, 2 * kq + 1) + (lane & 3) * 4) = da[2];
@@ -235,32 +237,32 @@ __global__ void __launch_bounds__(128, 2) key_pass_kernel(const KeyPassArgs a) {
 
     if (with_dq) {
       __syncthreads();  // dS^T complete
-      // dQ rows 16w..16w+15 = dS (rows, 64 keys) K (64 keys, D). A from dS^T by transposed loads.
-      std::uint32_t af[4][4];
-#pragma unroll
-      for (int kk = 0; kk < 4; ++kk)
-        ldsm_x4_t(af[kk], sDS + swz<8>(kk * 16 + (lane & 7) + ((lane >> 4) << 3), 2 * warp + ((lane >> 3) & 1)));
-      const int r0 = warp * 16 + (lane >> 2);
+      // dQ rows 16(w%4).. = dS (rows, 64 NG keys) K (64 NG keys, D); A from dS^T by transposed
+      // loads. NG = 1: each warp does both column halves; NG = 2: warp group w/4 does one.
+      const int rw = warp & 3;
+      const int r0 = rw * 16 + (lane >> 2);
       const int t0 = tok_b[r0], t1 = tok_b[r0 + 8];
       float* q0 = a.dq_acc + (std::int64_t(t0) * hq + head_s[buf * 64 + r0]) * D;
       float* q1 = a.dq_acc + (std::int64_t(t1) * hq + head_s[buf * 64 + r0 + 8]) * D;
-#pragma unroll
-      for (int half = 0; half < 2; ++half) {
+      const int h_begin = NG == 1 ? 0 : (warp >> 2), h_end = NG == 1 ? 2 : h_begin + 1;
+      for (int half = h_begin; half < h_end; ++half) {
         float acc[D / 16][4];
 #pragma unroll
         for (int n = 0; n < D / 16; ++n)
 #pragma unroll
           for (int e = 0; e < 4; ++e) acc[n][e] = 0.f;
-#pragma unroll
-        for (int kk = 0; kk < 4; ++kk)
+        for (int kk = 0; kk < 4 * NG; ++kk) {
+          std::uint32_t af[4];
+          ldsm_x4_t(af, sDS + swz<8>(kk * 16 + (lane & 7) + ((lane >> 4) << 3), 2 * rw + ((lane >> 3) & 1)));
 #pragma unroll
           for (int dp = 0; dp < D / 32; ++dp) {
             std::uint32_t bf[4];
             ldsm_x4_t(bf, sK + swz<kC>(kk * 16 + (lane & 7) + (((lane >> 3) & 1) << 3),
                                        2 * (half * (D / 32) + dp) + (lane >> 4)));
-            Ops::mma(acc[2 * dp], af[kk], bf[0], bf[1]);
-            Ops::mma(acc[2 * dp + 1], af[kk], bf[2], bf[3]);
+            Ops::mma(acc[2 * dp], af, bf[0], bf[1]);
+            Ops::mma(acc[2 * dp + 1], af, bf[2], bf[3]);
           }
+        }
 #pragma unroll
         for (int n = 0; n < D / 16; ++n) {
           const int d = half * (D / 2) + n * 8 + (lane & 3) * 2;
@@ -294,9 +296,9 @@ __global__ void __launch_bounds__(128, 2) key_pass_kernel(const KeyPassArgs a) {
               Ops::pack(v0, v1);
         }
       } else {
-        float* pk = a.partial + (std::int64_t(it.partial) * 2 * 64 + key) * D + d;
+        float* pk = a.partial + (std::int64_t(it.partial) * 2 * 64 * NG + key) * D + d;
         *reinterpret_cast<float2*>(pk) = make_float2(k0, k1);
-        *reinterpret_cast<float2*>(pk + 64 * D) = make_float2(v0, v1);
+        *reinterpret_cast<float2*>(pk + 64 * NG * D) = make_float2(v0, v1);
       }
     }
   }
@@ -305,9 +307,9 @@ __global__ void __launch_bounds__(128, 2) key_pass_kernel(const KeyPassArgs a) {
 template <class T, int D>
 void launch_key_pass_impl(const KeyPassArgs& a, int n_items, void* stream) {
   if (n_items <= 0) return;
-  constexpr int kSmem = KeyPassSmem<D>::kBytes;
-  cudaFuncSetAttribute(key_pass_kernel<T, D>, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
-  key_pass_kernel<T, D><<<n_items, 128, kSmem, static_cast<cudaStream_t>(stream)>>>(a);
+  const int smem = KeyPassSmem<D>(a.groups).bytes;
+  cudaFuncSetAttribute(key_pass_kernel<T, D>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+  key_pass_kernel<T, D><<<n_items, 128 * a.groups, smem, static_cast<cudaStream_t>(stream)>>>(a);
 }
 
 }  // namespace moba::detail::bwd
