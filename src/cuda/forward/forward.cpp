@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <vector>
 
 #include "core/backends.hpp"
@@ -50,6 +51,17 @@ void check_supported(const Problem& p, const char* what) {
     invalid("q", "head_dim 64 or 128 on the cuda backend", std::to_string(p.head_dim));
   if (p.mode == Mode::moba && p.block_size % 64 != 0)
     invalid("block_size", "a multiple of 64 on the cuda backend", std::to_string(p.block_size));
+}
+
+// The kernels move rows in 16-byte pieces (cp.async): rows must start 16-byte aligned.
+void check_aligned(const char* name, const Operand& x) {
+  const auto addr = reinterpret_cast<std::uintptr_t>(x.data);
+  if (addr % 16 != 0)
+    invalid(name, "a 16-byte aligned data pointer on the cuda backend",
+            "address ending in 0x" + std::to_string(addr % 16));
+  if (x.token_stride % 8 != 0 || x.head_stride % 8 != 0)
+    invalid(name, "token and head strides that are multiples of 8 elements on the cuda backend",
+            "strides " + std::to_string(x.token_stride) + ", " + std::to_string(x.head_stride));
 }
 
 // Per-sequence tables, uploaded once per call.
@@ -131,9 +143,11 @@ void run_gate(const Problem& p, const Plan& pl, const Operand& q, const Operand&
   g.num_tiles = pl.num_tiles;
   g.blk_off = pl.blk_off;
   g.num_blocks = pl.num_blocks;
+  void* sums = ws.alloc_bytes(std::size_t(std::max(pl.num_blocks, 1)) * p.hkv * p.head_dim * 8,
+                              "MoBA block sums");
   dispatch(p, [&](auto* t, auto d) {
     using T = std::remove_pointer_t<decltype(t)>;
-    launch_gate<T, decltype(d)::value>(g, ws.stream());
+    launch_gate<T, decltype(d)::value>(g, sums, ws.stream());
   });
 }
 
@@ -142,6 +156,8 @@ void run_gate(const Problem& p, const Plan& pl, const Operand& q, const Operand&
 void cuda_gate(const Problem& p, const Operand& q, const Operand& k, std::int32_t* selection,
                const RunOptions& o) {
   check_supported(p, "moba_gate");
+  check_aligned("q", q);
+  check_aligned("k", k);
   if (p.total == 0 || p.past_k() == 0) return;
   DeviceGuard guard(p.device.index);
   Workspace ws(stream_of(o));
@@ -151,6 +167,10 @@ void cuda_gate(const Problem& p, const Operand& q, const Operand& k, std::int32_
 
 void cuda_forward(const Problem& p, const Forward& f, const RunOptions& o) {
   check_supported(p, "attention_forward");
+  check_aligned("q", f.q);
+  check_aligned("k", f.k);
+  check_aligned("v", f.v);
+  check_aligned("out", f.out);
   if (p.total == 0) return;
   DeviceGuard guard(p.device.index);
   Workspace ws(stream_of(o));

@@ -1,18 +1,21 @@
 // MoBA gate on the GPU (docs/semantics.md, "Gate" and "Selection").
-// 1. block_means_kernel: one CTA per (full block, KV head); fp64 sums (exact for bf16/f16
-//    inputs, so the order does not matter), fp32 divide, round to the input dtype, exactly as
-//    the reference does.
+// 1. block_sums_kernel + block_means_finalize: fp64 sums per (full block, KV head), split over
+//    CTAs of 256 rows (exact for bf16/f16 inputs, so the order does not matter), then fp32
+//    divide and rounding to the input dtype, exactly as the reference does.
 // 2. gate_topk_kernel: one CTA = 64 query rows of one head (all rows of a 64-row tile share the
 //    own block because block_size is a multiple of 64). Scores q . mean for the past blocks run
 //    on tensor cores (m16n8k16, fp32 accumulate) 64 blocks at a time; each chunk's 64x64 scores
-//    go to shared memory only, where one thread per row keeps a sorted top-(topk-1) list
-//    (strictly greater replaces, so ties keep the earlier block). The [tokens x blocks] score
+//    go to shared memory only. The mma threads flag, per row, the scores above the row's
+//    current K-th best (a 64-bit mask); one thread per row then walks only the flagged blocks
+//    in ascending order and keeps a sorted top-(topk-1) list (strictly greater replaces, so
+//    ties keep the earlier block). The [tokens x blocks] score
 //    matrix never reaches global memory. Tiles whose rows have at most topk-1 past blocks
 //    select all of them without scoring.
 #pragma once
 
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cstdint>
 
 #include "cuda/common/check.hpp"
@@ -32,32 +35,54 @@ __device__ __forceinline__ int last_le(const int* a, int lo, int hi, int x) {
 }
 }  // namespace gate_detail
 
+// Block sums in fp64, split over CTAs of kSumRows rows each and combined by fp64 atomics.
+// Every partial sum of bf16/f16 inputs is exact in fp64 (for any block whose values span fewer
+// than ~2^40 in magnitude), so the atomic order does not change the result: deterministic.
+constexpr int kSumRows = 256;
+
 template <class T, int D>
-__global__ void __launch_bounds__(256) block_means_kernel(const GateParams p) {
-  constexpr int G = 256 / D;  // row groups
-  __shared__ double part[256];
+__global__ void __launch_bounds__(256) block_sums_kernel(const GateParams p, double* sums) {
+  constexpr int V = D / 8;    // 16-byte pieces per row
+  constexpr int R = 256 / V;  // row groups
+  __shared__ double red[R][D];
   const int gb = blockIdx.x, hk = blockIdx.y;
   const int seq = gate_detail::last_le(p.blk_off, 0, p.batch, gb);
   const int j = gb - p.blk_off[seq];
+  const int r_begin = blockIdx.z * kSumRows, r_end = min(p.block_size, r_begin + kSumRows);
   const std::int64_t row0 = std::int64_t(p.cu[seq]) + std::int64_t(j) * p.block_size;
-  const int d = threadIdx.x % D, rg = threadIdx.x / D;
-  const T* kp = static_cast<const T*>(p.k) + row0 * p.k_ts + std::int64_t(hk) * p.k_hs + d;
-  double s0 = 0, s1 = 0;
-  int r = rg;
-  for (; r + G < p.block_size; r += 2 * G) {
-    s0 += double(Dt<T>::to_float(kp[std::int64_t(r) * p.k_ts]));
-    s1 += double(Dt<T>::to_float(kp[std::int64_t(r + G) * p.k_ts]));
-  }
-  for (; r < p.block_size; r += G) s0 += double(Dt<T>::to_float(kp[std::int64_t(r) * p.k_ts]));
-  part[threadIdx.x] = s0 + s1;
-  __syncthreads();
-  if (rg == 0) {
-    double total = 0;
+  const int v = threadIdx.x % V, rg = threadIdx.x / V;
+  const T* kp = static_cast<const T*>(p.k) + row0 * p.k_ts + std::int64_t(hk) * p.k_hs + v * 8;
+  double acc[8];
 #pragma unroll
-    for (int i = 0; i < G; ++i) total += part[i * D + d];
-    const float mean = float(total) / float(p.block_size);
-    static_cast<T*>(p.means)[(std::int64_t(gb) * p.hkv + hk) * D + d] = Dt<T>::from_float(mean);
+  for (int i = 0; i < 8; ++i) acc[i] = 0;
+#pragma unroll 4
+  for (int r = r_begin + rg; r < r_end; r += R) {
+    const uint4 u = *reinterpret_cast<const uint4*>(kp + std::int64_t(r) * p.k_ts);
+    const std::uint32_t w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const float2 f = Dt<T>::unpack(w[i]);
+      acc[2 * i] += double(f.x);
+      acc[2 * i + 1] += double(f.y);
+    }
   }
+#pragma unroll
+  for (int i = 0; i < 8; ++i) red[rg][v * 8 + i] = acc[i];
+  __syncthreads();
+  for (int d = threadIdx.x; d < D; d += 256) {
+    double t = 0;
+#pragma unroll
+    for (int i = 0; i < R; ++i) t += red[i][d];
+    atomicAdd(sums + (std::int64_t(gb) * p.hkv + hk) * D + d, t);
+  }
+}
+
+// mean = round_dtype(float(sum) / float(B)), as the reference.
+template <class T, int D>
+__global__ void block_means_finalize(const GateParams p, const double* sums, long long n) {
+  for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n;
+       i += (long long)gridDim.x * blockDim.x)
+    static_cast<T*>(p.means)[i] = Dt<T>::from_float(float(sums[i]) / float(p.block_size));
 }
 
 template <class T, int D>
@@ -66,7 +91,8 @@ struct GateTraits {
   static constexpr int kTileElems = 64 * kStride;
   static constexpr int kScoreStride = 65;  // floats; odd stride: row-parallel reads are conflict-free
   static int smem_bytes(int past_k) {
-    return 3 * kTileElems * int(sizeof(T)) + 64 * kScoreStride * 4 + past_k * 64 * 8;
+    return 3 * kTileElems * int(sizeof(T)) + 64 * kScoreStride * 4 + 64 * 4 + 64 * 8 +
+           past_k * 64 * 8;
   }
 };
 
@@ -80,7 +106,9 @@ __global__ void __launch_bounds__(128) gate_topk_kernel(const GateParams p) {
   T* sQ = reinterpret_cast<T*>(smem_raw);
   T* sM = sQ + Tr::kTileElems;  // 2 buffers
   float* sS = reinterpret_cast<float*>(sM + 2 * Tr::kTileElems);
-  float* lst = sS + 64 * SS;                           // [K][64] scores, sorted descending
+  float* sThr = sS + 64 * SS;  // per row: K-th best score so far, NaN while fewer than K
+  unsigned long long* sMask = reinterpret_cast<unsigned long long*>(sThr + 64);  // candidates
+  float* lst = reinterpret_cast<float*>(sMask + 64);   // [K][64] scores, sorted descending
   int* lidx = reinterpret_cast<int*>(lst + p.past_k * 64);  // [K][64] block indices
 
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
@@ -130,6 +158,7 @@ __global__ void __launch_bounds__(128) gate_topk_kernel(const GateParams p) {
   };
   load_means(0, 0);
   cp_async_commit();
+  if (tid < 64) sThr[tid] = __int_as_float(0x7fffffff);  // NaN: every score is a candidate
 
   const int myrow = warp * 16 + lane;  // scanning lanes 0..15
   int cnt = 0;
@@ -167,18 +196,39 @@ __global__ void __launch_bounds__(128) gate_topk_kernel(const GateParams p) {
       }
     }
     float* wS = sS + (warp * 16) * SS;
+    // Candidates: scores not <= the row's current K-th best (all while the list is not full;
+    // NaN thresholds and NaN scores compare false, so they are candidates too).
+    const float th0 = sThr[warp * 16 + g], th1 = sThr[warp * 16 + g + 8];
+    unsigned long long m0 = 0, m1 = 0;
 #pragma unroll
     for (int n = 0; n < 8; ++n) {
       wS[g * SS + n * 8 + 2 * c4] = s[n][0];
       wS[g * SS + n * 8 + 2 * c4 + 1] = s[n][1];
       wS[(g + 8) * SS + n * 8 + 2 * c4] = s[n][2];
       wS[(g + 8) * SS + n * 8 + 2 * c4 + 1] = s[n][3];
+      const int col = n * 8 + 2 * c4;
+      if (!(s[n][0] <= th0)) m0 |= 1ull << col;
+      if (!(s[n][1] <= th0)) m0 |= 1ull << (col + 1);
+      if (!(s[n][2] <= th1)) m1 |= 1ull << col;
+      if (!(s[n][3] <= th1)) m1 |= 1ull << (col + 1);
+    }
+    m0 |= __shfl_xor_sync(0xffffffffu, m0, 1);
+    m0 |= __shfl_xor_sync(0xffffffffu, m0, 2);
+    m1 |= __shfl_xor_sync(0xffffffffu, m1, 1);
+    m1 |= __shfl_xor_sync(0xffffffffu, m1, 2);
+    if (c4 == 0) {
+      sMask[warp * 16 + g] = m0;
+      sMask[warp * 16 + g + 8] = m1;
     }
     __syncwarp();
     if (lane < 16) {
       const int ncol = min(64, nb - c * 64);
+      unsigned long long mask = sMask[myrow];
+      if (ncol < 64) mask &= (1ull << ncol) - 1;
       const float* row = wS + lane * SS;
-      for (int col = 0; col < ncol; ++col) {
+      while (mask) {  // ascending columns: equal scores keep the earlier block
+        const int col = __ffsll(static_cast<long long>(mask)) - 1;
+        mask &= mask - 1;
         const float v = row[col];
         if (cnt == K && !(v > thr)) continue;
         int pos = cnt < K ? cnt : K - 1;
@@ -192,6 +242,7 @@ __global__ void __launch_bounds__(128) gate_topk_kernel(const GateParams p) {
         if (cnt < K) ++cnt;
         if (cnt == K) thr = lst[(K - 1) * 64 + myrow];
       }
+      if (cnt == K) sThr[myrow] = thr;
     }
     __syncthreads();
   }
@@ -213,11 +264,18 @@ __global__ void __launch_bounds__(128) gate_topk_kernel(const GateParams p) {
 }
 
 template <class T, int D>
-void launch_gate(const GateParams& p, void* stream_v) {
+void launch_gate(const GateParams& p, void* sums_ws, void* stream_v) {
   const cudaStream_t stream = static_cast<cudaStream_t>(stream_v);
   if (p.past_k <= 0 || p.num_tiles <= 0) return;
   if (p.num_blocks > 0) {
-    block_means_kernel<T, D><<<dim3(p.num_blocks, p.hkv), 256, 0, stream>>>(p);
+    const long long n = (long long)p.num_blocks * p.hkv * D;
+    double* sums = static_cast<double*>(sums_ws);
+    MOBA_CUDA_CHECK(cudaMemsetAsync(sums, 0, n * sizeof(double), stream));
+    const int splits = (p.block_size + kSumRows - 1) / kSumRows;
+    block_sums_kernel<T, D><<<dim3(p.num_blocks, p.hkv, splits), 256, 0, stream>>>(p, sums);
+    MOBA_CUDA_LAUNCH_CHECK();
+    const long long blocks = std::min<long long>((n + 255) / 256, 65536);
+    block_means_finalize<T, D><<<int(blocks), 256, 0, stream>>>(p, sums, n);
     MOBA_CUDA_LAUNCH_CHECK();
   }
   const int smem = GateTraits<T, D>::smem_bytes(p.past_k);
@@ -230,4 +288,4 @@ void launch_gate(const GateParams& p, void* stream_v) {
 }  // namespace moba::cuda
 
 #define MOBA_INSTANTIATE_GATE(T, D) \
-  template void moba::cuda::launch_gate<T, D>(const moba::cuda::GateParams&, void*);
+  template void moba::cuda::launch_gate<T, D>(const moba::cuda::GateParams&, void*, void*);

@@ -24,7 +24,8 @@ struct GateParams {
 constexpr int kGateMaxPastK = 255;
 
 // One instantiation per (dtype, head_dim); defined in gate_<dtype>_d<D>.cu.
+// sums_ws: num_blocks * hkv * D doubles of scratch for the block sums.
 template <class T, int D>
-void launch_gate(const GateParams& p, void* stream);
+void launch_gate(const GateParams& p, void* sums_ws, void* stream);
 
 }  // namespace moba::cuda
