@@ -102,20 +102,25 @@ void backward(const Problem& p, const Backward& w, const RunOptions& o) {
   std::vector<aligned_vector<float>> dk_acc(threads), dv_acc(threads);
   const float qmul = p.scale * kLog2e;
   const std::size_t acc_size = std::size_t(p.total) * D;
-  for (int g = 0; g < p.hkv; ++g) {
-    pack_panels(p, lay, w.k, g, kpanels, threads);
-    pack_panels(p, lay, w.v, g, vpanels, threads);
-    pack_rows(p, w.k, g, krows, threads);
-    const std::vector<Unit> units = make_units(p, g);
-    for (int th = 0; th < threads; ++th) dk_acc[th].clear(), dv_acc[th].clear();
+  kpanels.resize(std::size_t(lay.panels()) * D * kPanel);
+  vpanels.resize(kpanels.size());
+  krows.resize(acc_size);
+  std::vector<std::vector<Unit>> units(p.hkv);
+  for (int g = 0; g < p.hkv; ++g) units[g] = make_units(p, g);
+  // One parallel region; per KV head: pack (barrier), units (barrier), reduce (barrier).
 #pragma omp parallel num_threads(threads)
-    {
-      const int tid = omp_get_thread_num();
+  {
+    const int tid = omp_get_thread_num();
+    auto eng = std::make_unique<BackwardTile<D>>();
+    RowPlan plan;
+    std::vector<float> out_row(D), sum(D);
+    for (int g = 0; g < p.hkv; ++g) {
+      pack_panels(p, lay, w.k, g, kpanels.data());
+      pack_panels(p, lay, w.v, g, vpanels.data());
+      pack_rows(p, w.k, g, krows.data());
       dk_acc[tid].assign(acc_size, 0.f);
       dv_acc[tid].assign(acc_size, 0.f);
-      auto eng = std::make_unique<BackwardTile<D>>();
-      RowPlan plan;
-      std::vector<float> out_row(D);
+#pragma omp barrier
       auto run_unit = [&](const Unit& u) {
         const int begin = p.cu_seqlens[u.seq];
         plan.build(p, u, w.selection);
@@ -141,15 +146,16 @@ void backward(const Problem& p, const Backward& w, const RunOptions& o) {
         for (int r = 0; r < plan.rows; ++r)
           store_row(p.dtype, w.dq.data, elem(w.dq, begin + u.r0 + r, u.h), eng->dq.data() + std::size_t(r) * D, D, p.scale);
       };
+      const std::vector<Unit>& ug = units[g];
       if (o.deterministic) {
 #pragma omp for schedule(static, 1)
-        for (std::size_t ui = 0; ui < units.size(); ++ui) run_unit(units[ui]);
+        for (std::size_t ui = 0; ui < ug.size(); ++ui) run_unit(ug[ui]);
       } else {
 #pragma omp for schedule(dynamic, 1)
-        for (std::size_t ui = 0; ui < units.size(); ++ui) run_unit(units[ui]);
+        for (std::size_t ui = 0; ui < ug.size(); ++ui) run_unit(ug[ui]);
       }
-      // (implicit barrier) Sum the per-thread copies in thread order and round once.
-      std::vector<float> sum(D);
+      // (implicit barrier) Sum the per-thread copies in thread order and round once; the
+      // loop's closing barrier also keeps the next head's packing from overwriting K/V early.
 #pragma omp for schedule(static)
       for (int t = 0; t < p.total; ++t) {
         for (int which = 0; which < 2; ++which) {

@@ -86,37 +86,45 @@ struct ForwardTile {
   }
 };
 
+// K/V of every KV head are packed first (one barrier), then all units of all heads share one
+// dynamic loop: two barriers per call, whatever the number of heads.
 template <int D>
 void forward(const Problem& p, const Forward& f, int threads) {
   const PanelLayout lay(p);
-  aligned_vector<float> kpanels, vrows;
-  const float qmul = p.scale * kLog2e;
+  const std::size_t head_panels = std::size_t(lay.panels()) * D * kPanel, head_rows = std::size_t(p.total) * D;
+  aligned_vector<float> kpanels(head_panels * p.hkv), vrows(head_rows * p.hkv);
+  std::vector<Unit> units;
   for (int g = 0; g < p.hkv; ++g) {
-    pack_panels(p, lay, f.k, g, kpanels, threads);
-    pack_rows(p, f.v, g, vrows, threads);
-    const std::vector<Unit> units = make_units(p, g);
+    const std::vector<Unit> ug = make_units(p, g);
+    units.insert(units.end(), ug.begin(), ug.end());
+  }
+  std::stable_sort(units.begin(), units.end(), [](const Unit& a, const Unit& b) { return a.r0 > b.r0; });
+  const float qmul = p.scale * kLog2e;
 #pragma omp parallel num_threads(threads)
-    {
-      auto eng = std::make_unique<ForwardTile<D>>();
-      RowPlan plan;
-      std::vector<float> row(D);
+  {
+    for (int g = 0; g < p.hkv; ++g) {
+      pack_panels(p, lay, f.k, g, kpanels.data() + g * head_panels);
+      pack_rows(p, f.v, g, vrows.data() + g * head_rows);
+    }
+    auto eng = std::make_unique<ForwardTile<D>>();
+    RowPlan plan;
+#pragma omp barrier
 #pragma omp for schedule(dynamic, 1)
-      for (std::size_t ui = 0; ui < units.size(); ++ui) {
-        const Unit& u = units[ui];
-        const int begin = p.cu_seqlens[u.seq];
-        plan.build(p, u, f.selection);
-        eng->plan = &plan;
-        eng->kpanels = kpanels.data() + lay.seq_panel[u.seq] * D * kPanel;
-        eng->vrows = vrows.data() + std::size_t(begin) * D;
-        eng->reset(plan.rows);
-        for (int r = 0; r < plan.rows; ++r)
-          load_row(p.dtype, f.q.data, elem(f.q, begin + u.r0 + r, u.h), eng->q.data() + std::size_t(r) * D, D, qmul);
-        for_each_job(p, plan, [&](const Job& job) { eng->run(job); });
-        for (int r = 0; r < plan.rows; ++r) {
-          const std::int64_t tok = begin + u.r0 + r;
-          store_row(p.dtype, f.out.data, elem(f.out, tok, u.h), eng->o.data() + std::size_t(r) * D, D, 1.f / eng->l[r]);
-          f.lse[std::int64_t(u.h) * p.total + tok] = (eng->m[r] + std::log2(eng->l[r])) * kLn2;
-        }
+    for (std::size_t ui = 0; ui < units.size(); ++ui) {
+      const Unit& u = units[ui];
+      const int begin = p.cu_seqlens[u.seq], g = u.h / p.group();
+      plan.build(p, u, f.selection);
+      eng->plan = &plan;
+      eng->kpanels = kpanels.data() + g * head_panels + lay.seq_panel[u.seq] * D * kPanel;
+      eng->vrows = vrows.data() + g * head_rows + std::size_t(begin) * D;
+      eng->reset(plan.rows);
+      for (int r = 0; r < plan.rows; ++r)
+        load_row(p.dtype, f.q.data, elem(f.q, begin + u.r0 + r, u.h), eng->q.data() + std::size_t(r) * D, D, qmul);
+      for_each_job(p, plan, [&](const Job& job) { eng->run(job); });
+      for (int r = 0; r < plan.rows; ++r) {
+        const std::int64_t tok = begin + u.r0 + r;
+        store_row(p.dtype, f.out.data, elem(f.out, tok, u.h), eng->o.data() + std::size_t(r) * D, D, 1.f / eng->l[r]);
+        f.lse[std::int64_t(u.h) * p.total + tok] = (eng->m[r] + std::log2(eng->l[r])) * kLn2;
       }
     }
   }

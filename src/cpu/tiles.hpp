@@ -69,36 +69,32 @@ struct PanelLayout {
   std::int64_t panels() const { return seq_panel.back(); }
 };
 
-// K or V of KV head `head`, every sequence, as [panel][D][16]; keys past a sequence's end are 0.
-inline void pack_panels(const Problem& p, const PanelLayout& lay, const Operand& x, int head,
-                        aligned_vector<float>& out, int threads) {
+// K or V of KV head `head`, every sequence, as [panel][D][16] at `out`; keys past a sequence's
+// end are 0. Called by every thread of an enclosing parallel region (an orphaned `omp for`,
+// no barrier: the caller puts one before the packs are read). Fewer barriers matter: on a
+// loaded machine each one waits for a descheduled thread.
+inline void pack_panels(const Problem& p, const PanelLayout& lay, const Operand& x, int head, float* out) {
   const int D = p.head_dim;
-  out.resize(std::size_t(lay.panels()) * D * kPanel);
-#pragma omp parallel num_threads(threads)
-  {
-    std::vector<float> row(D);
-#pragma omp for schedule(static)
-    for (std::int64_t pi = 0; pi < lay.panels(); ++pi) {
-      const int b = lay.panel_seq[pi];
-      const int begin = p.cu_seqlens[b], len = p.cu_seqlens[b + 1] - begin;
-      const int k0 = int(pi - lay.seq_panel[b]) * kPanel;
-      float* panel = out.data() + pi * D * kPanel;
-      for (int kk = 0; kk < kPanel; ++kk) {
-        if (k0 + kk < len) load_row(p.dtype, x.data, elem(x, begin + k0 + kk, head), row.data(), D, 1.f);
-        else std::fill(row.begin(), row.end(), 0.f);
-        for (int d = 0; d < D; ++d) panel[d * kPanel + kk] = row[d];
-      }
+  std::vector<float> row(D);
+#pragma omp for schedule(static) nowait
+  for (std::int64_t pi = 0; pi < lay.panels(); ++pi) {
+    const int b = lay.panel_seq[pi];
+    const int begin = p.cu_seqlens[b], len = p.cu_seqlens[b + 1] - begin;
+    const int k0 = int(pi - lay.seq_panel[b]) * kPanel;
+    float* panel = out + pi * D * kPanel;
+    for (int kk = 0; kk < kPanel; ++kk) {
+      if (k0 + kk < len) load_row(p.dtype, x.data, elem(x, begin + k0 + kk, head), row.data(), D, 1.f);
+      else std::fill(row.begin(), row.end(), 0.f);
+      for (int d = 0; d < D; ++d) panel[d * kPanel + kk] = row[d];
     }
   }
 }
 
-// K or V of KV head `head` as row-major [total][D] fp32.
-inline void pack_rows(const Problem& p, const Operand& x, int head, aligned_vector<float>& out,
-                      int threads) {
+// K or V of KV head `head` as row-major [total][D] fp32 at `out` (orphaned `omp for`, nowait).
+inline void pack_rows(const Problem& p, const Operand& x, int head, float* out) {
   const int D = p.head_dim;
-  out.resize(std::size_t(p.total) * D);
-#pragma omp parallel for num_threads(threads) schedule(static)
-  for (int t = 0; t < p.total; ++t) load_row(p.dtype, x.data, elem(x, t, head), out.data() + std::size_t(t) * D, D, 1.f);
+#pragma omp for schedule(static) nowait
+  for (int t = 0; t < p.total; ++t) load_row(p.dtype, x.data, elem(x, t, head), out + std::size_t(t) * D, D, 1.f);
 }
 
 // Threads for a call: RunOptions::num_threads (0 = all), but no more than the work can feed.
