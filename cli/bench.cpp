@@ -152,6 +152,7 @@ int run_bench(const BenchOptions& o) {
   const auto start = Clock::now();
   double last_length_s = 0;
   int skipped_from = 0;
+  std::vector<std::string> unsupported;
   for (std::size_t li = 0; li < lengths.size(); ++li) {
     const int n = lengths[li];
     const double elapsed = std::chrono::duration<double>(Clock::now() - start).count();
@@ -170,13 +171,23 @@ int run_bench(const BenchOptions& o) {
       const double f_flops = forward_flops(p), b_flops = backward_flops(p);
 
       s.forward();  // warm-up (threads, caches, lazy CUDA setup)
-      if (o.backward) s.backward();
+      bool backward = o.backward;
+      if (backward) {
+        try {
+          s.backward();
+        } catch (const Error& e) {  // e.g. a backend without this mode's backward
+          if (e.kind() != ErrorKind::unsupported) throw;
+          backward = false;
+          if (std::find(unsupported.begin(), unsupported.end(), e.what()) == unsupported.end())
+            unsupported.push_back(e.what());
+        }
+      }
       s.synchronize();
       progress.advance(f_flops + (o.backward ? b_flops : 0));
       std::vector<double> fwd_s, bwd_s;
       for (int r = 0; r < o.repeats; ++r) {
         fwd_s.push_back(timed(s, [&] { s.forward(); }));
-        if (o.backward) bwd_s.push_back(timed(s, [&] { s.backward(); }));
+        if (backward) bwd_s.push_back(timed(s, [&] { s.backward(); }));
         progress.advance(f_flops + (o.backward ? b_flops : 0));
       }
 
@@ -189,7 +200,7 @@ int run_bench(const BenchOptions& o) {
       pt.fwd_gflops = f_flops / (pt.fwd_ms * 1e6);
       if (m == Mode::full) full_fwd = pt.fwd_ms;
       pt.fwd_speedup = full_fwd > 0 ? full_fwd / pt.fwd_ms : 0;
-      if (o.backward) {
+      if (backward) {
         pt.bwd_ms = 1e3 * median(bwd_s);
         pt.bwd_gflops = b_flops / (pt.bwd_ms * 1e6);
         if (m == Mode::full) full_bwd = pt.bwd_ms;
@@ -208,6 +219,7 @@ int run_bench(const BenchOptions& o) {
   fmt::print("{}\n", table.rule());
   if (rounded_block)
     fmt::print("note: MoBA block sizes rounded up to a multiple of 64 (the cuda backend's granularity)\n");
+  for (const auto& u : unsupported) fmt::print("note: backward n/a: {}\n", u);
   if (skipped_from)
     fmt::print("note: stopped before N={} to stay within --time-budget {} s (the next length "
                "would take ~4x the last); raise --time-budget or set it to 0 for all lengths\n",

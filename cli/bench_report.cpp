@@ -40,10 +40,12 @@ std::string bench_row(const Table& t, const BenchPoint& p, bool backward) {
                                  fmt::format("{:.1f}", p.keys_per_query),
                                  fmt::format("{:.3f}", p.fwd_ms),
                                  fmt::format("{:.1f}", p.fwd_gflops), speedup_cell(p.fwd_speedup)};
-  if (backward) {
+  if (backward && p.bwd_ms > 0) {
     cells.push_back(fmt::format("{:.3f}", p.bwd_ms));
     cells.push_back(fmt::format("{:.1f}", p.bwd_gflops));
     cells.push_back(speedup_cell(p.bwd_speedup));
+  } else if (backward) {
+    cells.insert(cells.end(), {"n/a", "n/a", "-"});
   }
   return t.row(cells);
 }

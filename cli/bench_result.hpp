@@ -27,7 +27,7 @@ struct BenchPoint {
   int block_size = 0;         // MoBA
   double keys_per_query = 0;  // average visible keys per (token, head)
   double fwd_ms = 0, fwd_gflops = 0, fwd_speedup = 0;  // speedup: full's time / this time
-  double bwd_ms = 0, bwd_gflops = 0, bwd_speedup = 0;  // with --backward
+  double bwd_ms = 0, bwd_gflops = 0, bwd_speedup = 0;  // with --backward (0: not run)
 };
 
 }  // namespace moba::cli

@@ -59,17 +59,20 @@ void plot_bench(const std::string& png, const BenchSetup& setup,
   check_plot_possible(png);
   std::string script;
   const Mode modes[] = {Mode::full, Mode::moba, Mode::moa};
+  auto value = [](double x) { return x > 0 ? fmt::format("{}", x) : std::string("NaN"); };
   // One data block per mode: N fwd_ms fwd_speedup bwd_ms bwd_speedup
   for (Mode m : modes) {
     script += fmt::format("${} << EOD\n", mode_name(m));
     for (const BenchPoint& p : points)
       if (p.mode == m)
-        script += fmt::format("{} {} {} {} {}\n", p.n, p.fwd_ms, p.fwd_speedup, p.bwd_ms, p.bwd_speedup);
+        script += fmt::format("{} {} {} {} {}\n", p.n, p.fwd_ms, value(p.fwd_speedup),
+                              value(p.bwd_ms), value(p.bwd_speedup));
     script += "EOD\n";
   }
-  auto has = [&](Mode m, bool need_speedup) {
+  // gnuplot fails on a curve without a single point, so only curves with data are drawn.
+  auto has = [&](Mode m, double BenchPoint::*field) {
     for (const BenchPoint& p : points)
-      if (p.mode == m && (!need_speedup || p.fwd_speedup > 0)) return true;
+      if (p.mode == m && p.*field > 0) return true;
     return false;
   };
   const char* colors[] = {"#444444", "#d62728", "#1f77b4"};
@@ -85,11 +88,11 @@ void plot_bench(const std::string& png, const BenchSetup& setup,
   script += "set logscale y 10\nset ylabel 'time (ms)'\nset title 'time per call'\n";
   std::vector<std::string> curves;
   for (int i = 0; i < 3; ++i) {
-    if (!has(modes[i], false)) continue;
+    if (!has(modes[i], &BenchPoint::fwd_ms)) continue;
     const std::string name = mode_name(modes[i]);
     curves.push_back(fmt::format("${} using 1:2 with linespoints lw 2 pt 7 lc rgb '{}' title '{} fwd'",
                                  name, colors[i], name));
-    if (setup.backward)
+    if (has(modes[i], &BenchPoint::bwd_ms))
       curves.push_back(fmt::format("${} using 1:4 with linespoints lw 2 dt 2 pt 5 lc rgb '{}' title '{} bwd'",
                                    name, colors[i], name));
   }
@@ -100,11 +103,11 @@ void plot_bench(const std::string& png, const BenchSetup& setup,
             "set title 'speedup over full attention'\n";
   curves.clear();
   for (int i = 1; i < 3; ++i) {
-    if (!has(modes[i], true)) continue;
     const std::string name = mode_name(modes[i]);
-    curves.push_back(fmt::format("${} using 1:3 with linespoints lw 2 pt 7 lc rgb '{}' title '{} fwd'",
+    if (has(modes[i], &BenchPoint::fwd_speedup))
+      curves.push_back(fmt::format("${} using 1:3 with linespoints lw 2 pt 7 lc rgb '{}' title '{} fwd'",
                                  name, colors[i], name));
-    if (setup.backward)
+    if (has(modes[i], &BenchPoint::bwd_speedup))
       curves.push_back(fmt::format("${} using 1:5 with linespoints lw 2 dt 2 pt 5 lc rgb '{}' title '{} bwd'",
                                    name, colors[i], name));
   }
