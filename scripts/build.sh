@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Configures and builds moba with Ninja in $BUILD_DIR (default: build): library, CLI, tests and
 # benchmarks; the CUDA backend too when nvcc is found (MOBA_CUDA=OFF to skip it).
-#   scripts/build.sh [extra cmake -D options]
+#   scripts/build.sh [extra cmake -D options]      (TARGET=moba_cli builds only that target)
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 
@@ -15,5 +15,5 @@ else
   log "configure ($BUILD_DIR, no CUDA: ${nvcc:+MOBA_CUDA=OFF}${nvcc:-nvcc not found})"
 fi
 cmake -S "$MOBA_ROOT" -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE=Release "${cuda_args[@]}" "$@"
-log "build (-j$JOBS)"
-cmake --build "$BUILD_DIR" -j "$JOBS"
+log "build ${TARGET:-all} (-j$JOBS)"
+cmake --build "$BUILD_DIR" -j "$JOBS" ${TARGET:+--target "$TARGET"}
