@@ -6,6 +6,8 @@
 //   moba_cuda_bench            8K, 32K, 128K with 8 heads
 //   moba_cuda_bench --long     adds 512K (2 heads) and 1M (1 head), MoBA only
 //   moba_cuda_bench --quick    8K and 32K only
+//   moba_cuda_bench --profile  32K, 8 heads: one call each of dense causal and MoBA B=4096
+//                              top-12, untimed (for ncu / compute-sanitizer)
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
@@ -48,6 +50,7 @@ struct Set {
 struct Config {
   const char* name;
   moba::AttentionParams params;
+  int d = 128;
 };
 
 double median(std::vector<float> v) {
@@ -70,10 +73,11 @@ double pairs(const moba::AttentionParams& p, long long n) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  bool quick = false, lng = false;
+  bool quick = false, lng = false, profile = false;
   for (int i = 1; i < argc; ++i) {
     if (!std::strcmp(argv[i], "--quick")) quick = true;
     if (!std::strcmp(argv[i], "--long")) lng = true;
+    if (!std::strcmp(argv[i], "--profile")) profile = true;
   }
   cudaDeviceProp prop{};
   CK(cudaGetDeviceProperties(&prop, 0));
@@ -82,7 +86,8 @@ int main(int argc, char** argv) {
   const int D = 128;
   struct Size { long long n; int h; bool dense; };
   std::vector<Size> sizes = {{8192, 8, true}, {32768, 8, true}};
-  if (!quick) sizes.push_back({131072, 8, true});
+  if (profile) sizes = {{32768, 8, true}};
+  if (!quick && !profile) sizes.push_back({131072, 8, true});
   if (lng) {
     sizes.push_back({524288, 2, false});
     sizes.push_back({1048576, 1, false});
@@ -124,14 +129,18 @@ int main(int argc, char** argv) {
         {name_a, moba::AttentionParams::moba_blocks(int(N / 64), 3)},
         {"moba B=4096 top12", moba::AttentionParams::moba_blocks(4096, 12)},
         {"moba B=512 top8", moba::AttentionParams::moba_blocks(512, 8)},
+        {"dense causal D=64", moba::AttentionParams::full(), 64},
+        {"moba B=512 top8 D=64", moba::AttentionParams::moba_blocks(512, 8), 64},
     };
     double dense_ms = 0;
     for (const Config& c : configs) {
       const bool is_dense = c.params.mode == moba::Mode::full;
       if (is_dense && !sz.dense) continue;
+      if (c.d != D && !sz.dense) continue;  // D=64 rows only at the 8-head sizes
+      const int Dc = c.d;
       const int past = is_dense ? 0 : c.params.topk - 1;
       auto view = [&](void* p) {
-        return moba::TensorView::contiguous(p, moba::DType::bf16, moba::Device::cuda(0), {N, H, D});
+        return moba::TensorView::contiguous(p, moba::DType::bf16, moba::Device::cuda(0), {N, H, Dc});
       };
       const moba::TensorView ov = view(out);
       const moba::TensorView lv = moba::TensorView::contiguous(lse, moba::DType::f32, moba::Device::cuda(0), {H, N});
@@ -145,6 +154,13 @@ int main(int argc, char** argv) {
         const Set& s = sets[i % nsets];
         moba::moba_gate(view(s.q), view(s.k), cuv, c.params, sv);
       };
+      if (profile) {
+        if (std::strcmp(c.name, "dense causal") && std::strcmp(c.name, "moba B=4096 top12")) continue;
+        fwd(0);
+        CK(cudaDeviceSynchronize());
+        std::printf("profiled %s\n", c.name);
+        continue;
+      }
       auto time = [&](auto&& f, double budget_ms) {
         for (int i = 0; i < 2; ++i) f(i);
         CK(cudaDeviceSynchronize());
@@ -164,10 +180,10 @@ int main(int argc, char** argv) {
       };
       const double ms = time(fwd, 600.0);
       const double gms = is_dense ? 0.0 : time(gate, 200.0);
-      if (is_dense) dense_ms = ms;
-      const double flops = pairs(c.params, N) * 4.0 * D * H;
+      if (is_dense && Dc == D) dense_ms = ms;
+      const double flops = pairs(c.params, N) * 4.0 * Dc * H;
       char ratio[32] = "-", gtxt[32] = "-";
-      if (dense_ms > 0) std::snprintf(ratio, sizeof ratio, "%.1fx", dense_ms / ms);
+      if (dense_ms > 0 && Dc == D) std::snprintf(ratio, sizeof ratio, "%.1fx", dense_ms / ms);
       if (!is_dense) std::snprintf(gtxt, sizeof gtxt, "%.3f", gms);
       std::printf("| %lldK | %d | %s | %.3f | %s | %.0f | %s |\n", N / 1024, H, c.name, ms, gtxt,
                   flops / ms * 1e-9, ratio);
