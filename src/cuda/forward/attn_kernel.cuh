@@ -1,7 +1,7 @@
-// The forward attention engine (sm_80+ mma.sync path). One CTA = 8 warps = 128 query rows of
-// one query head; each warp owns 16 rows. The rows are either a contiguous 128-token tile of a
-// sequence (dense kinds: full causal, MoBA own block, MoA) or up to 128 gathered tokens that
-// all chose the same key block in the same selection slot (MoBA wave). Keys stream through shared
+// The forward attention engine (sm_80+ mma.sync path). One CTA = 4 warps = 64 query rows of one
+// query head; each warp owns 16 rows. The rows are either a contiguous 64-token tile of a
+// sequence (dense kinds: full causal, MoBA own block, MoA) or up to 64 gathered tokens that all
+// chose the same key block in the same selection slot (MoBA wave). Keys stream through shared
 // memory in 64-key chunks (cp.async, double-buffered); S = Q K^T and O += P V run on tensor
 // cores (m16n8k16) with one online softmax in registers.
 //
@@ -25,14 +25,11 @@ namespace moba::cuda {
 
 template <class T, int D>
 struct AttnTraits {
-  static constexpr int kRows = kAttnRows;
-  static constexpr int kThreads = kRows * 2;  // one warp per 16 rows
+  static constexpr int kRows = 64;
   static constexpr int kKeys = 64;
   static constexpr int kStride = D + 8;  // elements; 16-byte pad keeps ldmatrix conflict-free
-  static constexpr int kTileElems = 64 * kStride;  // one K or V chunk
-  static constexpr int kQElems = kRows * kStride;
-  static constexpr int kSmemBytes =
-      (kQElems + 4 * kTileElems) * int(sizeof(T)) + 2 * kRows * int(sizeof(int));
+  static constexpr int kTileElems = 64 * kStride;
+  static constexpr int kSmemBytes = 5 * kTileElems * int(sizeof(T)) + 2 * 64 * int(sizeof(int));
 };
 
 // Largest index i in [lo, hi) with a[i] <= x (a non-decreasing, a[lo] <= x).
@@ -46,19 +43,17 @@ __device__ __forceinline__ int last_le(const int* a, int lo, int hi, int x) {
 }
 
 template <class T, int D>
-__global__ void __launch_bounds__(AttnTraits<T, D>::kThreads, D == 64 ? 2 : 1)
-    attn_fwd_kernel(const AttnParams p) {
+__global__ void __launch_bounds__(128) attn_fwd_kernel(const AttnParams p) {
   using Tr = AttnTraits<T, D>;
-  constexpr int R = Tr::kRows, NT = Tr::kThreads;
   constexpr int S = Tr::kStride;
   constexpr int KD = D / 16;  // k-steps over the head dim
   constexpr int ND = D / 8;   // n-tiles over the head dim
   extern __shared__ __align__(16) unsigned char smem_raw[];
   T* sQ = reinterpret_cast<T*>(smem_raw);
-  T* sK = sQ + Tr::kQElems;          // 2 buffers
+  T* sK = sQ + Tr::kTileElems;       // 2 buffers
   T* sV = sK + 2 * Tr::kTileElems;   // 2 buffers
   int* sTok = reinterpret_cast<int*>(sV + 2 * Tr::kTileElems);
-  int* sPos = sTok + R;
+  int* sPos = sTok + 64;
 
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   const int g = lane >> 2, c4 = lane & 3;
@@ -73,8 +68,8 @@ __global__ void __launch_bounds__(AttnTraits<T, D>::kThreads, D == 64 ? 2 : 1)
     h = blockIdx.y;
     seq = last_le(p.tile_off, 0, p.batch, tile);
     const int len = p.cu[seq + 1] - p.cu[seq];
-    t0 = (tile - p.tile_off[seq]) * R;
-    nrows = min(R, len - t0);
+    t0 = (tile - p.tile_off[seq]) * 64;
+    nrows = min(64, len - t0);
     const int tend = t0 + nrows;
     if (p.kind == kDenseFull) {
       r1b = 0; r1e = tend;
@@ -90,7 +85,7 @@ __global__ void __launch_bounds__(AttnTraits<T, D>::kThreads, D == 64 ? 2 : 1)
         r1b = lo; r1e = tend;
       }
     }
-    if (tid < R) {
+    if (tid < 64) {
       sTok[tid] = tid < nrows ? p.cu[seq] + t0 + tid : -1;
       sPos[tid] = t0 + tid;
     }
@@ -106,9 +101,9 @@ __global__ void __launch_bounds__(AttnTraits<T, D>::kThreads, D == 64 ? 2 : 1)
     j_block = gb - p.blk_off[seq];
     r1b = j_block * p.block_size;
     r1e = r1b + p.block_size;
-    const int start = p.bucket_off[b] + (i - p.btile_off[b]) * R;
-    nrows = min(R, p.bucket_off[b + 1] - start);
-    if (tid < R) {
+    const int start = p.bucket_off[b] + (i - p.btile_off[b]) * 64;
+    nrows = min(64, p.bucket_off[b + 1] - start);
+    if (tid < 64) {
       const int tok = tid < nrows ? p.rows[start + tid] : -1;
       sTok[tid] = tok;
       sPos[tid] = tok >= 0 ? tok - p.cu[seq] : 0;
@@ -126,8 +121,8 @@ __global__ void __launch_bounds__(AttnTraits<T, D>::kThreads, D == 64 ? 2 : 1)
   constexpr int kChunksPerRow = D / 8;  // 16-byte pieces
   auto load_q = [&]() {
 #pragma unroll
-    for (int it = 0; it < R * kChunksPerRow / NT; ++it) {
-      const int idx = tid + it * NT;
+    for (int it = 0; it < 64 * kChunksPerRow / 128; ++it) {
+      const int idx = tid + it * 128;
       const int r = idx / kChunksPerRow, cc = idx % kChunksPerRow;
       const int tok = sTok[r];
       const T* src = qg + (tok >= 0 ? std::int64_t(tok) * p.q_ts + std::int64_t(h) * p.q_hs + cc * 8 : 0);
@@ -147,8 +142,8 @@ __global__ void __launch_bounds__(AttnTraits<T, D>::kThreads, D == 64 ? 2 : 1)
     T* dk = sK + buf * Tr::kTileElems;
     T* dv = sV + buf * Tr::kTileElems;
 #pragma unroll
-    for (int it = 0; it < 64 * kChunksPerRow / NT; ++it) {
-      const int idx = tid + it * NT;
+    for (int it = 0; it < 64 * kChunksPerRow / 128; ++it) {
+      const int idx = tid + it * 128;
       const int r = idx / kChunksPerRow, cc = idx % kChunksPerRow;
       const int kp = kb + r;
       const bool ok = kp < ke;
@@ -193,10 +188,6 @@ __global__ void __launch_bounds__(AttnTraits<T, D>::kThreads, D == 64 ? 2 : 1)
   std::uint32_t qf[KD][4];
   const float sl2 = p.scale_log2;
   const int t_first = t0;  // dense: position of row 0
-  // MoBA own block: a 128-row tile may straddle two blocks (block_size a multiple of 64);
-  // chunks before the last row's block start need the per-row block-start mask.
-  const int own_start_last =
-      p.kind == kDenseMobaOwn ? ((t0 + nrows - 1) / p.block_size) * p.block_size : 0;
 
   for (int cidx = 0; cidx < nchunks; ++cidx) {
     const int buf = cidx & 1;
@@ -235,8 +226,8 @@ __global__ void __launch_bounds__(AttnTraits<T, D>::kThreads, D == 64 ? 2 : 1)
     // scale, mask
     int kb, ke;
     chunk_range(cidx, kb, ke);
-    const bool need_mask = !gather && (ke - kb < 64 || p.kind == kDenseMoa ||
-                                       kb + 63 > t_first || kb < own_start_last);
+    const bool need_mask =
+        !gather && (ke - kb < 64 || p.kind == kDenseMoa || kb + 63 > t_first);
 #pragma unroll
     for (int n = 0; n < 8; ++n)
 #pragma unroll
@@ -250,7 +241,6 @@ __global__ void __launch_bounds__(AttnTraits<T, D>::kThreads, D == 64 ? 2 : 1)
           const int t = pos_r[e >> 1];
           bool vis = key < ke && key <= t;
           if (p.kind == kDenseMoa) vis = vis && (key < p.moa_sink || key > t - moa_w);
-          if (p.kind == kDenseMobaOwn) vis = vis && key >= (t / p.block_size) * p.block_size;
           if (!vis) s[n][e] = -INFINITY;
         }
     }
@@ -347,7 +337,7 @@ void launch_attention(const AttnParams& p, int grid_x, int grid_y, void* stream)
   MOBA_CUDA_CHECK(cudaFuncSetAttribute(attn_fwd_kernel<T, D>,
                                        cudaFuncAttributeMaxDynamicSharedMemorySize,
                                        Tr::kSmemBytes));
-  attn_fwd_kernel<T, D><<<dim3(grid_x, grid_y), Tr::kThreads, Tr::kSmemBytes,
+  attn_fwd_kernel<T, D><<<dim3(grid_x, grid_y), 128, Tr::kSmemBytes,
                           static_cast<cudaStream_t>(stream)>>>(p);
   MOBA_CUDA_LAUNCH_CHECK();
 }

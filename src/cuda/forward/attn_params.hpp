@@ -13,10 +13,6 @@ namespace moba::cuda {
 //   kDenseMoa    MoA: sink + sliding window
 //   kGatherWave  MoBA wave s: the rows whose s-th selected block is j, gathered into 64-row
 //                tiles against the whole block j; merges into the running state
-// Query rows per CTA of the attention kernel (8 warps x 16 rows): 128 rows share every K/V
-// chunk, half the L2 traffic of 64-row tiles (ncu: 64-row tiles were L2-bandwidth bound).
-constexpr int kAttnRows = 128;
-
 enum AttnKind : int { kDenseFull = 0, kDenseMobaOwn = 1, kDenseMoa = 2, kGatherWave = 3 };
 
 struct AttnParams {
@@ -36,7 +32,7 @@ struct AttnParams {
   // sequences
   int batch;
   const int* cu;        // [batch + 1]
-  const int* tile_off;  // [batch + 1] prefix of ceil(len / kAttnRows)
+  const int* tile_off;  // [batch + 1] prefix of ceil(len / 64)
   int num_tiles;
   const int* blk_off;   // [batch + 1] prefix of full blocks len / block_size
   int num_blocks;       // blk_off[batch]
@@ -47,7 +43,7 @@ struct AttnParams {
   int wave;
   const int* rows;        // token indices, grouped by bucket
   const int* bucket_off;  // [num_buckets + 1]
-  const int* btile_off;   // [num_buckets + 1] prefix of ceil(count / kAttnRows)
+  const int* btile_off;   // [num_buckets + 1] prefix of ceil(count / 64)
   int bucket_begin, bucket_end;  // this wave's buckets: (wave * hq + h) * num_blocks + gb
 };
 

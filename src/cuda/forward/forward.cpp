@@ -1,6 +1,6 @@
 // Host side of the CUDA forward and gate: plans the launches from the validated Problem and
 // dispatches (dtype, head_dim) once to the compiled instantiations.
-//   full / MoA : one dense launch (kAttnRows-row tiles x heads, longest tiles first)
+//   full / MoA : one dense launch (64-row tiles x heads, longest tiles first)
 //   MoBA       : gate (block means, fused score + top-k), the own block (dense, causal), then
 //                one gathered launch per selection slot (core/... semantics: each row sees its
 //                own block causally plus exactly its selected blocks, one exact softmax)
@@ -66,11 +66,10 @@ void check_aligned(const char* name, const Operand& x) {
 
 // Per-sequence tables, uploaded once per call.
 struct Plan {
-  std::vector<int> host;  // cu | tile_off | blk_off | attn_tile_off | moa_window
-  int num_tiles = 0, num_blocks = 0, num_attn_tiles = 0;
+  std::vector<int> host;  // cu | tile_off | blk_off | moa_window
+  int num_tiles = 0, num_blocks = 0;
   const int* cu = nullptr;
-  const int* tile_off = nullptr;       // 64-row tiles (gate)
-  const int* attn_tile_off = nullptr;  // kAttnRows-row tiles (attention)
+  const int* tile_off = nullptr;
   const int* blk_off = nullptr;
   const int* moa_window = nullptr;
 };
@@ -78,33 +77,29 @@ struct Plan {
 Plan make_plan(const Problem& p, Workspace& ws) {
   Plan pl;
   const int nb1 = p.batch + 1;
-  pl.host.assign(std::size_t(4) * nb1 + (p.mode == Mode::moa ? std::size_t(p.hq) * p.batch : 0), 0);
+  pl.host.assign(std::size_t(3) * nb1 + (p.mode == Mode::moa ? std::size_t(p.hq) * p.batch : 0), 0);
   int* cu = pl.host.data();
   int* toff = cu + nb1;
   int* boff = toff + nb1;
-  int* aoff = boff + nb1;
   for (int b = 0; b <= p.batch; ++b) cu[b] = p.cu_seqlens[b];
   for (int b = 0; b < p.batch; ++b) {
     const int len = p.cu_seqlens[b + 1] - p.cu_seqlens[b];
     toff[b + 1] = toff[b] + (len + 63) / 64;
     boff[b + 1] = boff[b] + (p.mode == Mode::moba ? len / p.block_size : 0);
-    aoff[b + 1] = aoff[b] + (len + kAttnRows - 1) / kAttnRows;
   }
   if (p.mode == Mode::moa) {
-    int* win = aoff + nb1;
+    int* win = boff + nb1;
     for (int h = 0; h < p.hq; ++h)
       for (int b = 0; b < p.batch; ++b)
         win[h * p.batch + b] = p.moa_window(h, p.cu_seqlens[b + 1] - p.cu_seqlens[b]);
   }
   pl.num_tiles = toff[p.batch];
   pl.num_blocks = boff[p.batch];
-  pl.num_attn_tiles = aoff[p.batch];
   int* dev = ws.upload(pl.host, "sequence tables");
   pl.cu = dev;
   pl.tile_off = dev + nb1;
   pl.blk_off = dev + 2 * nb1;
-  pl.attn_tile_off = dev + 3 * nb1;
-  pl.moa_window = p.mode == Mode::moa ? dev + 4 * nb1 : nullptr;
+  pl.moa_window = p.mode == Mode::moa ? dev + 3 * nb1 : nullptr;
   return pl;
 }
 
@@ -203,8 +198,8 @@ void cuda_forward(const Problem& p, const Forward& f, const RunOptions& o) {
   a.past_k = p.past_k();
   a.batch = p.batch;
   a.cu = pl.cu;
-  a.tile_off = pl.attn_tile_off;
-  a.num_tiles = pl.num_attn_tiles;
+  a.tile_off = pl.tile_off;
+  a.num_tiles = pl.num_tiles;
   a.blk_off = pl.blk_off;
   a.num_blocks = pl.num_blocks;
   a.moa_window = pl.moa_window;
@@ -219,7 +214,7 @@ void cuda_forward(const Problem& p, const Forward& f, const RunOptions& o) {
 
   if (p.mode != Mode::moba) {
     a.kind = p.mode == Mode::full ? kDenseFull : kDenseMoa;
-    launch(pl.num_attn_tiles, p.hq);
+    launch(pl.num_tiles, p.hq);
     return;
   }
 
@@ -236,7 +231,7 @@ void cuda_forward(const Problem& p, const Forward& f, const RunOptions& o) {
     a.lrow = ws.alloc<float>(std::size_t(p.total) * p.hq, "MoBA running sum");
   }
   a.kind = kDenseMobaOwn;
-  launch(pl.num_attn_tiles, p.hq);
+  launch(pl.num_tiles, p.hq);
   if (!any_past) return;
 
   const WaveLists w = build_wave_lists(f.selection, p.total, p.hq, p.past_k(), pl.cu, p.batch,
@@ -255,7 +250,7 @@ void cuda_forward(const Problem& p, const Forward& f, const RunOptions& o) {
     if (rows_s == 0) break;
     rows_s *= p.hq;
     const long long buckets = (long long)p.hq * pl.num_blocks;
-    const long long bound = rows_s / kAttnRows + std::min(buckets, rows_s) + 1;
+    const long long bound = rows_s / 64 + std::min(buckets, rows_s) + 1;
     a.wave = s;
     a.bucket_begin = int((long long)s * buckets);
     a.bucket_end = int((long long)(s + 1) * buckets);

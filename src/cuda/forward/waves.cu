@@ -1,7 +1,5 @@
 #include "cuda/forward/waves.hpp"
 
-#include "cuda/forward/attn_params.hpp"
-
 #include <cub/device/device_scan.cuh>
 
 namespace moba::cuda {
@@ -57,7 +55,7 @@ __global__ void scatter_kernel(SelArgs a, int* cnt, const int* off, int* rows, l
 __global__ void tile_count_kernel(const int* off, int* tcnt, long long nb) {
   for (long long b = blockIdx.x * (long long)blockDim.x + threadIdx.x; b <= nb;
        b += (long long)gridDim.x * blockDim.x)
-    tcnt[b] = b < nb ? (off[b + 1] - off[b] + kAttnRows - 1) / kAttnRows : 0;
+    tcnt[b] = b < nb ? (off[b + 1] - off[b] + 63) / 64 : 0;
 }
 
 void exclusive_scan(const int* in, int* out, long long n, Workspace& ws) {

@@ -2,7 +2,7 @@
 // Bucket b = (slot * hq + head) * num_blocks + global_block. After build_wave_lists:
 //   rows[bucket_off[b] .. bucket_off[b+1])  the tokens in bucket b (order within a bucket is
 //                                           irrelevant: each row is computed independently)
-//   btile_off[b]                            prefix of ceil(count_b / kAttnRows): row tiles
+//   btile_off[b]                            prefix of ceil(count_b / 64): 64-row tiles
 // Index lists only (int32, the size of the selection itself); no per-top-k output workspace.
 #pragma once
 
