@@ -155,6 +155,8 @@ TEST(CudaForward, LongSequencesAndLargeTopk) {
       {{2500}, 2, 2, 128, DType::bf16, 128, 8},
       {{4100}, 1, 1, 64, DType::bf16, 64, 64},
       {{2048, 0, 777}, 8, 1, 128, DType::f16, 256, 4},
+      {{1500, 600}, 2, 1, 64, DType::bf16, 64, 300},  // topk - 1 beyond the gate's list limit,
+                                                      // but no row has that many past blocks
   };
   int i = 0;
   for (const Case& c : cases) {

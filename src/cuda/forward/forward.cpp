@@ -117,10 +117,17 @@ void dispatch(const Problem& p, F&& f) {
 void run_gate(const Problem& p, const Plan& pl, const Operand& q, const Operand& k,
               std::int32_t* selection, Workspace& ws) {
   if (p.past_k() == 0 || p.total == 0) return;
-  if (p.past_k() > kGateMaxPastK)
+  int max_own = 0;  // most past blocks any row has
+  for (int b = 0; b < p.batch; ++b) {
+    const int len = p.cu_seqlens[b + 1] - p.cu_seqlens[b];
+    if (len > 0) max_own = std::max(max_own, (len - 1) / p.block_size);
+  }
+  const bool scoring = max_own > p.past_k();
+  if (scoring && p.past_k() > kGateMaxPastK)
     fail(ErrorKind::unsupported, "cuda backend: topk - 1 = " + std::to_string(p.past_k()) +
                                      " exceeds the gate's limit of " +
-                                     std::to_string(kGateMaxPastK));
+                                     std::to_string(kGateMaxPastK) + " (a sequence has " +
+                                     std::to_string(max_own) + " past blocks to choose from)");
   GateParams g{};
   g.q = q.data;
   g.k = k.data;
@@ -143,6 +150,7 @@ void run_gate(const Problem& p, const Plan& pl, const Operand& q, const Operand&
   g.num_tiles = pl.num_tiles;
   g.blk_off = pl.blk_off;
   g.num_blocks = pl.num_blocks;
+  g.list_k = scoring ? p.past_k() : 0;
   void* sums = ws.alloc_bytes(std::size_t(std::max(pl.num_blocks, 1)) * p.hkv * p.head_dim * 8,
                               "MoBA block sums");
   dispatch(p, [&](auto* t, auto d) {

@@ -278,7 +278,7 @@ void launch_gate(const GateParams& p, void* sums_ws, void* stream_v) {
     block_means_finalize<T, D><<<int(blocks), 256, 0, stream>>>(p, sums, n);
     MOBA_CUDA_LAUNCH_CHECK();
   }
-  const int smem = GateTraits<T, D>::smem_bytes(p.past_k);
+  const int smem = GateTraits<T, D>::smem_bytes(p.list_k);
   MOBA_CUDA_CHECK(cudaFuncSetAttribute(gate_topk_kernel<T, D>,
                                        cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
   gate_topk_kernel<T, D><<<dim3(p.num_tiles, p.hq), 128, smem, stream>>>(p);

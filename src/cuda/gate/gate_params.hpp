@@ -18,9 +18,12 @@ struct GateParams {
   int num_tiles;
   const int* blk_off;     // [batch + 1] prefix of full blocks
   int num_blocks;
+  int list_k;             // top-k list length held in shared memory: past_k, or 0 when no row
+                          // has more than past_k past blocks (every tile then selects all)
 };
 
-// Largest past_k the fused top-k keeps in shared memory (64 rows x past_k x 8 bytes).
+// Largest past_k the fused top-k keeps in shared memory (64 rows x past_k x 8 bytes); larger
+// values work only when no row has more past blocks than past_k.
 constexpr int kGateMaxPastK = 255;
 
 // One instantiation per (dtype, head_dim); defined in gate_<dtype>_d<D>.cu.
