@@ -97,7 +97,7 @@ int run_bench(const BenchOptions& o) {
   const Backend backend = choose_backend(o.backend);
   const bool cuda = backend == Backend::cuda;
   const int min_len = o.min_len > 0 ? o.min_len : cuda ? 4096 : 1024;
-  const int max_len = o.max_len > 0 ? o.max_len : cuda ? 131072 : 16384;
+  const int max_len = o.max_len > 0 ? o.max_len : cuda ? 131072 : 32768;
   if (min_len > max_len)
     throw CliError(fmt::format("--min-len {} is larger than --max-len {}", min_len, max_len));
   const int kv_heads = o.kv_heads > 0 ? o.kv_heads : o.heads;
@@ -250,7 +250,7 @@ CommandRun add_bench_command(CLI::App& app) {
   cmd->add_option("--backend", o->backend, "Backend to time (default: cuda if usable, else cpu)")
       ->check(CLI::IsMember(backend_names()));
   cmd->add_option("--min-len", o->min_len, "Shortest sequence (default: cpu 1024, cuda 4096)")->check(CLI::Range(1, 1 << 24));
-  cmd->add_option("--max-len", o->max_len, "Longest sequence (default: cpu 16384, cuda 131072)")->check(CLI::Range(1, 1 << 24));
+  cmd->add_option("--max-len", o->max_len, "Longest sequence (default: cpu 32768, cuda 131072)")->check(CLI::Range(1, 1 << 24));
   cmd->add_option("--batch", o->batch, "Sequences per batch (all of length N)")->check(CLI::Range(1, 4096))->capture_default_str();
   cmd->add_option("--heads", o->heads, "Query heads")->check(CLI::Range(1, 1024))->capture_default_str();
   cmd->add_option("--kv-heads", o->kv_heads, "KV heads, dividing --heads (default: --heads)")->check(CLI::Range(1, 1024));
