@@ -51,4 +51,12 @@ struct AttnParams {
 template <class T, int D>
 void launch_attention(const AttnParams& p, int grid_x, int grid_y, void* stream);
 
+// sm_90a wgmma path (hopper_kernel.cuh): 128-row tiles, so tile_off / num_tiles / btile_off
+// must be the 128-row tables. Defined in hopper_attn_<dtype>_d<D>.cu.
+template <class T, int D>
+void launch_attention_hopper(const AttnParams& p, int grid_x, int grid_y, void* stream);
+// Whether the current device is compute capability 9.0 and this binary holds sm_90a code.
+template <class T, int D>
+bool hopper_attention_available();
+
 }  // namespace moba::cuda

@@ -11,6 +11,9 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
 #include <vector>
 
 #include "core/backends.hpp"
@@ -66,40 +69,45 @@ void check_aligned(const char* name, const Operand& x) {
 
 // Per-sequence tables, uploaded once per call.
 struct Plan {
-  std::vector<int> host;  // cu | tile_off | blk_off | moa_window
-  int num_tiles = 0, num_blocks = 0;
+  std::vector<int> host;  // cu | tile_off | blk_off | tile128_off | moa_window
+  int num_tiles = 0, num_blocks = 0, num_tiles128 = 0;
   const int* cu = nullptr;
   const int* tile_off = nullptr;
   const int* blk_off = nullptr;
+  const int* tile128_off = nullptr;  // 128-row tiles (sm_90a path)
   const int* moa_window = nullptr;
 };
 
 Plan make_plan(const Problem& p, Workspace& ws) {
   Plan pl;
   const int nb1 = p.batch + 1;
-  pl.host.assign(std::size_t(3) * nb1 + (p.mode == Mode::moa ? std::size_t(p.hq) * p.batch : 0), 0);
+  pl.host.assign(std::size_t(4) * nb1 + (p.mode == Mode::moa ? std::size_t(p.hq) * p.batch : 0), 0);
   int* cu = pl.host.data();
   int* toff = cu + nb1;
   int* boff = toff + nb1;
+  int* t128 = boff + nb1;
   for (int b = 0; b <= p.batch; ++b) cu[b] = p.cu_seqlens[b];
   for (int b = 0; b < p.batch; ++b) {
     const int len = p.cu_seqlens[b + 1] - p.cu_seqlens[b];
     toff[b + 1] = toff[b] + (len + 63) / 64;
     boff[b + 1] = boff[b] + (p.mode == Mode::moba ? len / p.block_size : 0);
+    t128[b + 1] = t128[b] + (len + 127) / 128;
   }
   if (p.mode == Mode::moa) {
-    int* win = boff + nb1;
+    int* win = t128 + nb1;
     for (int h = 0; h < p.hq; ++h)
       for (int b = 0; b < p.batch; ++b)
         win[h * p.batch + b] = p.moa_window(h, p.cu_seqlens[b + 1] - p.cu_seqlens[b]);
   }
   pl.num_tiles = toff[p.batch];
   pl.num_blocks = boff[p.batch];
+  pl.num_tiles128 = t128[p.batch];
   int* dev = ws.upload(pl.host, "sequence tables");
   pl.cu = dev;
   pl.tile_off = dev + nb1;
   pl.blk_off = dev + 2 * nb1;
-  pl.moa_window = p.mode == Mode::moa ? dev + 3 * nb1 : nullptr;
+  pl.tile128_off = dev + 3 * nb1;
+  pl.moa_window = p.mode == Mode::moa ? dev + 4 * nb1 : nullptr;
   return pl;
 }
 
@@ -112,6 +120,30 @@ void dispatch(const Problem& p, F&& f) {
     if (p.head_dim == 64) f(static_cast<__half*>(nullptr), std::integral_constant<int, 64>());
     else f(static_cast<__half*>(nullptr), std::integral_constant<int, 128>());
   }
+}
+
+// The sm_90a wgmma attention (hopper_kernel.cuh) when the build has sm_90a code, the device is
+// compute capability 9.0 and MOBA_FORCE_MMA_SYNC is not 1; else the mma.sync kernel.
+// MOBA_LOG_PATH=1 prints the choice once per process.
+bool use_hopper(const Problem& p) {
+  bool on = false;
+#if defined(MOBA_HAVE_SM90A)
+  const char* force = std::getenv("MOBA_FORCE_MMA_SYNC");
+  if (!(force && std::strcmp(force, "1") == 0)) {
+    dispatch(p, [&](auto* t, auto d) {
+      using T = std::remove_pointer_t<decltype(t)>;
+      on = hopper_attention_available<T, decltype(d)::value>();
+    });
+  }
+#endif
+  static bool logged = false;
+  const char* log = std::getenv("MOBA_LOG_PATH");
+  if (log && std::strcmp(log, "1") == 0 && !logged) {
+    logged = true;
+    std::fprintf(stderr, "moba: cuda attention forward uses the %s kernel\n",
+                 on ? "sm_90a wgmma" : "mma.sync");
+  }
+  return on;
 }
 
 void run_gate(const Problem& p, const Plan& pl, const Operand& q, const Operand& k,
@@ -213,16 +245,24 @@ void cuda_forward(const Problem& p, const Forward& f, const RunOptions& o) {
   a.moa_window = pl.moa_window;
   a.moa_sink = p.moa_sink;
 
+  const bool hop = use_hopper(p);
+  const int tile_rows = hop ? 128 : 64;
+  if (hop) {
+    a.tile_off = pl.tile128_off;
+    a.num_tiles = pl.num_tiles128;
+  }
+  const int dense_tiles = hop ? pl.num_tiles128 : pl.num_tiles;
   auto launch = [&](int gx, int gy) {
     dispatch(p, [&](auto* t, auto d) {
       using T = std::remove_pointer_t<decltype(t)>;
-      launch_attention<T, decltype(d)::value>(a, gx, gy, ws.stream());
+      if (hop) launch_attention_hopper<T, decltype(d)::value>(a, gx, gy, ws.stream());
+      else launch_attention<T, decltype(d)::value>(a, gx, gy, ws.stream());
     });
   };
 
   if (p.mode != Mode::moba) {
     a.kind = p.mode == Mode::full ? kDenseFull : kDenseMoa;
-    launch(pl.num_tiles, p.hq);
+    launch(dense_tiles, p.hq);
     return;
   }
 
@@ -239,11 +279,11 @@ void cuda_forward(const Problem& p, const Forward& f, const RunOptions& o) {
     a.lrow = ws.alloc<float>(std::size_t(p.total) * p.hq, "MoBA running sum");
   }
   a.kind = kDenseMobaOwn;
-  launch(pl.num_tiles, p.hq);
+  launch(dense_tiles, p.hq);
   if (!any_past) return;
 
   const WaveLists w = build_wave_lists(f.selection, p.total, p.hq, p.past_k(), pl.cu, p.batch,
-                                       pl.blk_off, pl.num_blocks, ws);
+                                       pl.blk_off, pl.num_blocks, ws, tile_rows);
   a.kind = kGatherWave;
   a.rows = w.rows;
   a.bucket_off = w.bucket_off;
@@ -258,7 +298,7 @@ void cuda_forward(const Problem& p, const Forward& f, const RunOptions& o) {
     if (rows_s == 0) break;
     rows_s *= p.hq;
     const long long buckets = (long long)p.hq * pl.num_blocks;
-    const long long bound = rows_s / 64 + std::min(buckets, rows_s) + 1;
+    const long long bound = rows_s / tile_rows + std::min(buckets, rows_s) + 1;
     a.wave = s;
     a.bucket_begin = int((long long)s * buckets);
     a.bucket_end = int((long long)(s + 1) * buckets);

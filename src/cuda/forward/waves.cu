@@ -52,10 +52,10 @@ __global__ void scatter_kernel(SelArgs a, int* cnt, const int* off, int* rows, l
   }
 }
 
-__global__ void tile_count_kernel(const int* off, int* tcnt, long long nb) {
+__global__ void tile_count_kernel(const int* off, int* tcnt, long long nb, int tile_rows) {
   for (long long b = blockIdx.x * (long long)blockDim.x + threadIdx.x; b <= nb;
        b += (long long)gridDim.x * blockDim.x)
-    tcnt[b] = b < nb ? (off[b + 1] - off[b] + 63) / 64 : 0;
+    tcnt[b] = b < nb ? (off[b + 1] - off[b] + tile_rows - 1) / tile_rows : 0;
 }
 
 void exclusive_scan(const int* in, int* out, long long n, Workspace& ws) {
@@ -74,7 +74,7 @@ int grid_for(long long n) {
 
 WaveLists build_wave_lists(const std::int32_t* sel, int total, int hq, int past_k,
                            const int* cu, int batch, const int* blk_off, int num_blocks,
-                           Workspace& ws) {
+                           Workspace& ws, int tile_rows) {
   WaveLists w;
   w.num_buckets = (long long)past_k * hq * num_blocks;
   const long long nsel = (long long)total * hq * past_k;
@@ -95,7 +95,7 @@ WaveLists build_wave_lists(const std::int32_t* sel, int total, int hq, int past_
     scatter_kernel<<<grid_for(nsel), 256, 0, ws.stream()>>>(a, cnt, w.bucket_off, w.rows, nsel);
     MOBA_CUDA_LAUNCH_CHECK();
   }
-  tile_count_kernel<<<grid_for(nb1), 256, 0, ws.stream()>>>(w.bucket_off, tcnt, w.num_buckets);
+  tile_count_kernel<<<grid_for(nb1), 256, 0, ws.stream()>>>(w.bucket_off, tcnt, w.num_buckets, tile_rows);
   MOBA_CUDA_LAUNCH_CHECK();
   exclusive_scan(tcnt, w.btile_off, nb1, ws);
   return w;

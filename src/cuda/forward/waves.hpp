@@ -2,7 +2,8 @@
 // Bucket b = (slot * hq + head) * num_blocks + global_block. After build_wave_lists:
 //   rows[bucket_off[b] .. bucket_off[b+1])  the tokens in bucket b (order within a bucket is
 //                                           irrelevant: each row is computed independently)
-//   btile_off[b]                            prefix of ceil(count_b / 64): 64-row tiles
+//   btile_off[b]                            prefix of ceil(count_b / tile_rows): row tiles
+//                                           (64 for attn_kernel.cuh, 128 for the sm_90a path)
 // Index lists only (int32, the size of the selection itself); no per-top-k output workspace.
 #pragma once
 
@@ -21,6 +22,6 @@ struct WaveLists {
 
 WaveLists build_wave_lists(const std::int32_t* sel, int total, int hq, int past_k,
                            const int* cu, int batch, const int* blk_off, int num_blocks,
-                           Workspace& ws);
+                           Workspace& ws, int tile_rows = 64);
 
 }  // namespace moba::cuda

@@ -1,0 +1,422 @@
+// The forward attention engine, sm_90a path (Hopper warpgroup MMA). Same work items, masks,
+// running-state and LSE conventions as attn_kernel.cuh (see there), with larger tiles:
+//   one CTA = 2 warpgroups = 128 query rows of one query head (warpgroup w owns rows 64w..64w+63)
+//   keys stream through shared memory in 128-key chunks, double-buffered (cp.async by all 256
+//   threads), so each K/V byte read from L2 feeds 128 rows instead of 64.
+// Shared-memory tiles use the 128-byte swizzle that wgmma reads natively: a tile of R rows x D
+// columns (b16) is stored as D/64 column blocks of R rows x 128 bytes; the 16-byte piece c of
+// row r sits at piece position c ^ (r & 7). Q and K are K-major operands (S = Q K^T); V is the
+// MN-major B operand of O += P V (P from registers, the S accumulator re-packed to b16).
+// Dense tiles are ceil(len / 128) per sequence (tile_off / num_tiles are the 128-row tables);
+// gathered waves use 128-row bucket tiles (btile_off built with 128).
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <atomic>
+#include <cfloat>
+#include <cstdint>
+
+#include "cuda/common/check.hpp"
+#include "cuda/common/mma.cuh"
+#include "cuda/forward/attn_params.hpp"
+#include "cuda/forward/hopper_wgmma.cuh"
+
+namespace moba::cuda {
+
+template <class T, int D>
+struct HopperTraits {
+  static constexpr int kRows = 128;
+  static constexpr int kKeys = 128;
+  static constexpr int kQBytes = kRows * D * 2;
+  static constexpr int kKVBytes = kKeys * D * 2;
+  // 1 KB slack to align the tiles to the 1024-byte swizzle atom, Q, 2 x (K, V), row tables
+  static constexpr int kSmemBytes = 1024 + kQBytes + 4 * kKVBytes + 2 * kRows * 4;
+};
+
+namespace hopper {
+
+__device__ __forceinline__ int last_le_h(const int* a, int lo, int hi, int x) {
+  while (hi - lo > 1) {
+    const int mid = (lo + hi) >> 1;
+    if (a[mid] <= x) lo = mid;
+    else hi = mid;
+  }
+  return lo;
+}
+
+// Byte offset of 16-byte piece cc (of D/8) in row r of a swizzled tile with `rows` rows.
+__device__ __forceinline__ int swz(int r, int cc, int rows) {
+  return (cc >> 3) * rows * 128 + r * 128 + (((cc & 7) ^ (r & 7)) << 4);
+}
+
+// wgmma shared-memory descriptor, 128-byte swizzle. lbo/sbo in bytes.
+__device__ __forceinline__ std::uint64_t make_desc(std::uint32_t addr, std::uint32_t lbo,
+                                                   std::uint32_t sbo) {
+  std::uint64_t d = 0;
+  d |= std::uint64_t((addr & 0x3FFFF) >> 4);
+  d |= std::uint64_t((lbo >> 4) & 0x3FFF) << 16;
+  d |= std::uint64_t((sbo >> 4) & 0x3FFF) << 32;
+  d |= std::uint64_t(1) << 62;  // 128B swizzle
+  return d;
+}
+
+__device__ __forceinline__ void wg_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wg_commit() {
+  asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+}
+template <int N>
+__device__ __forceinline__ void wg_wait() {
+  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+}
+__device__ __forceinline__ void fence_proxy_async() {
+  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+}
+// Keeps the compiler from moving accesses of an accumulator across the async MMA window.
+template <int N>
+__device__ __forceinline__ void reg_fence(float* r) {
+#pragma unroll
+  for (int i = 0; i < N; ++i) asm volatile("" : "+f"(r[i])::"memory");
+}
+
+}  // namespace hopper
+
+template <class T, int D>
+__global__ void __launch_bounds__(256, 1) attn_fwd_hopper_kernel(const AttnParams p) {
+#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  using namespace hopper;
+  using Tr = HopperTraits<T, D>;
+  constexpr int KN = Tr::kKeys;
+  constexpr int KD = D / 16;   // k-steps over the head dim (S = Q K^T)
+  constexpr int ND = D / 8;    // n8 tiles of O
+  constexpr int NS = KN / 8;   // n8 tiles of S
+  constexpr bool kBf16 = Dt<T>::kIsBf16;
+  extern __shared__ unsigned char smem_raw[];
+  unsigned char* base = reinterpret_cast<unsigned char*>(
+      (reinterpret_cast<std::uintptr_t>(smem_raw) + 1023) & ~std::uintptr_t(1023));
+  unsigned char* sQ = base;
+  unsigned char* sK = sQ + Tr::kQBytes;        // 2 buffers
+  unsigned char* sV = sK + 2 * Tr::kKVBytes;   // 2 buffers
+  int* sTok = reinterpret_cast<int*>(sV + 2 * Tr::kKVBytes);
+  int* sPos = sTok + 128;
+
+  const int tid = threadIdx.x, wg = tid >> 7, warp = (tid >> 5) & 3, lane = tid & 31;
+  const int g = lane >> 2, c4 = lane & 3;
+  const bool gather = p.kind == kGatherWave;
+
+  // ---- which rows and which keys (as attn_kernel.cuh, 128-row tiles) ----------------------
+  int h, seq, nrows, t0 = 0;
+  int r0b = 0, r0e = 0, r1b = 0, r1e = 0;
+  int moa_w = 0;
+  if (!gather) {
+    const int tile = p.num_tiles - 1 - int(blockIdx.x);
+    h = blockIdx.y;
+    seq = last_le_h(p.tile_off, 0, p.batch, tile);
+    const int len = p.cu[seq + 1] - p.cu[seq];
+    t0 = (tile - p.tile_off[seq]) * 128;
+    nrows = min(128, len - t0);
+    const int tend = t0 + nrows;
+    if (p.kind == kDenseFull) {
+      r1b = 0; r1e = tend;
+    } else if (p.kind == kDenseMobaOwn) {
+      r1b = (t0 / p.block_size) * p.block_size; r1e = tend;  // own block of the first row
+    } else {
+      moa_w = p.moa_window[h * p.batch + seq];
+      const int lo = max(0, t0 - moa_w + 1);
+      if (p.moa_sink >= lo) {
+        r1b = 0; r1e = tend;
+      } else {
+        r0b = 0; r0e = p.moa_sink;
+        r1b = lo; r1e = tend;
+      }
+    }
+    if (tid < 128) {
+      sTok[tid] = tid < nrows ? p.cu[seq] + t0 + tid : -1;
+      sPos[tid] = t0 + tid;
+    }
+  } else {
+    const int tiles_begin = p.btile_off[p.bucket_begin];
+    const int i = tiles_begin + int(blockIdx.x);
+    if (i >= p.btile_off[p.bucket_end]) return;
+    const int b = last_le_h(p.btile_off, p.bucket_begin, p.bucket_end, i);
+    const int local = b - p.bucket_begin;
+    h = local / p.num_blocks;
+    const int gb = local - h * p.num_blocks;
+    seq = last_le_h(p.blk_off, 0, p.batch, gb);
+    const int j_block = gb - p.blk_off[seq];
+    r1b = j_block * p.block_size;
+    r1e = r1b + p.block_size;
+    const int start = p.bucket_off[b] + (i - p.btile_off[b]) * 128;
+    nrows = min(128, p.bucket_off[b + 1] - start);
+    if (tid < 128) {
+      const int tok = tid < nrows ? p.rows[start + tid] : -1;
+      sTok[tid] = tok;
+      sPos[tid] = tok >= 0 ? tok - p.cu[seq] : 0;
+    }
+  }
+  const int seq_begin = p.cu[seq];
+  const int hk = h / p.group;
+  __syncthreads();
+
+  const T* qg = static_cast<const T*>(p.q);
+  const T* kg = static_cast<const T*>(p.k);
+  const T* vg = static_cast<const T*>(p.v);
+
+  // ---- async loads into the swizzled tiles -------------------------------------------------
+  constexpr int kPieces = D / 8;  // 16-byte pieces per row
+  auto load_q = [&]() {
+#pragma unroll
+    for (int it = 0; it < 128 * kPieces / 256; ++it) {
+      const int idx = tid + it * 256;
+      const int r = idx / kPieces, cc = idx % kPieces;
+      const int tok = sTok[r];
+      const T* src = qg + (tok >= 0 ? std::int64_t(tok) * p.q_ts + std::int64_t(h) * p.q_hs + cc * 8 : 0);
+      cp_async_16(sQ + swz(r, cc, 128), src, tok >= 0);
+    }
+  };
+  const int n0 = (r0e - r0b + KN - 1) / KN;
+  const int n1 = (r1e - r1b + KN - 1) / KN;
+  const int nchunks = n0 + n1;
+  auto chunk_range = [&](int cidx, int& kb, int& ke) {
+    if (cidx < n0) { kb = r0b + cidx * KN; ke = min(kb + KN, r0e); }
+    else { kb = r1b + (cidx - n0) * KN; ke = min(kb + KN, r1e); }
+  };
+  auto load_kv = [&](int cidx, int buf) {
+    int kb, ke;
+    chunk_range(cidx, kb, ke);
+    unsigned char* dk = sK + buf * Tr::kKVBytes;
+    unsigned char* dv = sV + buf * Tr::kKVBytes;
+#pragma unroll
+    for (int it = 0; it < KN * kPieces / 256; ++it) {
+      const int idx = tid + it * 256;
+      const int r = idx / kPieces, cc = idx % kPieces;
+      const int kp = kb + r;
+      const bool ok = kp < ke;
+      const std::int64_t tok = seq_begin + (ok ? kp : kb);
+      const int off = swz(r, cc, KN);
+      cp_async_16(dk + off, kg + tok * p.k_ts + std::int64_t(hk) * p.k_hs + cc * 8, ok);
+      cp_async_16(dv + off, vg + tok * p.v_ts + std::int64_t(hk) * p.v_hs + cc * 8, ok);
+    }
+  };
+
+  // ---- per-thread state ----------------------------------------------------------------
+  const int row0 = wg * 64 + warp * 16 + g, row1 = row0 + 8;
+  const int tok_r[2] = {sTok[row0], sTok[row1]};
+  const int pos_r[2] = {sPos[row0], sPos[row1]};
+  const bool wg_active = wg * 64 < nrows;  // warpgroup-uniform
+  float o[ND][4];
+  float m[2], l[2];
+#pragma unroll
+  for (int n = 0; n < ND; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.f;
+  m[0] = m[1] = -INFINITY;
+  l[0] = l[1] = 0.f;
+  if (gather) {
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      const int tok = tok_r[i];
+      if (tok < 0) continue;
+      const std::int64_t ri = std::int64_t(h) * p.total + tok;
+      m[i] = p.mrow[ri];
+      l[i] = c4 == 0 ? p.lrow[ri] : 0.f;
+      const float* a = p.acc + (std::int64_t(tok) * p.hq + h) * D;
+#pragma unroll
+      for (int n = 0; n < ND; ++n) {
+        const float2 v2 = *reinterpret_cast<const float2*>(a + n * 8 + 2 * c4);
+        o[n][2 * i] = v2.x;
+        o[n][2 * i + 1] = v2.y;
+      }
+    }
+  }
+
+  load_q();
+  load_kv(0, 0);
+  cp_async_commit();
+
+  const float sl2 = p.scale_log2;
+  const int t_wg = t0 + wg * 64;  // dense: position of this warpgroup's first row
+  const std::uint32_t q_addr = smem_addr(sQ) + wg * 64 * 128;
+  const std::uint32_t k_addr0 = smem_addr(sK), v_addr0 = smem_addr(sV);
+
+  for (int cidx = 0; cidx < nchunks; ++cidx) {
+    const int buf = cidx & 1;
+    if (cidx + 1 < nchunks) {
+      load_kv(cidx + 1, buf ^ 1);
+      cp_async_commit();
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
+    fence_proxy_async();  // cp.async writes (generic proxy) are read by wgmma (async proxy)
+    __syncthreads();
+    if (wg_active) {
+      const std::uint32_t k_addr = k_addr0 + buf * Tr::kKVBytes;
+      const std::uint32_t v_addr = v_addr0 + buf * Tr::kKVBytes;
+
+      // S = Q K^T: 64 x KN per warpgroup, K-major A and B
+      float s[NS][4];
+      reg_fence<NS * 4>(&s[0][0]);
+      wg_fence();
+#pragma unroll
+      for (int kk = 0; kk < KD; ++kk) {
+        const std::uint32_t koff = (kk & 3) * 32;  // 16 columns = 32 bytes inside the atom row
+        const std::uint64_t da = make_desc(q_addr + (kk >> 2) * 128 * 128 + koff, 16, 1024);
+        const std::uint64_t db = make_desc(k_addr + (kk >> 2) * KN * 128 + koff, 16, 1024);
+        wgmma_ss<kBf16, KN>(&s[0][0], da, db, kk > 0 ? 1 : 0);
+      }
+      wg_commit();
+      wg_wait<0>();
+      reg_fence<NS * 4>(&s[0][0]);
+
+      int kb, ke;
+      chunk_range(cidx, kb, ke);
+      const bool need_mask = ke - kb < KN ||
+                             (!gather && (p.kind == kDenseMoa || p.kind == kDenseMobaOwn ||
+                                          kb + KN - 1 > t_wg));
+#pragma unroll
+      for (int n = 0; n < NS; ++n)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) s[n][e] *= sl2;
+      if (need_mask) {
+        const int own0 = p.kind == kDenseMobaOwn ? (pos_r[0] / p.block_size) * p.block_size : 0;
+        const int own1 = p.kind == kDenseMobaOwn ? (pos_r[1] / p.block_size) * p.block_size : 0;
+#pragma unroll
+        for (int n = 0; n < NS; ++n)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int key = kb + n * 8 + 2 * c4 + (e & 1);
+            const int t = pos_r[e >> 1];
+            bool vis = key < ke && key <= t && key >= ((e >> 1) ? own1 : own0);
+            if (p.kind == kDenseMoa) vis = vis && (key < p.moa_sink || key > t - moa_w);
+            if (!vis) s[n][e] = -INFINITY;
+          }
+      }
+
+      // online softmax (rows g and g + 8 of this warp; a row lives in 4 lanes)
+#pragma unroll
+      for (int i = 0; i < 2; ++i) {
+        float mx = -INFINITY;
+#pragma unroll
+        for (int n = 0; n < NS; ++n) mx = fmaxf(mx, fmaxf(s[n][2 * i], s[n][2 * i + 1]));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+        const float m_new = fmaxf(m[i], mx);
+        const float m_use = m_new == -INFINITY ? 0.f : m_new;
+        const float alpha = fast_exp2(m[i] - m_use);
+        m[i] = m_new;
+        float rs = 0.f;
+#pragma unroll
+        for (int n = 0; n < NS; ++n) {
+          s[n][2 * i] = fast_exp2(s[n][2 * i] - m_use);
+          s[n][2 * i + 1] = fast_exp2(s[n][2 * i + 1] - m_use);
+          rs += s[n][2 * i] + s[n][2 * i + 1];
+        }
+        l[i] = l[i] * alpha + rs;
+#pragma unroll
+        for (int n = 0; n < ND; ++n) {
+          o[n][2 * i] *= alpha;
+          o[n][2 * i + 1] *= alpha;
+        }
+      }
+
+      // O += P V: P (64 x KN) from registers, V MN-major (d contiguous) from shared memory
+      std::uint32_t pa[KN / 16][4];
+#pragma unroll
+      for (int kk = 0; kk < KN / 16; ++kk) {
+        pa[kk][0] = Dt<T>::pack(s[2 * kk][0], s[2 * kk][1]);
+        pa[kk][1] = Dt<T>::pack(s[2 * kk][2], s[2 * kk][3]);
+        pa[kk][2] = Dt<T>::pack(s[2 * kk + 1][0], s[2 * kk + 1][1]);
+        pa[kk][3] = Dt<T>::pack(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+      }
+      reg_fence<ND * 4>(&o[0][0]);
+      wg_fence();
+#pragma unroll
+      for (int kk = 0; kk < KN / 16; ++kk) {
+        // 16 keys = two 8-row groups (SBO 1024 B); D/64 column blocks of KN x 128 B (LBO)
+        const std::uint64_t db = make_desc(v_addr + kk * 16 * 128, KN * 128, 1024);
+        wgmma_rs<kBf16, D>(&o[0][0], pa[kk], db, 1);
+      }
+      wg_commit();
+      wg_wait<0>();
+      reg_fence<ND * 4>(&o[0][0]);
+    }
+    __syncthreads();
+  }
+
+  // ---- write back (as attn_kernel.cuh) ------------------------------------------------
+  T* og = static_cast<T*>(p.out);
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    float lt = l[i];
+    lt += __shfl_xor_sync(0xffffffffu, lt, 1);
+    lt += __shfl_xor_sync(0xffffffffu, lt, 2);
+    const int tok = tok_r[i];
+    if (tok < 0) continue;
+    const int pos = pos_r[i];
+    bool final_row = true;
+    if (p.kind == kDenseMobaOwn) {
+      final_row = min(p.past_k, pos / p.block_size) == 0;
+    } else if (gather) {
+      final_row = p.wave == min(p.past_k, pos / p.block_size) - 1;
+    }
+    const std::int64_t ri = std::int64_t(h) * p.total + tok;
+    if (final_row) {
+      const float inv = 1.f / lt;
+      T* dst = og + std::int64_t(tok) * p.o_ts + std::int64_t(h) * p.o_hs;
+#pragma unroll
+      for (int n = 0; n < ND; ++n)
+        *reinterpret_cast<std::uint32_t*>(dst + n * 8 + 2 * c4) =
+            Dt<T>::pack(o[n][2 * i] * inv, o[n][2 * i + 1] * inv);
+      if (c4 == 0) p.lse[ri] = (m[i] + __log2f(lt)) * 0.6931471805599453f;
+    } else {
+      float* a = p.acc + (std::int64_t(tok) * p.hq + h) * D;
+#pragma unroll
+      for (int n = 0; n < ND; ++n)
+        *reinterpret_cast<float2*>(a + n * 8 + 2 * c4) = make_float2(o[n][2 * i], o[n][2 * i + 1]);
+      if (c4 == 0) {
+        p.mrow[ri] = m[i];
+        p.lrow[ri] = lt;
+      }
+    }
+  }
+#endif
+}
+
+// True when this binary holds sm_90a code for the kernel and the current device runs it.
+template <class T, int D>
+bool hopper_attention_available() {
+  static std::atomic<int> cached{-1};  // per process (checked on the first call's device)
+  if (cached.load() < 0) {
+    int dev = 0, major = 0, minor = 0;
+    bool ok = cudaGetDevice(&dev) == cudaSuccess &&
+              cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess &&
+              cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) == cudaSuccess &&
+              major == 9 && minor == 0;
+    if (ok) {
+      cudaFuncAttributes fa{};
+      ok = cudaFuncGetAttributes(&fa, attn_fwd_hopper_kernel<T, D>) == cudaSuccess &&
+           fa.binaryVersion == 90;
+    }
+    (void)cudaGetLastError();
+    cached.store(ok ? 1 : 0);
+  }
+  return cached.load() == 1;
+}
+
+template <class T, int D>
+void launch_attention_hopper(const AttnParams& p, int grid_x, int grid_y, void* stream) {
+  if (grid_x <= 0 || grid_y <= 0) return;
+  using Tr = HopperTraits<T, D>;
+  MOBA_CUDA_CHECK(cudaFuncSetAttribute(attn_fwd_hopper_kernel<T, D>,
+                                       cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                       Tr::kSmemBytes));
+  attn_fwd_hopper_kernel<T, D><<<dim3(grid_x, grid_y), 256, Tr::kSmemBytes,
+                                 static_cast<cudaStream_t>(stream)>>>(p);
+  MOBA_CUDA_LAUNCH_CHECK();
+}
+
+}  // namespace moba::cuda
+
+#define MOBA_INSTANTIATE_ATTENTION_HOPPER(T, D)                                              \
+  template void moba::cuda::launch_attention_hopper<T, D>(const moba::cuda::AttnParams&, int, \
+                                                          int, void*);                       \
+  template bool moba::cuda::hopper_attention_available<T, D>();
