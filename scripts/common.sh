@@ -30,13 +30,13 @@ find_nvcc() {
   fi
 }
 
-# The Python to use: $PYTHON, else a venv at .venv when the system Python refuses pip installs
+# The Python to use: $PYTHON, else the venv at .deps/venv (git-ignored) when the system Python refuses pip installs
 # (PEP 668, Debian's own python3), else python3.
 python_cmd() {
   if [ -n "${PYTHON:-}" ]; then
     echo "$PYTHON"
-  elif [ -x "$MOBA_ROOT/.venv/bin/python" ]; then
-    echo "$MOBA_ROOT/.venv/bin/python"
+  elif [ -x "$MOBA_ROOT/.deps/venv/bin/python" ]; then
+    echo "$MOBA_ROOT/.deps/venv/bin/python"
   else
     command -v python3
   fi

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building and testing moba needs on Debian/Ubuntu: the toolchain and libraries
 # (apt-get, as root or through sudo) and, when the Python package exists (python/), the pinned
-# Python packages (pip; in a venv at .venv if the system Python is externally managed).
+# Python packages (pip; in a venv at .deps/venv if the system Python is externally managed).
 #   scripts/setup.sh             everything
 #   scripts/setup.sh --no-python only the Debian packages
 set -euo pipefail
@@ -29,10 +29,10 @@ fi
 if [ -d "$MOBA_ROOT/python" ] && [ "$with_python" = 1 ]; then
   log "Python packages"
   py=$(python_cmd)
-  if [ -z "${PYTHON:-}" ] && [ "$py" != "$MOBA_ROOT/.venv/bin/python" ] && python_externally_managed "$py"; then
-    echo "$py is externally managed (PEP 668): using a venv at $MOBA_ROOT/.venv"
-    "$py" -m venv "$MOBA_ROOT/.venv"
-    py=$MOBA_ROOT/.venv/bin/python
+  if [ -z "${PYTHON:-}" ] && [ "$py" != "$MOBA_ROOT/.deps/venv/bin/python" ] && python_externally_managed "$py"; then
+    echo "$py is externally managed (PEP 668): using a venv at $MOBA_ROOT/.deps/venv"
+    "$py" -m venv "$MOBA_ROOT/.deps/venv"
+    py=$MOBA_ROOT/.deps/venv/bin/python
   fi
   "$py" -m pip install -q torch==2.11.0 numpy pytest pybind11==3.1.0 scikit-build-core==1.1.2 \
     transformers==5.17.0
