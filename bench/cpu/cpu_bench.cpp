@@ -9,8 +9,14 @@
 // Visible pairs: full causal N (N + 1) / 2 per head; MoBA counted from the selection the forward
 // returned (own block causally + B per chosen past block).
 //
-// Usage: moba_cpu_bench [--max-n N] [--min-n N] [--threads T] [--reps R]
+// Usage: moba_cpu_bench [--max-n N] [--min-n N] [--threads T] [--reps R] [--cpu-time 1] [--dense-only 1] [--fwd-only 1]
+//   --cpu-time 1: time with the process CPU clock instead of the wall clock. Meant for
+//                 --threads 1 on a shared machine: time while descheduled is not counted, so
+//                 A/B comparisons of the kernels survive other people's load (OpenMP spin-waits
+//                 would be counted with more threads).
+//   --dense-only 1: skip MoBA (its columns print 0).  --fwd-only 1: skip the backwards.
 #include <cblas.h>
+#include <time.h>
 
 #include <algorithm>
 #include <chrono>
@@ -29,6 +35,16 @@
 namespace {
 
 using Clock = std::chrono::steady_clock;
+bool g_cpu_time = false;
+
+double now_seconds() {
+  if (g_cpu_time) {
+    timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return ts.tv_sec + 1e-9 * ts.tv_nsec;
+  }
+  return std::chrono::duration<double>(Clock::now().time_since_epoch()).count();
+}
 
 std::uint16_t to_bf16(float f) {  // round to nearest even
   std::uint32_t u;
@@ -48,9 +64,9 @@ std::vector<std::uint16_t> random_bf16(std::size_t n, std::mt19937& rng) {
 double best_seconds(int reps, const std::function<void()>& f) {
   double best = 1e30;
   for (int r = 0; r < reps; ++r) {
-    const auto t0 = Clock::now();
+    const double t0 = now_seconds();
     f();
-    best = std::min(best, std::chrono::duration<double>(Clock::now() - t0).count());
+    best = std::min(best, now_seconds() - t0);
   }
   return best;
 }
@@ -59,6 +75,7 @@ double best_seconds(int reps, const std::function<void()>& f) {
 
 int main(int argc, char** argv) {
   int max_n = 32768, min_n = 1024, threads = 0, reps = 0;
+  bool dense_only = false, fwd_only = false;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string a = argv[i];
     const int v = std::atoi(argv[i + 1]);
@@ -66,6 +83,9 @@ int main(int argc, char** argv) {
     else if (a == "--min-n") min_n = v;
     else if (a == "--threads") threads = v;
     else if (a == "--reps") reps = v;
+    else if (a == "--cpu-time") g_cpu_time = v != 0;
+    else if (a == "--dense-only") dense_only = v != 0;
+    else if (a == "--fwd-only") fwd_only = v != 0;
     else { std::fprintf(stderr, "unknown flag %s\n", a.c_str()); return 2; }
   }
   const int H = 4, D = 128, blocks = 64, topk = 3;
@@ -110,9 +130,9 @@ int main(int argc, char** argv) {
       moba::attention_backward(tq, tk, tv, tout, tlse, tdo, tcu, p, s, tdq, tdk, tdv, opt);
     };
     const double dense_fwd = best_seconds(r, [&] { fwd(full, {}); });
-    const double dense_both = dense_fwd + best_seconds(r, [&] { bwd(full, {}); });
-    const double moba_fwd = best_seconds(r, [&] { fwd(mb, tsel); });
-    const double moba_both = moba_fwd + best_seconds(r, [&] { bwd(mb, tsel); });
+    const double dense_both = fwd_only ? 0 : dense_fwd + best_seconds(r, [&] { bwd(full, {}); });
+    const double moba_fwd = dense_only ? 0 : best_seconds(r, [&] { fwd(mb, tsel); });
+    const double moba_both = dense_only || fwd_only ? 0 : moba_fwd + best_seconds(r, [&] { bwd(mb, tsel); });
 
     double dense_pairs = double(H) * N * (N + 1.0) / 2, moba_pairs = 0;
     for (int t = 0; t < N; ++t)
