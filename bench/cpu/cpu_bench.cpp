@@ -97,8 +97,8 @@ int main(int argc, char** argv) {
               threads > 0 ? std::to_string(threads).c_str() : "all", openblas_get_config());
   std::printf("| N | dense fwd ms | dense fwd GFLOP/s | dense fwd+bwd ms | dense fwd+bwd GFLOP/s | "
               "MoBA fwd ms | MoBA fwd GFLOP/s | MoBA fwd+bwd ms | MoBA fwd+bwd GFLOP/s | "
-              "MoBA speedup fwd | MoBA speedup fwd+bwd | sgemm GFLOP/s | dense fwd / sgemm |\n");
-  std::printf("|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+              "MoBA speedup fwd | MoBA speedup fwd+bwd | sgemm GFLOP/s | dense fwd / sgemm | load |\n");
+  std::printf("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
   std::fflush(stdout);
   std::mt19937 rng(42);
   for (int N = min_n; N <= max_n; N *= 2) {
@@ -129,36 +129,48 @@ int main(int argc, char** argv) {
     auto bwd = [&](const moba::AttentionParams& p, const moba::TensorView& s) {
       moba::attention_backward(tq, tk, tv, tout, tlse, tdo, tcu, p, s, tdq, tdk, tdv, opt);
     };
-    const double dense_fwd = best_seconds(r, [&] { fwd(full, {}); });
-    const double dense_both = fwd_only ? 0 : dense_fwd + best_seconds(r, [&] { bwd(full, {}); });
-    const double moba_fwd = dense_only ? 0 : best_seconds(r, [&] { fwd(mb, tsel); });
-    const double moba_both = dense_only || fwd_only ? 0 : moba_fwd + best_seconds(r, [&] { bwd(mb, tsel); });
-
-    double dense_pairs = double(H) * N * (N + 1.0) / 2, moba_pairs = 0;
-    for (int t = 0; t < N; ++t)
-      for (int h = 0; h < H; ++h) {
-        moba_pairs += t - (t / B) * B + 1;
-        for (int s = 0; s < topk - 1; ++s) moba_pairs += sel[(std::size_t(t) * H + h) * (topk - 1) + s] >= 0 ? B : 0;
-      }
-    const double dense_flops = 4.0 * D * dense_pairs, moba_flops = 4.0 * D * moba_pairs;
-
     // sgemm of the dense forward's FLOPs: square, side a multiple of 64.
+    const double dense_pairs = double(H) * N * (N + 1.0) / 2, dense_flops = 4.0 * D * dense_pairs;
     const int side = std::max(64, int(std::lround(std::cbrt(dense_flops / 2) / 64)) * 64);
     std::vector<float> a(std::size_t(side) * side), b(a.size()), c(a.size());
     std::normal_distribution<float> nd;
     for (auto& x : a) x = nd(rng);
     for (auto& x : b) x = nd(rng);
-    const int sr = N <= 8192 ? 3 : 1;
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, side, side, side, 1.f, a.data(), side, b.data(), side, 0.f, c.data(), side);
-    const double gemm = best_seconds(sr, [&] {
+    auto sgemm = [&] {
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, side, side, side, 1.f, a.data(), side, b.data(), side, 0.f, c.data(), side);
-    });
+    };
+    sgemm();  // warm-up (threads, page faults)
+    // Dense forward and sgemm alternate (fwd, sgemm, fwd, sgemm, ...), best of each, so the two
+    // sides of the ratio see the same machine load; on a shared machine, timing all of one and
+    // then all of the other made the ratio depend on when each was sampled.
+    const int sr = N <= 8192 ? 3 : 1;
+    double dense_fwd = 1e30, gemm = 1e30;
+    for (int i = 0; i < std::max(r, sr); ++i) {
+      if (i < r) dense_fwd = std::min(dense_fwd, best_seconds(1, [&] { fwd(full, {}); }));
+      if (i < sr) gemm = std::min(gemm, best_seconds(1, sgemm));
+    }
+    const double dense_both = fwd_only ? 0 : dense_fwd + best_seconds(r, [&] { bwd(full, {}); });
+    const double moba_fwd = dense_only ? 0 : best_seconds(r, [&] { fwd(mb, tsel); });
+    const double moba_both = dense_only || fwd_only ? 0 : moba_fwd + best_seconds(r, [&] { bwd(mb, tsel); });
+
+    double moba_pairs = 0;
+    for (int t = 0; t < N; ++t)
+      for (int h = 0; h < H; ++h) {
+        moba_pairs += t - (t / B) * B + 1;
+        for (int s = 0; s < topk - 1; ++s) moba_pairs += sel[(std::size_t(t) * H + h) * (topk - 1) + s] >= 0 ? B : 0;
+      }
+    const double moba_flops = 4.0 * D * moba_pairs;
     const double gemm_rate = 2.0 * side * side * double(side) / gemm / 1e9;
     const double dense_rate = dense_flops / dense_fwd / 1e9;
-    std::printf("| %d | %.1f | %.1f | %.1f | %.1f | %.1f | %.1f | %.1f | %.1f | %.2fx | %.2fx | %.1f | %.0f%% |\n", N,
+    double load = -1;  // 1-minute load average when the row is printed (shared machine)
+    if (FILE* f = std::fopen("/proc/loadavg", "r")) {
+      if (std::fscanf(f, "%lf", &load) != 1) load = -1;
+      std::fclose(f);
+    }
+    std::printf("| %d | %.1f | %.1f | %.1f | %.1f | %.1f | %.1f | %.1f | %.1f | %.2fx | %.2fx | %.1f | %.0f%% | %.1f |\n", N,
                 dense_fwd * 1e3, dense_rate, dense_both * 1e3, 3.5 * dense_flops / dense_both / 1e9,
                 moba_fwd * 1e3, moba_flops / moba_fwd / 1e9, moba_both * 1e3, 3.5 * moba_flops / moba_both / 1e9,
-                dense_fwd / moba_fwd, dense_both / moba_both, gemm_rate, 100 * dense_rate / gemm_rate);
+                dense_fwd / moba_fwd, dense_both / moba_both, gemm_rate, 100 * dense_rate / gemm_rate, load);
     std::fflush(stdout);
   }
   return 0;
