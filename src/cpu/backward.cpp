@@ -31,7 +31,8 @@ struct BackwardTile {
   aligned_vector<float> q, dout, dq, lse2, delta;
   const float* kpanels = nullptr;  // this sequence's K and V as [panel][D][16], K as rows
   const float* vpanels = nullptr;
-  const float* krows = nullptr;
+  const float* kslices = nullptr;  // K sliced, [D/16][total][16], this sequence's first key
+  std::ptrdiff_t kss = 0;
   float* dk_acc = nullptr;  // this thread's accumulators, this sequence's first key
   float* dv_acc = nullptr;
   const RowPlan* plan = nullptr;
@@ -84,13 +85,13 @@ struct BackwardTile {
       }
     }
     for (int j = 0; j < n; ++j) {
-      kp[j] = krows + std::size_t(kt + j) * D;
+      kp[j] = kslices + std::size_t(kt + j) * kPanel;
       dkp[j] = dk_acc + std::size_t(kt + j) * D;
       dvp[j] = dv_acc + std::size_t(kt + j) * D;
     }
-    rows_axpy_all<D>(n, mc, p, 1, kKeyTile, dop, dvp, nullptr);  // dV += P^T dO
-    rows_axpy_all<D>(n, mc, ds, 1, kKeyTile, qp, dkp, nullptr);  // dK += dS^T Q (scaled)
-    rows_axpy_all<D>(mc, n, ds, kKeyTile, 1, kp, dqp, nullptr);  // dQ += dS K
+    rows_axpy_all<D>(n, mc, p, 1, kKeyTile, dop, kPanel, dvp, nullptr);  // dV += P^T dO
+    rows_axpy_all<D>(n, mc, ds, 1, kKeyTile, qp, kPanel, dkp, nullptr);  // dK += dS^T Q (scaled)
+    rows_axpy_all<D>(mc, n, ds, kKeyTile, 1, kp, kss, dqp, nullptr);     // dQ += dS K
   }
 };
 
@@ -98,13 +99,13 @@ template <int D>
 void backward(const Problem& p, const Backward& w, const RunOptions& o) {
   const int threads = thread_count(p, o);
   const PanelLayout lay(p);
-  aligned_vector<float> kpanels, vpanels, krows;
+  aligned_vector<float> kpanels, vpanels, kslices;
   std::vector<aligned_vector<float>> dk_acc(threads), dv_acc(threads);
   const float qmul = p.scale * kLog2e;
   const std::size_t acc_size = std::size_t(p.total) * D;
   kpanels.resize(std::size_t(lay.panels()) * D * kPanel);
   vpanels.resize(kpanels.size());
-  krows.resize(acc_size);
+  kslices.resize(acc_size);
   std::vector<std::vector<Unit>> units(p.hkv);
   for (int g = 0; g < p.hkv; ++g) units[g] = make_units(p, g);
   // One parallel region; per KV head: pack (barrier), units (barrier), reduce (barrier).
@@ -117,7 +118,7 @@ void backward(const Problem& p, const Backward& w, const RunOptions& o) {
     for (int g = 0; g < p.hkv; ++g) {
       pack_panels(p, lay, w.k, g, kpanels.data());
       pack_panels(p, lay, w.v, g, vpanels.data());
-      pack_rows(p, w.k, g, krows.data());
+      pack_slices(p, w.k, g, kslices.data());
       dk_acc[tid].assign(acc_size, 0.f);
       dv_acc[tid].assign(acc_size, 0.f);
 #pragma omp barrier
@@ -127,7 +128,8 @@ void backward(const Problem& p, const Backward& w, const RunOptions& o) {
         eng->plan = &plan;
         eng->kpanels = kpanels.data() + lay.seq_panel[u.seq] * D * kPanel;
         eng->vpanels = vpanels.data() + lay.seq_panel[u.seq] * D * kPanel;
-        eng->krows = krows.data() + std::size_t(begin) * D;
+        eng->kslices = kslices.data() + std::size_t(begin) * kPanel;
+        eng->kss = slice_stride(p);
         eng->dk_acc = dk_acc[tid].data() + std::size_t(begin) * D;
         eng->dv_acc = dv_acc[tid].data() + std::size_t(begin) * D;
         eng->reset(plan.rows);

@@ -25,7 +25,8 @@ template <int D>
 struct ForwardTile {
   aligned_vector<float> q, o, m, l;
   const float* kpanels = nullptr;  // this sequence's K, [panel][D][16]
-  const float* vrows = nullptr;    // this sequence's V, [key][D]
+  const float* vslices = nullptr;  // this sequence's V, sliced [D/16][total][16] (first key)
+  std::ptrdiff_t vss = 0;          // its slice stride
   const RowPlan* plan = nullptr;
 
   alignas(64) float s[kRowTile * kKeyTile];
@@ -81,8 +82,8 @@ struct ForwardTile {
       l[idx[r]] = l[idx[r]] * alpha[r] + hsum(sum);
       mr = m_new;
     }
-    for (int j = 0; j < n; ++j) vp[j] = vrows + std::size_t(kt + j) * D;
-    rows_axpy_all<D>(mc, n, s, kKeyTile, 1, vp, op, alpha);  // o = alpha * o + P.V
+    for (int j = 0; j < n; ++j) vp[j] = vslices + std::size_t(kt + j) * kPanel;
+    rows_axpy_all<D>(mc, n, s, kKeyTile, 1, vp, vss, op, alpha);  // o = alpha * o + P.V
   }
 };
 
@@ -92,7 +93,7 @@ template <int D>
 void forward(const Problem& p, const Forward& f, int threads) {
   const PanelLayout lay(p);
   const std::size_t head_panels = std::size_t(lay.panels()) * D * kPanel, head_rows = std::size_t(p.total) * D;
-  aligned_vector<float> kpanels(head_panels * p.hkv), vrows(head_rows * p.hkv);
+  aligned_vector<float> kpanels(head_panels * p.hkv), vslices(head_rows * p.hkv);
   std::vector<Unit> units;
   for (int g = 0; g < p.hkv; ++g) {
     const std::vector<Unit> ug = make_units(p, g);
@@ -104,7 +105,7 @@ void forward(const Problem& p, const Forward& f, int threads) {
   {
     for (int g = 0; g < p.hkv; ++g) {
       pack_panels(p, lay, f.k, g, kpanels.data() + g * head_panels);
-      pack_rows(p, f.v, g, vrows.data() + g * head_rows);
+      pack_slices(p, f.v, g, vslices.data() + g * head_rows);
     }
     auto eng = std::make_unique<ForwardTile<D>>();
     RowPlan plan;
@@ -116,7 +117,8 @@ void forward(const Problem& p, const Forward& f, int threads) {
       plan.build(p, u, f.selection);
       eng->plan = &plan;
       eng->kpanels = kpanels.data() + g * head_panels + lay.seq_panel[u.seq] * D * kPanel;
-      eng->vrows = vrows.data() + g * head_rows + std::size_t(begin) * D;
+      eng->vslices = vslices.data() + g * head_rows + std::size_t(begin) * kPanel;
+      eng->vss = slice_stride(p);
       eng->reset(plan.rows);
       for (int r = 0; r < plan.rows; ++r)
         load_row(p.dtype, f.q.data, elem(f.q, begin + u.r0 + r, u.h), eng->q.data() + std::size_t(r) * D, D, qmul);

@@ -61,13 +61,17 @@ inline void panel_dot_rows(int rows, const float* const* a, const float* panel, 
   }
 }
 
-// c_i[d0..d0+16) = cscale_i * c_i[..] + sum_{j<n} A(i, j) * b_j[d0..d0+16) for R rows i, where
+// c_i[d0..d0+16) = cscale_i * c_i[..] + sum_{j<n} A(i, j) * B(j, d0..d0+16) for R rows i, where
 // A(i, j) = a[i * sai + j * saj]. With sai = row stride this is P.V (or dS.K); with sai = 1 it
 // is the transposed product P^T.dO (or dS^T.Q) of the backward. cscale may be null (= 1): the
 // online-softmax rescale of the accumulator is folded into the load.
+// B(j, d0..d0+16) is at b[j] + (d0 / 16) * bss: bss = 16 for row-major rows (b[j] + d0), or the
+// slice stride of a "sliced" layout [D/16][rows][16], where the 16-column slices of consecutive
+// rows are consecutive 64-byte lines. Row-major rows 512 bytes apart (D = 128) map to only 8 of
+// the 64 L1 sets, so a 64-key slice pass conflicted with itself; sliced, it is one 4 KiB stream.
 template <int R>
 inline void rows_axpy(int n, const float* a, std::ptrdiff_t sai, std::ptrdiff_t saj,
-                      const float* const* b, float* const* c, int d0, const float* cscale) {
+                      const float* const* b, std::ptrdiff_t bofs, float* const* c, int d0, const float* cscale) {
   vf acc0[R], acc1[R];
 #pragma GCC unroll 6
   for (int i = 0; i < R; ++i) {
@@ -81,7 +85,7 @@ inline void rows_axpy(int n, const float* a, std::ptrdiff_t sai, std::ptrdiff_t 
   }
 #pragma GCC unroll 2
   for (int j = 0; j < n; ++j) {
-    const float* bj = b[j] + d0;
+    const float* bj = b[j] + bofs;
     const vf b0 = vload(bj), b1 = vload(bj + kLanes);
     const float* aj = a + j * saj;
 #pragma GCC unroll 6
@@ -103,19 +107,20 @@ inline void rows_axpy(int n, const float* a, std::ptrdiff_t sai, std::ptrdiff_t 
 // in L1 while every 6-row block of c passes over them.
 template <int D>
 inline void rows_axpy_all(int rows, int n, const float* a, std::ptrdiff_t sai, std::ptrdiff_t saj,
-                          const float* const* b, float* const* c, const float* cscale) {
+                          const float* const* b, std::ptrdiff_t bss, float* const* c, const float* cscale) {
   for (int d0 = 0; d0 < D; d0 += kPanel) {
+    const std::ptrdiff_t bofs = d0 / kPanel * bss;
     for (int r = 0; r < rows; r += kMaxRows) {
       const int m = rows - r < kMaxRows ? rows - r : kMaxRows;
       const float* ar = a + r * sai;
       const float* sc = cscale ? cscale + r : nullptr;
       switch (m) {
-        case 6: rows_axpy<6>(n, ar, sai, saj, b, c + r, d0, sc); break;
-        case 5: rows_axpy<5>(n, ar, sai, saj, b, c + r, d0, sc); break;
-        case 4: rows_axpy<4>(n, ar, sai, saj, b, c + r, d0, sc); break;
-        case 3: rows_axpy<3>(n, ar, sai, saj, b, c + r, d0, sc); break;
-        case 2: rows_axpy<2>(n, ar, sai, saj, b, c + r, d0, sc); break;
-        default: rows_axpy<1>(n, ar, sai, saj, b, c + r, d0, sc); break;
+        case 6: rows_axpy<6>(n, ar, sai, saj, b, bofs, c + r, d0, sc); break;
+        case 5: rows_axpy<5>(n, ar, sai, saj, b, bofs, c + r, d0, sc); break;
+        case 4: rows_axpy<4>(n, ar, sai, saj, b, bofs, c + r, d0, sc); break;
+        case 3: rows_axpy<3>(n, ar, sai, saj, b, bofs, c + r, d0, sc); break;
+        case 2: rows_axpy<2>(n, ar, sai, saj, b, bofs, c + r, d0, sc); break;
+        default: rows_axpy<1>(n, ar, sai, saj, b, bofs, c + r, d0, sc); break;
       }
     }
   }

@@ -90,11 +90,19 @@ inline void pack_panels(const Problem& p, const PanelLayout& lay, const Operand&
   }
 }
 
-// K or V of KV head `head` as row-major [total][D] fp32 at `out` (orphaned `omp for`, nowait).
-inline void pack_rows(const Problem& p, const Operand& x, int head, float* out) {
+// K or V of KV head `head` "sliced", [D/16][total][16] fp32 at `out`: token t's columns
+// d0..d0+16 at out + d0 * total + t * 16 (see rows_axpy). Orphaned `omp for`, nowait.
+inline std::ptrdiff_t slice_stride(const Problem& p) { return std::ptrdiff_t(p.total) * kPanel; }
+inline void pack_slices(const Problem& p, const Operand& x, int head, float* out) {
   const int D = p.head_dim;
+  const std::ptrdiff_t ss = slice_stride(p);
+  std::vector<float> row(D);
 #pragma omp for schedule(static) nowait
-  for (int t = 0; t < p.total; ++t) load_row(p.dtype, x.data, elem(x, t, head), out + std::size_t(t) * D, D, 1.f);
+  for (int t = 0; t < p.total; ++t) {
+    load_row(p.dtype, x.data, elem(x, t, head), row.data(), D, 1.f);
+    for (int d0 = 0; d0 < D; d0 += kPanel)
+      std::copy(row.begin() + d0, row.begin() + d0 + kPanel, out + d0 / kPanel * ss + std::ptrdiff_t(t) * kPanel);
+  }
 }
 
 // Threads for a call: RunOptions::num_threads (0 = all), but no more than the work can feed.
