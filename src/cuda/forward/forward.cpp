@@ -122,14 +122,22 @@ void dispatch(const Problem& p, F&& f) {
   }
 }
 
-// The sm_90a wgmma attention (hopper_kernel.cuh) when the build has sm_90a code, the device is
-// compute capability 9.0 and MOBA_FORCE_MMA_SYNC is not 1; else the mma.sync kernel.
-// MOBA_LOG_PATH=1 prints the choice once per process.
+bool env_is_1(const char* name) {
+  const char* v = std::getenv(name);
+  return v && std::strcmp(v, "1") == 0;
+}
+
+// The sm_90a wgmma attention (hopper_kernel.cuh) when the build has sm_90a code and the device is
+// compute capability 9.0; else the mma.sync kernel. Measured on the H100
+// (bench/results/cuda-forward-2026-11-23.md, "Hopper path"), the wgmma kernel wins for head_dim
+// 128 and for dense / MoA at 64, but not for MoBA at head_dim 64 (many short gathered tiles, the
+// 128-row CTA runs one per SM), which stays on mma.sync. MOBA_FORCE_MMA_SYNC=1 /
+// MOBA_FORCE_WGMMA=1 force either (comparisons, tests); MOBA_LOG_PATH=1 prints the first choice.
 bool use_hopper(const Problem& p) {
   bool on = false;
 #if defined(MOBA_HAVE_SM90A)
-  const char* force = std::getenv("MOBA_FORCE_MMA_SYNC");
-  if (!(force && std::strcmp(force, "1") == 0)) {
+  const bool preferred = p.head_dim == 128 || p.mode != Mode::moba || env_is_1("MOBA_FORCE_WGMMA");
+  if (preferred && !env_is_1("MOBA_FORCE_MMA_SYNC")) {
     dispatch(p, [&](auto* t, auto d) {
       using T = std::remove_pointer_t<decltype(t)>;
       on = hopper_attention_available<T, decltype(d)::value>();
@@ -137,8 +145,7 @@ bool use_hopper(const Problem& p) {
   }
 #endif
   static bool logged = false;
-  const char* log = std::getenv("MOBA_LOG_PATH");
-  if (log && std::strcmp(log, "1") == 0 && !logged) {
+  if (!logged && env_is_1("MOBA_LOG_PATH")) {
     logged = true;
     std::fprintf(stderr, "moba: cuda attention forward uses the %s kernel\n",
                  on ? "sm_90a wgmma" : "mma.sync");

@@ -1,8 +1,12 @@
 // The forward attention engine, sm_90a path (Hopper warpgroup MMA). Same work items, masks,
 // running-state and LSE conventions as attn_kernel.cuh (see there), with larger tiles:
 //   one CTA = 2 warpgroups = 128 query rows of one query head (warpgroup w owns rows 64w..64w+63)
-//   keys stream through shared memory in 128-key chunks, double-buffered (cp.async by all 256
-//   threads), so each K/V byte read from L2 feeds 128 rows instead of 64.
+//   keys stream through shared memory in 128-key chunks (cp.async by all 256 threads, three
+//   buffers), so each K/V byte read from L2 feeds 128 rows instead of 64.
+// Per chunk c: wait for chunk c, one barrier, start loading chunk c + 1, retire O += P V of chunk
+// c - 1 (left in flight across the barrier), S = Q K_c^T, softmax, issue O += P_c V_c without
+// waiting. Chunk c + 1 goes to the buffer last read by the P V of chunk c - 2, which every
+// warpgroup retired before this barrier.
 // Shared-memory tiles use the 128-byte swizzle that wgmma reads natively: a tile of R rows x D
 // columns (b16) is stored as D/64 column blocks of R rows x 128 bytes; the 16-byte piece c of
 // row r sits at piece position c ^ (r & 7). Q and K are K-major operands (S = Q K^T); V is the
@@ -14,6 +18,7 @@
 #include <cuda_runtime.h>
 
 #include <atomic>
+#include <type_traits>
 #include <cfloat>
 #include <cstdint>
 
@@ -30,8 +35,10 @@ struct HopperTraits {
   static constexpr int kKeys = 128;
   static constexpr int kQBytes = kRows * D * 2;
   static constexpr int kKVBytes = kKeys * D * 2;
-  // 1 KB slack to align the tiles to the 1024-byte swizzle atom, Q, 2 x (K, V), row tables
-  static constexpr int kSmemBytes = 1024 + kQBytes + 4 * kKVBytes + 2 * kRows * 4;
+  static constexpr int kStages = 3;
+  // 1 KB slack to align the tiles to the 1024-byte swizzle atom, Q, 3 x (K, V), row tables:
+  // 226 KB for D = 128 (the opt-in limit is 227 KB)
+  static constexpr int kSmemBytes = 1024 + kQBytes + 2 * kStages * kKVBytes + 2 * kRows * 4;
 };
 
 namespace hopper {
@@ -79,6 +86,12 @@ __device__ __forceinline__ void reg_fence(float* r) {
   for (int i = 0; i < N; ++i) asm volatile("" : "+f"(r[i])::"memory");
 }
 
+template <int N>
+__device__ __forceinline__ void reg_fence_u(std::uint32_t* r) {
+#pragma unroll
+  for (int i = 0; i < N; ++i) asm volatile("" : "+r"(r[i])::"memory");
+}
+
 }  // namespace hopper
 
 template <class T, int D>
@@ -95,9 +108,9 @@ __global__ void __launch_bounds__(256, 1) attn_fwd_hopper_kernel(const AttnParam
   unsigned char* base = reinterpret_cast<unsigned char*>(
       (reinterpret_cast<std::uintptr_t>(smem_raw) + 1023) & ~std::uintptr_t(1023));
   unsigned char* sQ = base;
-  unsigned char* sK = sQ + Tr::kQBytes;        // 2 buffers
-  unsigned char* sV = sK + 2 * Tr::kKVBytes;   // 2 buffers
-  int* sTok = reinterpret_cast<int*>(sV + 2 * Tr::kKVBytes);
+  unsigned char* sK = sQ + Tr::kQBytes;                  // kStages buffers
+  unsigned char* sV = sK + Tr::kStages * Tr::kKVBytes;   // kStages buffers
+  int* sTok = reinterpret_cast<int*>(sV + Tr::kStages * Tr::kKVBytes);
   int* sPos = sTok + 128;
 
   const int tid = threadIdx.x, wg = tid >> 7, warp = (tid >> 5) & 3, lane = tid & 31;
@@ -203,13 +216,15 @@ __global__ void __launch_bounds__(256, 1) attn_fwd_hopper_kernel(const AttnParam
   const int row0 = wg * 64 + warp * 16 + g, row1 = row0 + 8;
   const int tok_r[2] = {sTok[row0], sTok[row1]};
   const int pos_r[2] = {sPos[row0], sPos[row1]};
-  const bool wg_active = wg * 64 < nrows;  // warpgroup-uniform
   float o[ND][4];
   float m[2], l[2];
 #pragma unroll
   for (int n = 0; n < ND; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.f;
   m[0] = m[1] = -INFINITY;
   l[0] = l[1] = 0.f;
+  load_q();  // start the copies first: the state reads below overlap them
+  load_kv(0, 0);
+  cp_async_commit();
   if (gather) {
 #pragma unroll
     for (int i = 0; i < 2; ++i) {
@@ -228,119 +243,130 @@ __global__ void __launch_bounds__(256, 1) attn_fwd_hopper_kernel(const AttnParam
     }
   }
 
-  load_q();
-  load_kv(0, 0);
-  cp_async_commit();
-
   const float sl2 = p.scale_log2;
   const int t_wg = t0 + wg * 64;  // dense: position of this warpgroup's first row
   const std::uint32_t q_addr = smem_addr(sQ) + wg * 64 * 128;
   const std::uint32_t k_addr0 = smem_addr(sK), v_addr0 = smem_addr(sV);
 
-  for (int cidx = 0; cidx < nchunks; ++cidx) {
-    const int buf = cidx & 1;
-    if (cidx + 1 < nchunks) {
-      load_kv(cidx + 1, buf ^ 1);
-      cp_async_commit();
-      cp_async_wait<1>();
-    } else {
-      cp_async_wait<0>();
-    }
+  // P of the previous chunk: the A operand of its P V, kept live (and fenced) until that wgmma
+  // retires, so the compiler cannot reuse its registers while the tensor cores read them.
+  std::uint32_t pa[KN / 16][4];
+  // One chunk. The first is peeled (kFirst): there the accumulators are defined by ordinary
+  // instructions (zero or the resumed state) with no P V in flight; every later chunk starts
+  // with the P V of the previous one in flight, so ptxas sees only wgmma definitions of O
+  // between a P V and its wait and keeps the wgmmas asynchronous. Both warpgroups always run
+  // (a partly empty tile computes on zero rows and discards them) to keep that picture simple.
+  auto step = [&](int cidx, int buf, auto first) {
+    constexpr bool kFirst = decltype(first)::value;
+    cp_async_wait<0>();   // chunk cidx (and Q)
     fence_proxy_async();  // cp.async writes (generic proxy) are read by wgmma (async proxy)
     __syncthreads();
-    if (wg_active) {
-      const std::uint32_t k_addr = k_addr0 + buf * Tr::kKVBytes;
-      const std::uint32_t v_addr = v_addr0 + buf * Tr::kKVBytes;
+    if (cidx + 1 < nchunks) {
+      load_kv(cidx + 1, buf + 1 == Tr::kStages ? 0 : buf + 1);
+      cp_async_commit();
+    }
+    const std::uint32_t k_addr = k_addr0 + buf * Tr::kKVBytes;
+    const std::uint32_t v_addr = v_addr0 + buf * Tr::kKVBytes;
+    if constexpr (!kFirst) {
+      wg_wait<0>();  // O += P V of the previous chunk (in flight across the barrier)
+      reg_fence<ND * 4>(&o[0][0]);
+      reg_fence_u<KN / 4>(&pa[0][0]);
+    }
 
-      // S = Q K^T: 64 x KN per warpgroup, K-major A and B
-      float s[NS][4];
-      reg_fence<NS * 4>(&s[0][0]);
-      wg_fence();
+    // S = Q K^T: 64 x KN per warpgroup, K-major A and B
+    float s[NS][4];
+    wg_fence();
 #pragma unroll
-      for (int kk = 0; kk < KD; ++kk) {
-        const std::uint32_t koff = (kk & 3) * 32;  // 16 columns = 32 bytes inside the atom row
-        const std::uint64_t da = make_desc(q_addr + (kk >> 2) * 128 * 128 + koff, 16, 1024);
-        const std::uint64_t db = make_desc(k_addr + (kk >> 2) * KN * 128 + koff, 16, 1024);
-        wgmma_ss<kBf16, KN>(&s[0][0], da, db, kk > 0 ? 1 : 0);
-      }
-      wg_commit();
-      wg_wait<0>();
-      reg_fence<NS * 4>(&s[0][0]);
+    for (int kk = 0; kk < KD; ++kk) {
+      const std::uint32_t koff = (kk & 3) * 32;  // 16 columns = 32 bytes inside the atom row
+      const std::uint64_t da = make_desc(q_addr + (kk >> 2) * 128 * 128 + koff, 16, 1024);
+      const std::uint64_t db = make_desc(k_addr + (kk >> 2) * KN * 128 + koff, 16, 1024);
+      if (kk == 0) wgmma_ss_zero<kBf16, KN>(&s[0][0], da, db);
+      else wgmma_ss<kBf16, KN>(&s[0][0], da, db, 1);
+    }
+    wg_commit();
+    wg_wait<0>();
+    reg_fence<NS * 4>(&s[0][0]);
 
-      int kb, ke;
-      chunk_range(cidx, kb, ke);
-      const bool need_mask = ke - kb < KN ||
-                             (!gather && (p.kind == kDenseMoa || p.kind == kDenseMobaOwn ||
-                                          kb + KN - 1 > t_wg));
+    int kb, ke;
+    chunk_range(cidx, kb, ke);
+    const bool need_mask = ke - kb < KN ||
+                           (!gather && (p.kind == kDenseMoa || p.kind == kDenseMobaOwn ||
+                                        kb + KN - 1 > t_wg));
+#pragma unroll
+    for (int n = 0; n < NS; ++n)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) s[n][e] *= sl2;
+    if (need_mask) {
+      const int own0 = p.kind == kDenseMobaOwn ? (pos_r[0] / p.block_size) * p.block_size : 0;
+      const int own1 = p.kind == kDenseMobaOwn ? (pos_r[1] / p.block_size) * p.block_size : 0;
 #pragma unroll
       for (int n = 0; n < NS; ++n)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) s[n][e] *= sl2;
-      if (need_mask) {
-        const int own0 = p.kind == kDenseMobaOwn ? (pos_r[0] / p.block_size) * p.block_size : 0;
-        const int own1 = p.kind == kDenseMobaOwn ? (pos_r[1] / p.block_size) * p.block_size : 0;
-#pragma unroll
-        for (int n = 0; n < NS; ++n)
-#pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            const int key = kb + n * 8 + 2 * c4 + (e & 1);
-            const int t = pos_r[e >> 1];
-            bool vis = key < ke && key <= t && key >= ((e >> 1) ? own1 : own0);
-            if (p.kind == kDenseMoa) vis = vis && (key < p.moa_sink || key > t - moa_w);
-            if (!vis) s[n][e] = -INFINITY;
-          }
-      }
-
-      // online softmax (rows g and g + 8 of this warp; a row lives in 4 lanes)
-#pragma unroll
-      for (int i = 0; i < 2; ++i) {
-        float mx = -INFINITY;
-#pragma unroll
-        for (int n = 0; n < NS; ++n) mx = fmaxf(mx, fmaxf(s[n][2 * i], s[n][2 * i + 1]));
-        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-        const float m_new = fmaxf(m[i], mx);
-        const float m_use = m_new == -INFINITY ? 0.f : m_new;
-        const float alpha = fast_exp2(m[i] - m_use);
-        m[i] = m_new;
-        float rs = 0.f;
-#pragma unroll
-        for (int n = 0; n < NS; ++n) {
-          s[n][2 * i] = fast_exp2(s[n][2 * i] - m_use);
-          s[n][2 * i + 1] = fast_exp2(s[n][2 * i + 1] - m_use);
-          rs += s[n][2 * i] + s[n][2 * i + 1];
+        for (int e = 0; e < 4; ++e) {
+          const int key = kb + n * 8 + 2 * c4 + (e & 1);
+          const int t = pos_r[e >> 1];
+          bool vis = key < ke && key <= t && key >= ((e >> 1) ? own1 : own0);
+          if (p.kind == kDenseMoa) vis = vis && (key < p.moa_sink || key > t - moa_w);
+          if (!vis) s[n][e] = -INFINITY;
         }
-        l[i] = l[i] * alpha + rs;
-#pragma unroll
-        for (int n = 0; n < ND; ++n) {
-          o[n][2 * i] *= alpha;
-          o[n][2 * i + 1] *= alpha;
-        }
-      }
-
-      // O += P V: P (64 x KN) from registers, V MN-major (d contiguous) from shared memory
-      std::uint32_t pa[KN / 16][4];
-#pragma unroll
-      for (int kk = 0; kk < KN / 16; ++kk) {
-        pa[kk][0] = Dt<T>::pack(s[2 * kk][0], s[2 * kk][1]);
-        pa[kk][1] = Dt<T>::pack(s[2 * kk][2], s[2 * kk][3]);
-        pa[kk][2] = Dt<T>::pack(s[2 * kk + 1][0], s[2 * kk + 1][1]);
-        pa[kk][3] = Dt<T>::pack(s[2 * kk + 1][2], s[2 * kk + 1][3]);
-      }
-      reg_fence<ND * 4>(&o[0][0]);
-      wg_fence();
-#pragma unroll
-      for (int kk = 0; kk < KN / 16; ++kk) {
-        // 16 keys = two 8-row groups (SBO 1024 B); D/64 column blocks of KN x 128 B (LBO)
-        const std::uint64_t db = make_desc(v_addr + kk * 16 * 128, KN * 128, 1024);
-        wgmma_rs<kBf16, D>(&o[0][0], pa[kk], db, 1);
-      }
-      wg_commit();
-      wg_wait<0>();
-      reg_fence<ND * 4>(&o[0][0]);
     }
-    __syncthreads();
+
+    // online softmax (rows g and g + 8 of this warp; a row lives in 4 lanes)
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      float mx = -INFINITY;
+#pragma unroll
+      for (int n = 0; n < NS; ++n) mx = fmaxf(mx, fmaxf(s[n][2 * i], s[n][2 * i + 1]));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+      const float m_new = fmaxf(m[i], mx);
+      const float m_use = m_new == -INFINITY ? 0.f : m_new;
+      const float alpha = fast_exp2(m[i] - m_use);
+      m[i] = m_new;
+      float rs = 0.f;
+#pragma unroll
+      for (int n = 0; n < NS; ++n) {
+        s[n][2 * i] = fast_exp2(s[n][2 * i] - m_use);
+        s[n][2 * i + 1] = fast_exp2(s[n][2 * i + 1] - m_use);
+        rs += s[n][2 * i] + s[n][2 * i + 1];
+      }
+      l[i] = l[i] * alpha + rs;
+#pragma unroll
+      for (int n = 0; n < ND; ++n) {
+        o[n][2 * i] *= alpha;
+        o[n][2 * i + 1] *= alpha;
+      }
+    }
+
+    // O += P V: P (64 x KN) from registers, V MN-major (d contiguous) from shared memory
+#pragma unroll
+    for (int kk = 0; kk < KN / 16; ++kk) {
+      pa[kk][0] = Dt<T>::pack(s[2 * kk][0], s[2 * kk][1]);
+      pa[kk][1] = Dt<T>::pack(s[2 * kk][2], s[2 * kk][3]);
+      pa[kk][2] = Dt<T>::pack(s[2 * kk + 1][0], s[2 * kk + 1][1]);
+      pa[kk][3] = Dt<T>::pack(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+    }
+    reg_fence<ND * 4>(&o[0][0]);
+    wg_fence();
+#pragma unroll
+    for (int kk = 0; kk < KN / 16; ++kk) {
+      // 16 keys = two 8-row groups (SBO 1024 B); D/64 column blocks of KN x 128 B (LBO)
+      const std::uint64_t db = make_desc(v_addr + kk * 16 * 128, KN * 128, 1024);
+      wgmma_rs<kBf16, D>(&o[0][0], pa[kk], db, 1);
+    }
+    wg_commit();  // retired at the next chunk's first wait or after the loop
+  };
+
+  step(0, 0, std::true_type{});  // nchunks >= 1: every row sees at least its own position
+  int buf = 0;
+  for (int cidx = 1; cidx < nchunks; ++cidx) {
+    buf = buf + 1 == Tr::kStages ? 0 : buf + 1;
+    step(cidx, buf, std::false_type{});
   }
+  wg_wait<0>();
+  reg_fence<ND * 4>(&o[0][0]);
+  reg_fence_u<KN / 4>(&pa[0][0]);
 
   // ---- write back (as attn_kernel.cuh) ------------------------------------------------
   T* og = static_cast<T*>(p.out);
