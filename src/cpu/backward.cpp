@@ -8,6 +8,7 @@
 // are bit-identical). Memory: threads x total x D x 8 bytes for the accumulators.
 #include <omp.h>
 
+#include <algorithm>
 #include <cmath>
 #include <memory>
 #include <vector>
@@ -29,6 +30,11 @@ template <int D>
 struct BackwardTile {
   // Unit rows: q * scale * log2(e), dout, dq accumulator, lse * log2(e), D_t.
   aligned_vector<float> q, dout, dq, lse2, delta;
+  // q and dout again, sliced [D/16][rows][16] (see rows_axpy): the dV / dK products read 16-column
+  // slices of up to 96 query rows per pass, 96 lines that row-major (512 B apart) would squeeze
+  // into 8 of the 64 L1 sets.
+  aligned_vector<float> qs, dos;
+  std::ptrdiff_t rss = 0;  // their slice stride, rows * 16
   const float* kpanels = nullptr;  // this sequence's K and V as [panel][D][16], K as rows
   const float* vpanels = nullptr;
   const float* kslices = nullptr;  // K sliced, [D/16][total][16], this sequence's first key
@@ -41,6 +47,8 @@ struct BackwardTile {
   alignas(64) float ds[kRowTile * kKeyTile];
   const float* qp[kRowTile];
   const float* dop[kRowTile];
+  const float* qsp[kRowTile];
+  const float* dosp[kRowTile];
   float* dqp[kRowTile];
   const float* kp[kKeyTile];
   float* dkp[kKeyTile];
@@ -49,6 +57,9 @@ struct BackwardTile {
   void reset(int rows) {
     q.resize(std::size_t(rows) * D);
     dout.resize(std::size_t(rows) * D);
+    qs.resize(std::size_t(rows) * D);
+    dos.resize(std::size_t(rows) * D);
+    rss = std::ptrdiff_t(rows) * kPanel;
     dq.assign(std::size_t(rows) * D, 0.f);
     lse2.resize(rows);
     delta.resize(rows);
@@ -62,6 +73,8 @@ struct BackwardTile {
         qp[r] = q.data() + std::size_t(idx[r]) * D;
         dop[r] = dout.data() + std::size_t(idx[r]) * D;
         dqp[r] = dq.data() + std::size_t(idx[r]) * D;
+        qsp[r] = qs.data() + std::size_t(idx[r]) * kPanel;
+        dosp[r] = dos.data() + std::size_t(idx[r]) * kPanel;
       }
       for_each_key_tile(*plan, job, idx, mc, [&](int kt, int kmin, int kend) { tile(job, idx, mc, kt, kmin, kend); });
     }
@@ -89,8 +102,8 @@ struct BackwardTile {
       dkp[j] = dk_acc + std::size_t(kt + j) * D;
       dvp[j] = dv_acc + std::size_t(kt + j) * D;
     }
-    rows_axpy_all<D>(n, mc, p, 1, kKeyTile, dop, kPanel, dvp, nullptr);  // dV += P^T dO
-    rows_axpy_all<D>(n, mc, ds, 1, kKeyTile, qp, kPanel, dkp, nullptr);  // dK += dS^T Q (scaled)
+    rows_axpy_all<D>(n, mc, p, 1, kKeyTile, dosp, rss, dvp, nullptr);  // dV += P^T dO
+    rows_axpy_all<D>(n, mc, ds, 1, kKeyTile, qsp, rss, dkp, nullptr);  // dK += dS^T Q (scaled)
     rows_axpy_all<D>(mc, n, ds, kKeyTile, 1, kp, kss, dqp, nullptr);     // dQ += dS K
   }
 };
@@ -143,6 +156,11 @@ void backward(const Problem& p, const Backward& w, const RunOptions& o) {
           for (int d = 0; d < D; ++d) dot += dor[d] * out_row[d];
           eng->delta[r] = dot;
           eng->lse2[r] = w.lse[std::int64_t(u.h) * p.total + tok] * kLog2e;
+          for (int d0 = 0; d0 < D; d0 += kPanel) {
+            const std::ptrdiff_t at = d0 / kPanel * eng->rss + std::ptrdiff_t(r) * kPanel;
+            std::copy(eng->q.data() + std::size_t(r) * D + d0, eng->q.data() + std::size_t(r) * D + d0 + kPanel, eng->qs.data() + at);
+            std::copy(dor + d0, dor + d0 + kPanel, eng->dos.data() + at);
+          }
         }
         for_each_job(p, plan, [&](const Job& job) { eng->run(job); });
         for (int r = 0; r < plan.rows; ++r)
