@@ -404,6 +404,8 @@ __global__ void __launch_bounds__(256, 1) attn_fwd_hopper_kernel(const AttnParam
       }
     }
   }
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  __trap();  // a Hopper build without the sm_90a features: never selected (see forward.cpp)
 #endif
 }
 
