@@ -2,7 +2,7 @@
 
 #include <cmath>
 
-#include "half.hpp"
+#include "moba/half.hpp"
 
 namespace moba::cli {
 

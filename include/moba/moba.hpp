@@ -5,5 +5,6 @@
 #include "moba/error.hpp"
 #include "moba/moa_plan.hpp"
 #include "moba/params.hpp"
+#include "moba/half.hpp"
 #include "moba/tensor.hpp"
 #include "moba/version.hpp"
