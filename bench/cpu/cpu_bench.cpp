@@ -9,12 +9,13 @@
 // Visible pairs: full causal N (N + 1) / 2 per head; MoBA counted from the selection the forward
 // returned (own block causally + B per chosen past block).
 //
-// Usage: moba_cpu_bench [--max-n N] [--min-n N] [--threads T] [--reps R] [--cpu-time 1] [--dense-only 1] [--fwd-only 1]
+// Usage: moba_cpu_bench [--max-n N] [--min-n N] [--threads T] [--reps R] [--cpu-time 1] [--dense-only 1] [--fwd-only 1] [--moba-only 1]
 //   --cpu-time 1: time with the process CPU clock instead of the wall clock. Meant for
 //                 --threads 1 on a shared machine: time while descheduled is not counted, so
 //                 A/B comparisons of the kernels survive other people's load (OpenMP spin-waits
 //                 would be counted with more threads).
 //   --dense-only 1: skip MoBA (its columns print 0).  --fwd-only 1: skip the backwards.
+//   --moba-only 1: skip dense and sgemm (for profiling MoBA).
 #include <cblas.h>
 #include <time.h>
 
@@ -75,7 +76,7 @@ double best_seconds(int reps, const std::function<void()>& f) {
 
 int main(int argc, char** argv) {
   int max_n = 32768, min_n = 1024, threads = 0, reps = 0;
-  bool dense_only = false, fwd_only = false;
+  bool dense_only = false, fwd_only = false, moba_only = false;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string a = argv[i];
     const int v = std::atoi(argv[i + 1]);
@@ -86,6 +87,7 @@ int main(int argc, char** argv) {
     else if (a == "--cpu-time") g_cpu_time = v != 0;
     else if (a == "--dense-only") dense_only = v != 0;
     else if (a == "--fwd-only") fwd_only = v != 0;
+    else if (a == "--moba-only") moba_only = v != 0;
     else { std::fprintf(stderr, "unknown flag %s\n", a.c_str()); return 2; }
   }
   const int H = 4, D = 128, blocks = 64, topk = 3;
@@ -139,17 +141,17 @@ int main(int argc, char** argv) {
     auto sgemm = [&] {
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, side, side, side, 1.f, a.data(), side, b.data(), side, 0.f, c.data(), side);
     };
-    sgemm();  // warm-up (threads, page faults)
+    if (!moba_only) sgemm();  // warm-up (threads, page faults)
     // Dense forward and sgemm alternate (fwd, sgemm, fwd, sgemm, ...), best of each, so the two
     // sides of the ratio see the same machine load; on a shared machine, timing all of one and
     // then all of the other made the ratio depend on when each was sampled.
     const int sr = N <= 8192 ? 3 : 1;
     double dense_fwd = 1e30, gemm = 1e30;
-    for (int i = 0; i < std::max(r, sr); ++i) {
+    for (int i = 0; i < (moba_only ? 0 : std::max(r, sr)); ++i) {
       if (i < r) dense_fwd = std::min(dense_fwd, best_seconds(1, [&] { fwd(full, {}); }));
       if (i < sr) gemm = std::min(gemm, best_seconds(1, sgemm));
     }
-    const double dense_both = fwd_only ? 0 : dense_fwd + best_seconds(r, [&] { bwd(full, {}); });
+    const double dense_both = fwd_only || moba_only ? 0 : dense_fwd + best_seconds(r, [&] { bwd(full, {}); });
     const double moba_fwd = dense_only ? 0 : best_seconds(r, [&] { fwd(mb, tsel); });
     const double moba_both = dense_only || fwd_only ? 0 : moba_fwd + best_seconds(r, [&] { bwd(mb, tsel); });
 
