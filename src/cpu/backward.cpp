@@ -112,13 +112,10 @@ template <int D>
 void backward(const Problem& p, const Backward& w, const RunOptions& o) {
   const int threads = thread_count(p, o);
   const PanelLayout lay(p);
-  aligned_vector<float> kpanels, vpanels, kslices;
+  PackBuffer kpanels(std::size_t(lay.panels()) * D * kPanel), vpanels(kpanels.size()), kslices(std::size_t(p.total) * D);
   std::vector<aligned_vector<float>> dk_acc(threads), dv_acc(threads);
   const float qmul = p.scale * kLog2e;
   const std::size_t acc_size = std::size_t(p.total) * D;
-  kpanels.resize(std::size_t(lay.panels()) * D * kPanel);
-  vpanels.resize(kpanels.size());
-  kslices.resize(acc_size);
   std::vector<std::vector<Unit>> units(p.hkv);
   for (int g = 0; g < p.hkv; ++g) units[g] = make_units(p, g);
   // One parallel region; per KV head: pack (barrier), units (barrier), reduce (barrier).

@@ -93,7 +93,7 @@ template <int D>
 void forward(const Problem& p, const Forward& f, int threads) {
   const PanelLayout lay(p);
   const std::size_t head_panels = std::size_t(lay.panels()) * D * kPanel, head_rows = std::size_t(p.total) * D;
-  aligned_vector<float> kpanels(head_panels * p.hkv), vslices(head_rows * p.hkv);
+  PackBuffer kpanels(head_panels * p.hkv), vslices(head_rows * p.hkv);
   std::vector<Unit> units;
   for (int g = 0; g < p.hkv; ++g) {
     const std::vector<Unit> ug = make_units(p, g);

@@ -6,8 +6,13 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdlib>
 #include <new>
 #include <vector>
+
+#ifdef __linux__
+#include <sys/mman.h>
+#endif
 
 #include "cpu/simd.hpp"
 
@@ -140,5 +145,34 @@ struct CacheAligned {
 };
 template <class T>
 using aligned_vector = std::vector<T, CacheAligned<T>>;
+
+// The packed K/V copies of a call (fp32, every head: 128 MiB each for K and V at 32K tokens,
+// H = 4, D = 128). Left uninitialised, since the packs write every element (a std::vector
+// zero-filled them first: a memset of the whole buffer, on top of the kernel clearing each page
+// at its first touch), 2 MiB aligned and, on Linux, marked MADV_HUGEPAGE: 2 MiB pages where
+// transparent huge pages are enabled ("madvise" or "always"), so one fault per 2 MiB instead of
+// per 4 KiB, and the key tiles MoBA jumps between stay within the TLB's reach.
+class PackBuffer {
+ public:
+  explicit PackBuffer(std::size_t n) : n_(n) {
+    constexpr std::size_t kHuge = std::size_t(2) << 20;
+    const std::size_t bytes = (n * sizeof(float) + kHuge - 1) / kHuge * kHuge;
+    p_ = static_cast<float*>(std::aligned_alloc(kHuge, bytes ? bytes : kHuge));
+    if (!p_) throw std::bad_alloc();
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+    if (bytes) madvise(p_, bytes, MADV_HUGEPAGE);  // advice only: failure changes nothing
+#endif
+  }
+  ~PackBuffer() { std::free(p_); }
+  PackBuffer(const PackBuffer&) = delete;
+  PackBuffer& operator=(const PackBuffer&) = delete;
+  float* data() { return p_; }
+  const float* data() const { return p_; }
+  std::size_t size() const { return n_; }
+
+ private:
+  float* p_ = nullptr;
+  std::size_t n_ = 0;
+};
 
 }  // namespace moba::detail::cpu
