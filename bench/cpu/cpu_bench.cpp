@@ -108,8 +108,8 @@ int main(int argc, char** argv) {
     const std::size_t elems = std::size_t(N) * H * D;
     auto q = random_bf16(elems, rng), k = random_bf16(elems, rng), v = random_bf16(elems, rng),
          dout = random_bf16(elems, rng);
-    std::vector<std::uint16_t> out(elems), dq(elems), dk(elems), dv(elems);
-    std::vector<float> lse(std::size_t(H) * N);
+    std::vector<std::uint16_t> out(elems), dq(elems), dk(elems), dv(elems), out_m(elems);
+    std::vector<float> lse(std::size_t(H) * N), lse_m(lse.size());  // _m: MoBA's forward results
     std::vector<int> cu{0, N};
     const int B = N / blocks;
     std::vector<std::int32_t> sel(std::size_t(N) * H * (topk - 1));
@@ -125,11 +125,14 @@ int main(int argc, char** argv) {
                tdv = view(dv.data(), DType::bf16, {N, H, D});
 
     const auto full = moba::AttentionParams::full(), mb = moba::AttentionParams::moba_blocks(B, topk);
+    const auto tout_m = view(out_m.data(), DType::bf16, {N, H, D}), tlse_m = view(lse_m.data(), DType::f32, {H, N});
     auto fwd = [&](const moba::AttentionParams& p, const moba::TensorView& s) {
-      moba::attention_forward(tq, tk, tv, tcu, p, tout, tlse, s, opt);
+      const bool m = s.data != nullptr;
+      moba::attention_forward(tq, tk, tv, tcu, p, m ? tout_m : tout, m ? tlse_m : tlse, s, opt);
     };
     auto bwd = [&](const moba::AttentionParams& p, const moba::TensorView& s) {
-      moba::attention_backward(tq, tk, tv, tout, tlse, tdo, tcu, p, s, tdq, tdk, tdv, opt);
+      const bool m = s.data != nullptr;
+      moba::attention_backward(tq, tk, tv, m ? tout_m : tout, m ? tlse_m : tlse, tdo, tcu, p, s, tdq, tdk, tdv, opt);
     };
     // sgemm of the dense forward's FLOPs: square, side a multiple of 64.
     const double dense_pairs = double(H) * N * (N + 1.0) / 2, dense_flops = 4.0 * D * dense_pairs;
@@ -142,17 +145,18 @@ int main(int argc, char** argv) {
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, side, side, side, 1.f, a.data(), side, b.data(), side, 0.f, c.data(), side);
     };
     if (!moba_only) sgemm();  // warm-up (threads, page faults)
-    // Dense forward and sgemm alternate (fwd, sgemm, fwd, sgemm, ...), best of each, so the two
-    // sides of the ratio see the same machine load; on a shared machine, timing all of one and
-    // then all of the other made the ratio depend on when each was sampled.
+    // Dense forward, sgemm and MoBA forward alternate (dense, sgemm, MoBA, dense, ...), best of
+    // each, so both ratios (dense / sgemm, dense / MoBA) compare numbers taken under the same
+    // machine load; on a shared machine, timing all of one and then all of the other made the
+    // ratios depend on when each was sampled.
     const int sr = N <= 8192 ? 3 : 1;
-    double dense_fwd = 1e30, gemm = 1e30;
-    for (int i = 0; i < (moba_only ? 0 : std::max(r, sr)); ++i) {
-      if (i < r) dense_fwd = std::min(dense_fwd, best_seconds(1, [&] { fwd(full, {}); }));
-      if (i < sr) gemm = std::min(gemm, best_seconds(1, sgemm));
+    double dense_fwd = 1e30, gemm = 1e30, moba_fwd = dense_only ? 0 : 1e30;
+    for (int i = 0; i < std::max(r, moba_only ? 0 : sr); ++i) {
+      if (!moba_only && i < r) dense_fwd = std::min(dense_fwd, best_seconds(1, [&] { fwd(full, {}); }));
+      if (!moba_only && i < sr) gemm = std::min(gemm, best_seconds(1, sgemm));
+      if (!dense_only && i < r) moba_fwd = std::min(moba_fwd, best_seconds(1, [&] { fwd(mb, tsel); }));
     }
     const double dense_both = fwd_only || moba_only ? 0 : dense_fwd + best_seconds(r, [&] { bwd(full, {}); });
-    const double moba_fwd = dense_only ? 0 : best_seconds(r, [&] { fwd(mb, tsel); });
     const double moba_both = dense_only || fwd_only ? 0 : moba_fwd + best_seconds(r, [&] { bwd(mb, tsel); });
 
     double moba_pairs = 0;
