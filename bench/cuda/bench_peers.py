@@ -220,6 +220,15 @@ def run_shape(name, batch, n, h, hkv, d, block, topk, dtype, bwd, peers):
             o.backward(torch.ones_like(o))
     rows["moba (ours)"] = bench(ours)
 
+    cu_host = cu.cpu()  # documented option: no device->host copy (and sync) inside the op
+
+    def ours_host_cu():
+        o = moba.moba_attn_varlen(q, k, v, cu_host, n, block, topk)
+        if bwd:
+            o.backward(torch.ones_like(o))
+    if "ours-hostcu" in peers:
+        rows["moba (ours, host cu)"] = bench(ours_host_cu)
+
     def ours_dense():
         o = moba.flash_attn_varlen(q, k, v, cu, n)
         if bwd:
@@ -283,7 +292,7 @@ def main():
     ap.add_argument("--bwd", action="store_true", help="time forward + backward")
     ap.add_argument("--max-n", type=int, default=M)
     ap.add_argument("--max-n-d", type=int, default=512 * K, help="longest N of suite d")
-    ap.add_argument("--peers", default="ours-dense,cudnn,flash,public,flex,bound")
+    ap.add_argument("--peers", default="ours-hostcu,ours-dense,cudnn,flash,public,flex,bound")
     ap.add_argument("--flex-n", default="32768,131072",
                     help="lengths at which FlexAttention runs (each shape compiles anew)")
     args = ap.parse_args()

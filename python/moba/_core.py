@@ -113,8 +113,17 @@ def describe(name: str, t: Optional[torch.Tensor]):
     return (name, t.data_ptr(), dtype, t.device.type, index, tuple(t.shape), strides)
 
 
+def host_cu_seqlens(cu_seqlens):
+    """cu_seqlens in host memory: the C++ layer plans launches from it, so a device tensor is
+    copied once here (one stream sync) and the host copy serves every check and the call.
+    Pass cu_seqlens on the CPU to avoid that sync altogether."""
+    if isinstance(cu_seqlens, torch.Tensor) and cu_seqlens.device.type != "cpu":
+        return cu_seqlens.cpu()
+    return cu_seqlens
+
+
 def check_max_seqlen(cu_seqlens: torch.Tensor, max_seqlen: int) -> None:
-    """max_seqlen must bound every sequence of cu_seqlens (as in flash-attn's varlen API).
+    """max_seqlen must bound every sequence of cu_seqlens (host copy; as in flash-attn's API).
 
     Only checked when cu_seqlens is otherwise well formed; the C++ layer reports the rest.
     """
@@ -126,11 +135,11 @@ def check_max_seqlen(cu_seqlens: torch.Tensor, max_seqlen: int) -> None:
         fail("cu_seqlens", "an int32 torch.Tensor", type(cu_seqlens).__name__, TypeError)
     if cu_seqlens.dtype != torch.int32 or cu_seqlens.dim() != 1 or cu_seqlens.numel() < 2:
         return
-    cu = cu_seqlens if cu_seqlens.device.type == "cpu" else cu_seqlens.to("cpu")
-    lens = cu[1:] - cu[:-1]
-    if int(cu[0]) != 0 or bool((lens < 0).any()):
+    cu = cu_seqlens.tolist()  # plain ints: a few torch ops here cost more than the check
+    lens = [b - a for a, b in zip(cu, cu[1:])]
+    if cu[0] != 0 or min(lens) < 0:
         return
-    longest = int(lens.max())
+    longest = max(lens)
     if max_seqlen < longest:
         fail(
             "max_seqlen",
@@ -188,6 +197,7 @@ def forward(q, k, v, cu_seqlens, max_seqlen: int, prm: dict, backend: str = "aut
             deterministic: bool = False):
     """Returns (out, lse, selection or None); selection only for MoBA."""
     check_qkv(q, k, v)
+    cu_seqlens = host_cu_seqlens(cu_seqlens)
     check_max_seqlen(cu_seqlens, max_seqlen)
     q, k, v = last_dim_contiguous(q), last_dim_contiguous(k), last_dim_contiguous(v)
     total, hq = q.shape[0], q.shape[1]
@@ -209,6 +219,7 @@ def backward(dout, q, k, v, out, lse, selection, cu_seqlens, prm: dict, backend:
              deterministic: bool = False):
     """Returns (dq, dk, dv) given the forward's out, lse and selection."""
     check_qkv(q, k, v)
+    cu_seqlens = host_cu_seqlens(cu_seqlens)
     q, k, v = last_dim_contiguous(q), last_dim_contiguous(k), last_dim_contiguous(v)
     out, dout = last_dim_contiguous(out), last_dim_contiguous(dout)
     if dout.dtype != q.dtype:
@@ -229,6 +240,7 @@ def backward(dout, q, k, v, out, lse, selection, cu_seqlens, prm: dict, backend:
 def gate(q, k, cu_seqlens, max_seqlen: int, prm: dict, backend: str = "auto"):
     check_tensor("q", q, 3, "[total_tokens, num_q_heads, head_dim]")
     check_tensor("k", k, 3, "[total_tokens, num_kv_heads, head_dim]")
+    cu_seqlens = host_cu_seqlens(cu_seqlens)
     check_max_seqlen(cu_seqlens, max_seqlen)
     q, k = last_dim_contiguous(q), last_dim_contiguous(k)
     sel = torch.empty((q.shape[0], q.shape[1], max(prm["topk"] - 1, 0)), dtype=torch.int32,

@@ -36,3 +36,17 @@ def device(request):
 def _seed():
     torch.manual_seed(1234)
     yield
+
+
+def work_dtype(device):
+    """The dtype a device-generic test runs in: the CUDA backend computes in bf16/f16 only."""
+    return torch.bfloat16 if device == "cuda" else torch.float32
+
+
+def cuda_rejects_f32(device, dtype, run):
+    """On CUDA, f32 inputs must be refused with a clear NotImplementedError; True if so."""
+    if device != "cuda" or dtype != torch.float32:
+        return False
+    with pytest.raises(NotImplementedError, match="bf16 and f16"):
+        run()
+    return True

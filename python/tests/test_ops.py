@@ -5,6 +5,7 @@ import torch
 
 import moba
 import reference
+from conftest import cuda_rejects_f32, work_dtype
 from helpers import check_selection, make_qkv, rel_l2
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
@@ -57,6 +58,8 @@ def test_moba_matches_reference(device, dtype, case):
         pytest.skip("no such case on this device")
     seqlens, hq, hkv, d, block, topk = cases[case]
     q, k, v, cu, max_len = make_qkv(seqlens, hq, hkv, d, dtype, device, requires_grad=True)
+    if cuda_rejects_f32(device, dtype, lambda: moba.moba_attn_varlen(q, k, v, cu, max_len, block, topk)):
+        return
     out, lse = moba.moba_attn_varlen(q, k, v, cu, max_len, block, topk, return_lse=True)
     dout = torch.randn_like(out)
     out.backward(dout)
@@ -77,6 +80,8 @@ def test_moba_matches_reference(device, dtype, case):
 def test_full_matches_reference(device, dtype):
     seqlens = [45, 0, 83] if device == "cpu" else [300, 0, 129]
     q, k, v, cu, max_len = make_qkv(seqlens, 4, 2, 64, dtype, device, requires_grad=True)
+    if cuda_rejects_f32(device, dtype, lambda: moba.flash_attn_varlen(q, k, v, cu, max_len)):
+        return
     out, lse = moba.flash_attn_varlen(q, k, v, cu, max_len, softmax_scale=0.2, return_lse=True)
     dout = torch.randn_like(out)
     out.backward(dout)
@@ -94,22 +99,32 @@ def test_moa_matches_reference(device, dtype, per_kv_head):
     alphas = [3.0, 20.0] if per_kv_head else [3.0, 20.0, 0.0, 500.0]
     betas = [0.1, 0.0] if per_kv_head else [0.1, 0.0, 0.5, 0.0]
     sink = 8
+    if cuda_rejects_f32(device, dtype, lambda: moba.moa_attn(q, k, v, cu, max_len, alphas, betas)):
+        return
     out, lse = moba.moa_attn(q, k, v, cu, max_len, alphas, betas, sink=sink, return_lse=True)
     dout = torch.randn_like(out)
-    out.backward(dout)
     mask = reference.key_mask("moa", cu.tolist(), hq, sink=sink,
                               alphas=reference.expand_per_head(alphas, hq, hkv),
                               betas=reference.expand_per_head(betas, hq, hkv))
     ref_out, ref_lse, ref_grads = _grads_ref(q, k, v, dout, mask)
+    if device == "cuda":  # MoA gradients run on the CPU backend only: the GPU says so
+        with pytest.raises(NotImplementedError, match="MoA backward"):
+            out.backward(dout)
+        t_out, _, t_lse = TOL[dtype]
+        assert rel_l2(out, ref_out) < t_out
+        assert float((lse.cpu().double() - ref_lse).abs().max()) < t_lse
+        return
+    out.backward(dout)
     _check(dtype, out, lse, (q.grad, k.grad, v.grad), ref_out, ref_lse, ref_grads)
 
 
 def test_moba_full_topk_equals_full_attention(device):
-    q, k, v, cu, max_len = make_qkv([64, 128], 2, 2, 64, torch.float32, device)
+    q, k, v, cu, max_len = make_qkv([64, 128], 2, 2, 64, work_dtype(device), device)
     block = 64 if device == "cuda" else 16
     a = moba.moba_attn_varlen(q, k, v, cu, max_len, block, 1000)
     b = moba.flash_attn_varlen(q, k, v, cu, max_len)
-    assert rel_l2(a, b) < 1e-5
+    # the same key sets; on the GPU two bf16 roundings of differently ordered fp32 sums
+    assert rel_l2(a, b) < (1e-2 if device == "cuda" else 1e-5)
 
 
 def test_reference_backend_any_head_dim():
@@ -129,9 +144,9 @@ def test_strided_inputs(device):
     """Token/head strides are passed through; a strided last dim is copied first (documented)."""
     total, hq, hkv, d = 90, 4, 2, 64
     cu = torch.tensor([0, 41, 90], dtype=torch.int32)
-    base_q = torch.randn(hq, total, 2 * d, device=device)
+    base_q = torch.randn(hq, total, 2 * d, device=device, dtype=work_dtype(device))
     q = base_q.transpose(0, 1)[..., ::2]            # last dim stride 2, token stride != H*D
-    kv = torch.randn(total, 2 * hkv, d, device=device)
+    kv = torch.randn(total, 2 * hkv, d, device=device, dtype=work_dtype(device))
     k, v = kv[:, :hkv], kv[:, hkv:]                  # views of one packed tensor
     for t in (q, k, v):
         t.requires_grad_(False)
@@ -147,7 +162,7 @@ def test_strided_inputs(device):
 
 
 def test_softmax_scale(device):
-    q, k, v, cu, max_len = make_qkv([40], 2, 2, 64, torch.float32, device)
+    q, k, v, cu, max_len = make_qkv([40], 2, 2, 64, work_dtype(device), device)
     a = moba.flash_attn_varlen(q, k, v, cu, max_len, softmax_scale=0.125)
     b = moba.flash_attn_varlen(q, k, v, cu, max_len)  # default 1/sqrt(64) = 0.125
     assert torch.equal(a, b)
