@@ -5,6 +5,7 @@
 // key block) is then free, with no copying of query or accumulator rows.
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdlib>
 #include <new>
@@ -154,13 +155,17 @@ using aligned_vector = std::vector<T, CacheAligned<T>>;
 // per 4 KiB, and the key tiles MoBA jumps between stay within the TLB's reach.
 class PackBuffer {
  public:
+  // Below 4 MiB (small problems) plain 64-byte alignment: a huge page would be faulted in and
+  // cleared whole, 2 MiB, however little of it the call uses.
   explicit PackBuffer(std::size_t n) : n_(n) {
     constexpr std::size_t kHuge = std::size_t(2) << 20;
-    const std::size_t bytes = (n * sizeof(float) + kHuge - 1) / kHuge * kHuge;
-    p_ = static_cast<float*>(std::aligned_alloc(kHuge, bytes ? bytes : kHuge));
+    const bool huge = n * sizeof(float) >= 2 * kHuge;
+    const std::size_t align = huge ? kHuge : 64;
+    const std::size_t bytes = (std::max<std::size_t>(n, 1) * sizeof(float) + align - 1) / align * align;
+    p_ = static_cast<float*>(std::aligned_alloc(align, bytes));
     if (!p_) throw std::bad_alloc();
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
-    if (bytes) madvise(p_, bytes, MADV_HUGEPAGE);  // advice only: failure changes nothing
+    if (huge) madvise(p_, bytes, MADV_HUGEPAGE);  // advice only: failure changes nothing
 #endif
   }
   ~PackBuffer() { std::free(p_); }
