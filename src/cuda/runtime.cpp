@@ -1,10 +1,12 @@
 // Device discovery and small runtime services of the CUDA backend.
 #include <cuda_runtime.h>
 
+#include <mutex>
 #include <sstream>
 
 #include "core/backends.hpp"
 #include "cuda/common/check.hpp"
+#include "cuda/common/workspace.hpp"
 
 namespace moba::detail {
 
@@ -52,3 +54,29 @@ void cuda_copy_to_host(void* dst, const void* src, std::size_t bytes) {
 }
 
 }  // namespace moba::detail
+
+namespace moba::cuda {
+
+cudaMemPool_t workspace_pool() {
+  static std::mutex mu;
+  static cudaMemPool_t pools[64] = {};
+  int dev = 0;
+  MOBA_CUDA_CHECK(cudaGetDevice(&dev));
+  if (dev < 0 || dev >= 64)
+    throw Error(ErrorKind::unsupported, "cuda backend: device index " + std::to_string(dev) + " beyond 63");
+  std::lock_guard<std::mutex> lock(mu);
+  if (!pools[dev]) {
+    cudaMemPoolProps props{};
+    props.allocType = cudaMemAllocationTypePinned;
+    props.location.type = cudaMemLocationTypeDevice;
+    props.location.id = dev;
+    cudaMemPool_t pool = nullptr;
+    MOBA_CUDA_CHECK(cudaMemPoolCreate(&pool, &props));
+    std::uint64_t keep = kWorkspaceKeepBytes;
+    MOBA_CUDA_CHECK(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &keep));
+    pools[dev] = pool;
+  }
+  return pools[dev];
+}
+
+}  // namespace moba::cuda

@@ -167,28 +167,6 @@ void dq_pass(bool bf16, int D, const DqPassArgs& a, int n, cudaStream_t s) {
   MOBA_CUDA_LAUNCH_CHECK();
 }
 
-// The scratch comes from the device's default stream-ordered pool, which by default returns
-// freed memory to the driver at every synchronisation; the next call then maps it again
-// (~1-2 ms for the 0.5 GiB dQ accumulator at 128K tokens). Keep up to 4 GiB cached in the pool
-// (only raised when still at the default of 0; memory above it is still released).
-void keep_pool_memory(int dev) {
-  static bool done[64] = {};
-  if (dev < 0 || dev >= 64 || done[dev]) return;
-  done[dev] = true;
-  cudaMemPool_t pool;
-  if (cudaDeviceGetDefaultMemPool(&pool, dev) != cudaSuccess) {
-    (void)cudaGetLastError();
-    return;
-  }
-  std::uint64_t threshold = 0;
-  if (cudaMemPoolGetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &threshold) == cudaSuccess &&
-      threshold == 0) {
-    threshold = std::uint64_t(4) << 30;
-    (void)cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &threshold);
-  }
-  (void)cudaGetLastError();
-}
-
 bool aligned_operand(const Operand& x) {
   return reinterpret_cast<std::uintptr_t>(x.data) % 16 == 0 && x.token_stride % 8 == 0 &&
          x.head_stride % 8 == 0;
@@ -234,7 +212,6 @@ void run_backward(const Problem& p, const Backward& w, const RunOptions& o) {
   int dev = 0, nsm = 132;
   MOBA_CUDA_CHECK(cudaGetDevice(&dev));
   MOBA_CUDA_CHECK(cudaDeviceGetAttribute(&nsm, cudaDevAttrMultiProcessorCount, dev));
-  keep_pool_memory(dev);
 
   // MoBA blocks of each sequence, numbered globally.
   std::vector<int> blk_base(p.batch + 1, 0);

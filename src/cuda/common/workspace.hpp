@@ -1,6 +1,6 @@
 // Stream-ordered scratch memory for one backend call (host only, usable from .cpp files).
 //   Workspace ws(stream);
-//   float* acc = ws.alloc<float>(n);        // cudaMallocAsync on the caller's stream
+//   float* acc = ws.alloc<float>(n);        // from moba's own pool, on the caller's stream
 //   ...launch kernels on `stream`...
 // Everything is released with cudaFreeAsync on the same stream when `ws` goes out of scope,
 // so the memory is reused only after the kernels that use it have finished. A failed
@@ -11,6 +11,7 @@
 #include <cuda_runtime.h>
 
 #include <cstddef>
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -22,6 +23,13 @@ namespace moba::cuda {
 inline cudaStream_t stream_of(const RunOptions& o) {
   return static_cast<cudaStream_t>(o.cuda_stream);
 }
+
+// moba's own stream-ordered memory pool of the current device (src/cuda/runtime.cpp). The
+// caller's default pool and its settings stay untouched; freed workspace stays cached in this
+// pool up to kWorkspaceKeepBytes, so the next call does not map it again (~1-2 ms for the
+// 0.5 GiB dQ scratch of a 128K-token backward).
+inline constexpr std::uint64_t kWorkspaceKeepBytes = std::uint64_t(4) << 30;
+cudaMemPool_t workspace_pool();
 
 class Workspace {
  public:
@@ -35,7 +43,7 @@ class Workspace {
   void* alloc_bytes(std::size_t bytes, const char* what) {
     if (bytes == 0) bytes = 16;
     void* p = nullptr;
-    const cudaError_t e = cudaMallocAsync(&p, bytes, stream_);
+    const cudaError_t e = cudaMallocFromPoolAsync(&p, bytes, workspace_pool(), stream_);
     if (e != cudaSuccess) {
       (void)cudaGetLastError();
       const std::string msg = std::string("cuda backend: could not allocate ") +
