@@ -13,7 +13,7 @@ using namespace detail;
 void moba_gate(const TensorView& q, const TensorView& k, const TensorView& cu_seqlens,
                const AttentionParams& params, TensorView selection, const RunOptions& options) {
   if (params.mode != Mode::moba) invalid("params.mode", "Mode::moba for moba_gate", "another mode");
-  const Problem p = make_problem(q, k, cu_seqlens, params);
+  const Problem p = make_problem(q, k, cu_seqlens, params, options.cuda_stream);
   const Backend b = resolve_backend(p, options);
   const Operand qo{q.data, q.stride[0], q.stride[1]}, ko{k.data, k.stride[0], k.stride[1]};
   std::int32_t* sel = check_selection("selection", selection, p);
@@ -28,7 +28,7 @@ void attention_forward(const TensorView& q, const TensorView& k, const TensorVie
                        const TensorView& cu_seqlens, const AttentionParams& params,
                        TensorView out, TensorView lse, TensorView selection,
                        const RunOptions& options) {
-  const Problem p = make_problem(q, k, cu_seqlens, params);
+  const Problem p = make_problem(q, k, cu_seqlens, params, options.cuda_stream);
   const Backend b = resolve_backend(p, options);
   Forward f;
   f.q = Operand{q.data, q.stride[0], q.stride[1]};
@@ -49,7 +49,7 @@ void attention_backward(const TensorView& q, const TensorView& k, const TensorVi
                         const TensorView& cu_seqlens, const AttentionParams& params,
                         const TensorView& selection, TensorView dq, TensorView dk,
                         TensorView dv, const RunOptions& options) {
-  const Problem p = make_problem(q, k, cu_seqlens, params);
+  const Problem p = make_problem(q, k, cu_seqlens, params, options.cuda_stream);
   const Backend b = resolve_backend(p, options);
   Backward w;
   w.q = Operand{q.data, q.stride[0], q.stride[1]};

@@ -53,7 +53,7 @@ std::vector<float> expand_heads(const char* name, const std::vector<float>& xs, 
 }  // namespace
 
 Problem make_problem(const TensorView& q, const TensorView& k, const TensorView& cu_seqlens,
-                     const AttentionParams& params) {
+                     const AttentionParams& params, void* cuda_stream) {
   check_rank("q", q, 3, "[total_tokens, num_q_heads, head_dim]");
   check_rank("k", k, 3, "[total_tokens, num_kv_heads, head_dim]");
   if (!is_float_dtype(q.dtype)) invalid("q", "dtype f32, f16 or bf16", dtype_name(q.dtype));
@@ -98,7 +98,7 @@ Problem make_problem(const TensorView& q, const TensorView& k, const TensorView&
     p.cu_seqlens.assign(c, c + p.batch + 1);
   } else {
     p.cu_seqlens_dev = static_cast<const int*>(cu_seqlens.data);
-    cuda_copy_to_host(p.cu_seqlens.data(), cu_seqlens.data, sizeof(int) * (p.batch + 1));
+    cuda_copy_to_host(p.cu_seqlens.data(), cu_seqlens.data, sizeof(int) * (p.batch + 1), cuda_stream);
   }
   if (p.cu_seqlens[0] != 0) invalid("cu_seqlens", "cu_seqlens[0] == 0", std::to_string(p.cu_seqlens[0]));
   for (int b = 0; b < p.batch; ++b) {

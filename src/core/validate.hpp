@@ -16,8 +16,9 @@ namespace moba::detail {
                           const std::string& got);
 
 // Checks q, k, cu_seqlens and params; returns the problem with the host copy of cu_seqlens.
+// A cu_seqlens on the GPU is copied to the host on `cuda_stream` (RunOptions::cuda_stream).
 Problem make_problem(const TensorView& q, const TensorView& k, const TensorView& cu_seqlens,
-                     const AttentionParams& params);
+                     const AttentionParams& params, void* cuda_stream = nullptr);
 
 // The backend that will run, after checking it can run on the tensors' device and head dim.
 Backend resolve_backend(const Problem& p, const RunOptions& o);

@@ -49,8 +49,12 @@ std::string cuda_describe() {
   return os.str();
 }
 
-void cuda_copy_to_host(void* dst, const void* src, std::size_t bytes) {
-  MOBA_CUDA_CHECK(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToHost));
+void cuda_copy_to_host(void* dst, const void* src, std::size_t bytes, void* stream) {
+  // On the caller's stream, so a cu_seqlens written by a kernel on a non-blocking stream is read
+  // after that kernel (a plain cudaMemcpy would order only against the legacy default stream).
+  const auto s = static_cast<cudaStream_t>(stream);
+  MOBA_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, s));
+  MOBA_CUDA_CHECK(cudaStreamSynchronize(s));
 }
 
 }  // namespace moba::detail
