@@ -3,8 +3,8 @@
 
 #include "moba/attention.hpp"
 #include "moba/error.hpp"
+#include "moba/half.hpp"
 #include "moba/moa_plan.hpp"
 #include "moba/params.hpp"
-#include "moba/half.hpp"
 #include "moba/tensor.hpp"
 #include "moba/version.hpp"
