@@ -23,9 +23,6 @@ namespace moba::detail {
 namespace cpu {
 namespace {
 
-constexpr float kLog2e = 1.4426950408889634f;
-constexpr float kLn2 = 0.6931471805599453f;
-
 template <int D>
 struct BackwardTile {
   // Unit rows: q * scale * log2(e), dout, dq accumulator, lse * log2(e), D_t.

@@ -16,9 +16,6 @@ namespace moba::detail {
 namespace cpu {
 namespace {
 
-constexpr float kLog2e = 1.4426950408889634f;
-constexpr float kLn2 = 0.6931471805599453f;
-
 // One thread's state for the unit it is running: fp32 query rows, output accumulators and the
 // running max / sum of every row, plus the scratch of one (row chunk x key tile) step.
 template <int D>

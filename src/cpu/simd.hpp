@@ -14,6 +14,10 @@
 
 namespace moba::detail::cpu {
 
+// The softmax runs in base 2 (exp2 on pre-scaled scores); these convert to and from base e.
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr float kLn2 = 0.6931471805599453f;
+
 constexpr int kLanes = 8;
 
 #ifdef MOBA_CPU_AVX2
