@@ -158,10 +158,11 @@ struct Case {
   BackwardResult truth, emul;
 };
 
-Case make_case(const Shape& s, std::uint32_t seed) {
-  Case c{s, make_inputs(s, seed), {}, {}, {}};
-  c.fwd = run_forward(s, c.in, Backend::reference);
-  // Truth: f32 copies of everything (the reference recomputes P in fp64 and ignores out/lse).
+// The two yardsticks of a case whose saved forward state is set: the fp64 truth (the reference
+// on f32 copies of everything; it recomputes P and ignores out/lse) and the emulated bf16/f16
+// backward whose error the GPU may double.
+void set_yardsticks(Case& c) {
+  const Shape& s = c.shape;
   Shape s32 = s;
   s32.dtype = DType::f32;
   Inputs in32 = convert(c.in, DType::f32);
@@ -170,6 +171,12 @@ Case make_case(const Shape& s, std::uint32_t seed) {
   for (std::int64_t i = 0; i < f32.out.numel(); ++i) f32.out.set(i, c.fwd.out.get(i));
   c.truth = run_backward(s32, in32, f32, Backend::reference);
   c.emul = emulated_backward(s, c.in, c.fwd);
+}
+
+Case make_case(const Shape& s, std::uint32_t seed) {
+  Case c{s, make_inputs(s, seed), {}, {}, {}};
+  c.fwd = run_forward(s, c.in, Backend::reference);
+  set_yardsticks(c);
   return c;
 }
 
@@ -267,14 +274,7 @@ TEST(CudaBackward, PopularBlockIsSplit) {
     for (std::size_t i = 0; i < t.lse.size(); ++i) c.fwd.lse[i] = static_cast<float>(t.lse[i]);
     for (std::size_t i = 0; i < t.out.size(); ++i) c.fwd.out.set(std::int64_t(i), t.out[i]);
   }
-  Shape s32 = s;
-  s32.dtype = DType::f32;
-  Inputs in32 = convert(c.in, DType::f32);
-  ForwardResult f32 = c.fwd;
-  f32.out = HostTensor(DType::f32, c.fwd.out.shape);
-  for (std::int64_t i = 0; i < f32.out.numel(); ++i) f32.out.set(i, c.fwd.out.get(i));
-  c.truth = run_backward(s32, in32, f32, Backend::reference);
-  c.emul = emulated_backward(s, c.in, c.fwd);
+  set_yardsticks(c);
   run_case(c, 0);
 }
 
