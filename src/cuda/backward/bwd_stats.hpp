@@ -2,6 +2,8 @@
 #pragma once
 
 #include <cstddef>
+#include <utility>
+#include <vector>
 
 namespace moba::detail::bwd {
 
@@ -11,6 +13,8 @@ struct BackwardStats {
   int split_tiles = 0;                   // key tiles whose rows were split over several CTAs
   int dq_waves = 0;                      // deterministic mode: query-major dQ launches
   long long list_entries = 0;            // (row, past block) pairs in the per-block lists
+  // CudaOptions::collect_timing: (stage, milliseconds since the previous mark), in call order
+  std::vector<std::pair<const char*, double>> stage_ms;
 };
 
 // What the last cuda_backward call on this thread did.
