@@ -180,7 +180,6 @@ void run_gate(const Problem& p, const Plan& pl, const Operand& q, const Operand&
   g.means = ws.alloc_bytes(std::size_t(std::max(pl.num_blocks, 1)) * p.hkv * p.head_dim * 2,
                            "MoBA block means");
   g.sel = selection;
-  g.total = p.total;
   g.hq = p.hq;
   g.hkv = p.hkv;
   g.group = p.group();
