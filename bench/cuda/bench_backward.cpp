@@ -196,15 +196,14 @@ int main(int argc, char** argv) {
       const double flops = 10.0 * D * pairs;
 
       // Variants: 0 default, 1 deterministic, 2 default with 64-key tiles everywhere
-      // (MOBA_BWD_NG=1, for comparison with the 128-key tiles).
+      // (CudaOptions::backward_key_tile = 64, for comparison with the 128-key tiles).
       double ms[3] = {0, 0, 0};
       std::size_t ws[3] = {0, 0, 0};
       for (int det = 0; det < 3; ++det) {
         moba::RunOptions o;
         o.backend = moba::Backend::cuda;
         o.deterministic = det == 1;
-        if (det == 2) setenv("MOBA_BWD_NG", "1", 1);
-        else unsetenv("MOBA_BWD_NG");
+        if (det == 2) o.cuda.backward_key_tile = 64;
         auto call = [&]() {
           moba::attention_backward(view(q.p, bf, {T, H, D}), view(k.p, bf, {T, H, D}), view(v.p, bf, {T, H, D}),
                                    view(out.p, bf, {T, H, D}), view(lse.p, moba::DType::f32, {H, T}),
@@ -231,10 +230,14 @@ int main(int argc, char** argv) {
             spent += t;
           }
           ms[det] = median(times);
-          setenv("MOBA_BWD_TIMING", "1", 1);  // one more call, stage times to stderr
-          std::fprintf(stderr, "[%ldK %s] ", N / 1024, c.name);
+          o.cuda.collect_timing = true;  // one more call, stage times to stderr
           call();
-          unsetenv("MOBA_BWD_TIMING");
+          o.cuda.collect_timing = false;
+          std::fprintf(stderr, "[%ldK %s %s] stage ms:", N / 1024, c.name,
+                       det == 1 ? "det" : (det == 2 ? "64-key tiles" : "default"));
+          for (const auto& st : moba::detail::bwd::last_backward_stats().stage_ms)
+            std::fprintf(stderr, " %s %.3f", st.first, st.second);
+          std::fprintf(stderr, "\n");
         } catch (const moba::Error& e) {
           std::fprintf(stderr, "backward failed (%s, N=%ld): %s\n", c.name, N, e.what());
           ms[det] = NAN;
@@ -248,7 +251,6 @@ int main(int argc, char** argv) {
       const double sel_bytes = double(N) * H * past * 4;
       const double flash_extra = double(nq) * 4 + double(N) * H * 4;
       const double ratio = (tensors + sel_bytes + double(std::max(ws[0], ws[1]))) / (tensors + flash_extra);
-      unsetenv("MOBA_BWD_NG");
       char line[512];
       std::snprintf(line, sizeof line,
                     "| %ldK | %s | %s | %.0f | %.3f | %.0f | %.3f | %.0f | %.2fx | %.1f (%.1f) | %.1f | %.2f | %.3f |\n",

@@ -48,11 +48,32 @@ struct AttentionParams {
 // CPU backend for host tensors. `reference` is the fp64 definition of truth (CPU only).
 enum class Backend { automatic, reference, cpu, cuda };
 
+// Settings of the CUDA backend. The defaults are the measured best; the other values exist so
+// that one process (a test, a benchmark) can run and compare every kernel path.
+struct CudaOptions {
+  // Forward attention kernel. `automatic`: the sm_90a wgmma kernel on a compute capability 9.0
+  // device when the build holds sm_90a code (except MoBA at head_dim 64, faster on mma.sync),
+  // else the sm_80 mma.sync kernel. Asking for `sm90_wgmma` where it cannot run throws
+  // moba::Error(unsupported); `sm80_mma_sync` runs on every supported device.
+  enum class ForwardKernel { automatic, sm90_wgmma, sm80_mma_sync };
+  ForwardKernel forward_kernel = ForwardKernel::automatic;
+  // Backward key tiles: 0 picks (128 keys when MoBA blocks are a multiple of 128, else 64);
+  // 64 forces 64-key tiles everywhere. Other values are an invalid_argument error.
+  int backward_key_tile = 0;
+  // Backward in the default (non-deterministic) mode: add every row's dQ by fp32 atomics in the
+  // key pass, instead of the query-major pass for the causal rows. A measurement variant.
+  bool backward_dq_all_atomic = false;
+  // Backward: synchronise the stream after each stage and record the stage times (read by the
+  // benchmarks through the backend's statistics). Slows the call; never for production use.
+  bool collect_timing = false;
+};
+
 struct RunOptions {
   Backend backend = Backend::automatic;
   void* cuda_stream = nullptr;  // cudaStream_t; nullptr is the default stream
   bool deterministic = false;   // backward without float atomics (bit-identical repeats)
   int num_threads = 0;          // CPU backend; 0 means all hardware threads
+  CudaOptions cuda;             // CUDA backend only; ignored by the others
 };
 
 }  // namespace moba

@@ -100,13 +100,23 @@ moba::AttentionParams make_params(const std::string& mode, int block_size, int t
   return p;
 }
 
+moba::CudaOptions::ForwardKernel parse_cuda_kernel(const std::string& s) {
+  using K = moba::CudaOptions::ForwardKernel;
+  if (s == "auto") return K::automatic;
+  if (s == "sm90_wgmma") return K::sm90_wgmma;
+  if (s == "sm80_mma_sync") return K::sm80_mma_sync;
+  bad("cuda_kernel", "one of auto, sm90_wgmma, sm80_mma_sync", "'" + s + "'");
+}
+
 moba::RunOptions make_options(const std::string& backend, std::uintptr_t stream,
-                              bool deterministic, int num_threads) {
+                              bool deterministic, int num_threads,
+                              const std::string& cuda_kernel) {
   moba::RunOptions o;
   o.backend = parse_backend(backend);
   o.cuda_stream = reinterpret_cast<void*>(stream);
   o.deterministic = deterministic;
   o.num_threads = num_threads;
+  o.cuda.forward_kernel = parse_cuda_kernel(cuda_kernel);
   return o;
 }
 
@@ -115,18 +125,19 @@ moba::RunOptions make_options(const std::string& backend, std::uintptr_t stream,
   py::kw_only(), py::arg("mode"), py::arg("block_size") = 0, py::arg("topk") = 0,             \
       py::arg("softmax_scale") = 0.0, py::arg("alpha") = std::vector<float>{},                \
       py::arg("beta") = std::vector<float>{}, py::arg("sink") = 64, py::arg("backend") = "auto", \
-      py::arg("cuda_stream") = 0, py::arg("deterministic") = false, py::arg("num_threads") = 0
+      py::arg("cuda_stream") = 0, py::arg("deterministic") = false, py::arg("num_threads") = 0, \
+      py::arg("cuda_kernel") = "auto"
 
 void forward(py::handle q, py::handle k, py::handle v, py::handle cu, py::handle out,
              py::handle lse, py::handle selection, const std::string& mode, int block_size,
              int topk, double scale, std::vector<float> alpha, std::vector<float> beta,
              int sink, const std::string& backend, std::uintptr_t stream, bool deterministic,
-             int num_threads) {
+             int num_threads, const std::string& cuda_kernel) {
   const auto qv = to_view(q), kv = to_view(k), vv = to_view(v), cv = to_view(cu);
   const auto ov = to_view(out), lv = to_view(lse), sv = to_view(selection);
   const auto params = make_params(mode, block_size, topk, scale, std::move(alpha),
                                   std::move(beta), sink);
-  const auto options = make_options(backend, stream, deterministic, num_threads);
+  const auto options = make_options(backend, stream, deterministic, num_threads, cuda_kernel);
   py::gil_scoped_release nogil;
   moba::attention_forward(qv, kv, vv, cv, params, ov, lv, sv, options);
 }
@@ -136,13 +147,13 @@ void backward(py::handle q, py::handle k, py::handle v, py::handle out, py::hand
               py::handle dk, py::handle dv, const std::string& mode, int block_size, int topk,
               double scale, std::vector<float> alpha, std::vector<float> beta, int sink,
               const std::string& backend, std::uintptr_t stream, bool deterministic,
-              int num_threads) {
+              int num_threads, const std::string& cuda_kernel) {
   const auto qv = to_view(q), kv = to_view(k), vv = to_view(v), ov = to_view(out);
   const auto lv = to_view(lse), dov = to_view(dout), cv = to_view(cu), sv = to_view(selection);
   const auto dqv = to_view(dq), dkv = to_view(dk), dvv = to_view(dv);
   const auto params = make_params(mode, block_size, topk, scale, std::move(alpha),
                                   std::move(beta), sink);
-  const auto options = make_options(backend, stream, deterministic, num_threads);
+  const auto options = make_options(backend, stream, deterministic, num_threads, cuda_kernel);
   py::gil_scoped_release nogil;
   moba::attention_backward(qv, kv, vv, ov, lv, dov, cv, params, sv, dqv, dkv, dvv, options);
 }
@@ -150,11 +161,12 @@ void backward(py::handle q, py::handle k, py::handle v, py::handle out, py::hand
 void gate(py::handle q, py::handle k, py::handle cu, py::handle selection,
           const std::string& mode, int block_size, int topk, double scale,
           std::vector<float> alpha, std::vector<float> beta, int sink, const std::string& backend,
-          std::uintptr_t stream, bool deterministic, int num_threads) {
+          std::uintptr_t stream, bool deterministic, int num_threads,
+          const std::string& cuda_kernel) {
   const auto qv = to_view(q), kv = to_view(k), cv = to_view(cu), sv = to_view(selection);
   const auto params = make_params(mode, block_size, topk, scale, std::move(alpha),
                                   std::move(beta), sink);
-  const auto options = make_options(backend, stream, deterministic, num_threads);
+  const auto options = make_options(backend, stream, deterministic, num_threads, cuda_kernel);
   py::gil_scoped_release nogil;
   moba::moba_gate(qv, kv, cv, params, sv, options);
 }

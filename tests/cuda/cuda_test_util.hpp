@@ -66,7 +66,8 @@ struct GpuRun {
 };
 
 // Forward on the GPU through the public API; out/lse/selection are poisoned before the call.
-inline GpuRun gpu_forward(const Shape& s, const Inputs& in, bool cu_on_device = false) {
+inline GpuRun gpu_forward(const Shape& s, const Inputs& in, bool cu_on_device = false,
+                          CudaOptions::ForwardKernel kernel = CudaOptions::ForwardKernel::automatic) {
   const std::int64_t T = s.total();
   const int past = s.params.mode == Mode::moba ? std::max(s.params.topk - 1, 0) : 0;
   DevBuf q(in.q.bytes.size()), k(in.k.bytes.size()), v(in.v.bytes.size());
@@ -93,6 +94,7 @@ inline GpuRun gpu_forward(const Shape& s, const Inputs& in, bool cu_on_device = 
   if (s.params.mode == Mode::moba) selv = dev_view(sl.p, DType::i32, {T, s.hq, past});
   RunOptions opt;
   opt.backend = Backend::cuda;
+  opt.cuda.forward_kernel = kernel;
   attention_forward(dev_view(q.p, s.dtype, {T, s.hq, s.d}), dev_view(k.p, s.dtype, {T, s.hkv, s.d}),
                     dev_view(v.p, s.dtype, {T, s.hkv, s.d}), cuv, s.params,
                     dev_view(o.p, s.dtype, {T, s.hq, s.d}), dev_view(l.p, DType::f32, {s.hq, T}),
@@ -102,6 +104,36 @@ inline GpuRun gpu_forward(const Shape& s, const Inputs& in, bool cu_on_device = 
   l.down(r.lse.data());
   sl.down(r.sel.data());
   return r;
+}
+
+// The forward kernels this device runs: mma.sync always, wgmma where the device and the build
+// allow (probed once: forcing it elsewhere throws moba::Error(unsupported)).
+inline std::vector<CudaOptions::ForwardKernel> forward_kernels() {
+  static const std::vector<CudaOptions::ForwardKernel> kernels = [] {
+    std::vector<CudaOptions::ForwardKernel> k{CudaOptions::ForwardKernel::sm80_mma_sync};
+    Shape s;
+    s.seqlens = {16};
+    s.hq = s.hkv = 1;
+    s.d = 128;
+    s.dtype = DType::bf16;
+    s.params = AttentionParams::full();
+    try {
+      gpu_forward(s, make_inputs(s, 1), false, CudaOptions::ForwardKernel::sm90_wgmma);
+      k.push_back(CudaOptions::ForwardKernel::sm90_wgmma);
+    } catch (const Error& e) {
+      if (e.kind() != ErrorKind::unsupported) throw;
+    }
+    return k;
+  }();
+  return kernels;
+}
+
+inline const char* kernel_name(CudaOptions::ForwardKernel k) {
+  switch (k) {
+    case CudaOptions::ForwardKernel::sm90_wgmma: return "sm90_wgmma";
+    case CudaOptions::ForwardKernel::sm80_mma_sync: return "sm80_mma_sync";
+    default: return "automatic";
+  }
 }
 
 // The Problem fields visibility.hpp needs, built from a test Shape.

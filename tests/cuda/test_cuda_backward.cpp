@@ -95,7 +95,7 @@ BackwardResult emulated_backward(const Shape& s, const Inputs& in, const Forward
 
 // Backward on the GPU through the public API; dq/dk/dv poisoned (all bits set: NaN) first.
 BackwardResult gpu_backward(const Shape& s, const Inputs& in, const ForwardResult& fwd,
-                            bool deterministic, bool cu_on_device) {
+                            bool deterministic, bool cu_on_device, const CudaOptions& cuda = {}) {
   const std::int64_t T = s.total();
   const int past = s.params.mode == Mode::moba ? std::max(s.params.topk - 1, 0) : 0;
   DevBuf q(in.q.bytes.size()), k(in.k.bytes.size()), v(in.v.bytes.size()), dout(in.dout.bytes.size());
@@ -123,6 +123,7 @@ BackwardResult gpu_backward(const Shape& s, const Inputs& in, const ForwardResul
   RunOptions opt;
   opt.backend = Backend::cuda;
   opt.deterministic = deterministic;
+  opt.cuda = cuda;
   attention_backward(dev_view(q.p, s.dtype, {T, s.hq, s.d}), dev_view(k.p, s.dtype, {T, s.hkv, s.d}),
                      dev_view(v.p, s.dtype, {T, s.hkv, s.d}), dev_view(o.p, s.dtype, {T, s.hq, s.d}),
                      dev_view(l.p, DType::f32, {s.hq, T}), dev_view(dout.p, s.dtype, {T, s.hq, s.d}), cuv,
@@ -203,6 +204,12 @@ bool same_bits(const BackwardResult& a, const BackwardResult& b) {
 void run_case(const Case& c, int idx) {
   const BackwardResult fast = gpu_backward(c.shape, c.in, c.fwd, false, idx % 2 == 1);
   check_against_truth(c, fast, "default");
+  CudaOptions narrow;  // 64-key tiles everywhere (the path of MoBA blocks not a multiple of 128)
+  narrow.backward_key_tile = 64;
+  check_against_truth(c, gpu_backward(c.shape, c.in, c.fwd, false, idx % 2 == 0, narrow), "64-key tiles");
+  CudaOptions atomic;  // every dQ by atomics in the key pass
+  atomic.backward_dq_all_atomic = true;
+  check_against_truth(c, gpu_backward(c.shape, c.in, c.fwd, false, idx % 2 == 1, atomic), "all-atomic dQ");
   const BackwardResult d1 = gpu_backward(c.shape, c.in, c.fwd, true, idx % 2 == 0);
   check_against_truth(c, d1, "deterministic");
   const BackwardResult d2 = gpu_backward(c.shape, c.in, c.fwd, true, idx % 2 == 1);

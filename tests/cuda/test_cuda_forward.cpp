@@ -66,17 +66,32 @@ void check_selection(const Shape& s, Inputs& in, const std::vector<std::int32_t>
       }
 }
 
+void check_against_truth(const GpuRun& g, const Truth& t, double e_round);
+
+// Every forward kernel of this device (forward_kernels()) on the shape, against one fp64 truth
+// (the gate runs before the kernel choice, so every run must select the same blocks).
 void check_forward(const Shape& s, Inputs& in, bool cu_on_device, Stats& st) {
   SCOPED_TRACE(s.str());
-  const GpuRun g = gpu_forward(s, in, cu_on_device);
+  const std::vector<CudaOptions::ForwardKernel> kernels = forward_kernels();
+  const GpuRun first = gpu_forward(s, in, cu_on_device, kernels[0]);
   if (s.params.mode == Mode::moba) {
-    check_selection(s, in, g.sel, st);
+    check_selection(s, in, first.sel, st);
     if (::testing::Test::HasFatalFailure()) return;
   }
-  const Truth t = truth_forward(s, in, g.sel);
+  const Truth t = truth_forward(s, in, first.sel);
   std::vector<double> rounded(t.out.size());
   for (std::size_t i = 0; i < t.out.size(); ++i) rounded[i] = detail::round_to(s.dtype, float(t.out[i]));
   const double e_round = rel_l2(rounded, t.out);
+  for (std::size_t i = 0; i < kernels.size(); ++i) {
+    SCOPED_TRACE(kernel_name(kernels[i]));
+    const GpuRun g = i == 0 ? first : gpu_forward(s, in, cu_on_device, kernels[i]);
+    EXPECT_EQ(g.sel, first.sel) << "the kernel choice changed the gate's selection";
+    check_against_truth(g, t, e_round);
+  }
+  ++st.shapes;
+}
+
+void check_against_truth(const GpuRun& g, const Truth& t, double e_round) {
   const double err = rel_l2(g.out.as_double(), t.out);
   EXPECT_LE(err, 2.0 * e_round + 1e-5) << "rel_l2(gpu, truth) " << err << ", same-precision " << e_round;
   double worst = 0;
@@ -89,7 +104,6 @@ void check_forward(const Shape& s, Inputs& in, bool cu_on_device, Stats& st) {
     }
   }
   EXPECT_LE(worst, 1.0) << "lse[" << worst_i << "] gpu " << g.lse[worst_i] << " truth " << t.lse[worst_i];
-  ++st.shapes;
 }
 
 int env_int(const char* name, int dflt) {
@@ -229,10 +243,13 @@ TEST(CudaForward, RepeatsAreBitIdentical) {
   s.dtype = DType::bf16;
   s.params = AttentionParams::moba_blocks(64, 6);
   Inputs in = make_inputs(s, 9);
-  const GpuRun a = gpu_forward(s, in), b = gpu_forward(s, in);
-  EXPECT_EQ(a.out.bytes, b.out.bytes);
-  EXPECT_EQ(a.lse, b.lse);
-  EXPECT_EQ(a.sel, b.sel);
+  for (const auto kernel : forward_kernels()) {
+    SCOPED_TRACE(kernel_name(kernel));
+    const GpuRun a = gpu_forward(s, in, false, kernel), b = gpu_forward(s, in, false, kernel);
+    EXPECT_EQ(a.out.bytes, b.out.bytes);
+    EXPECT_EQ(a.lse, b.lse);
+    EXPECT_EQ(a.sel, b.sel);
+  }
 }
 
 }  // namespace

@@ -29,9 +29,7 @@
 
 #include <algorithm>
 #include <chrono>
-#include <cstdio>
-#include <cstdlib>
-#include <cstring>
+#include <string>
 #include <cub/device/device_radix_sort.cuh>
 #include <cstdint>
 #include <vector>
@@ -195,19 +193,21 @@ void run_backward(const Problem& p, const Backward& w, const RunOptions& o) {
   const int P = moba ? p.past_k() : 0;
   BackwardStats stats;
   Meter mem;
-  // MOBA_BWD_DQ=atomic: default mode adds every dQ by atomics (instead of the query-major pass
-  // for the causal rows); for measurements. MOBA_BWD_TIMING=1: per-stage times on stderr.
-  const char* knob = std::getenv("MOBA_BWD_DQ");
-  const bool all_atomic = !det && knob && !std::strcmp(knob, "atomic");
-  const bool timing = std::getenv("MOBA_BWD_TIMING") != nullptr;
-  std::vector<std::pair<const char*, double>> marks;
+  // Measurement variants (CudaOptions): every dQ by atomics in the key pass; per-stage times.
+  const bool all_atomic = !det && o.cuda.backward_dq_all_atomic;
+  const bool timing = o.cuda.collect_timing;
+  auto last_mark = std::chrono::steady_clock::now();
   auto mark = [&](const char* what) {
     if (!timing) return;
     MOBA_CUDA_CHECK(cudaStreamSynchronize(stream));
-    marks.push_back({what, std::chrono::duration<double, std::milli>(
-                               std::chrono::steady_clock::now().time_since_epoch()).count()});
+    const auto now = std::chrono::steady_clock::now();
+    stats.stage_ms.push_back({what, std::chrono::duration<double, std::milli>(now - last_mark).count()});
+    last_mark = now;
   };
-  mark("start");
+  if (timing) {  // the stages below are timed from here, after the work queued before the call
+    MOBA_CUDA_CHECK(cudaStreamSynchronize(stream));
+    last_mark = std::chrono::steady_clock::now();
+  }
 
   int dev = 0, nsm = 132;
   MOBA_CUDA_CHECK(cudaGetDevice(&dev));
@@ -274,8 +274,7 @@ void run_backward(const Problem& p, const Backward& w, const RunOptions& o) {
 
   // Key-major items: one per (key tile, KV head), split when far above the average. Tiles are
   // 128 keys (NG = 2) unless MoBA blocks are not a multiple of 128.
-  const char* ng_knob = std::getenv("MOBA_BWD_NG");  // "1": 64-key tiles always (measurements)
-  const bool ng1 = ng_knob && !std::strcmp(ng_knob, "1");
+  const bool ng1 = o.cuda.backward_key_tile == 64;  // 64-key tiles always (measurements)
   const int NG = (!ng1 && (!moba || B % 128 == 0)) ? 2 : 1, KT = 64 * NG;
   struct Tile {
     KeyItem it;
@@ -431,13 +430,6 @@ void run_backward(const Problem& p, const Backward& w, const RunOptions& o) {
     MOBA_CUDA_LAUNCH_CHECK();
   }
   mark("convert");
-  if (timing) {
-    std::fprintf(stderr, "moba bwd timing (%s, %d items, %d splits, %d dq waves):", det ? "det" : (all_atomic ? "atomic" : "default"),
-                 stats.key_items, stats.split_tiles, static_cast<int>(waves.size()));
-    for (std::size_t i = 1; i < marks.size(); ++i)
-      std::fprintf(stderr, " %s %.3f", marks[i].first, marks[i].second - marks[i - 1].second);
-    std::fprintf(stderr, " | total %.3f ms\n", marks.back().second - marks.front().second);
-  }
   stats.peak_workspace_bytes = mem.peak;
   g_stats = stats;
 }
@@ -449,6 +441,9 @@ BackwardStats last_backward_stats() { return g_stats; }
 }  // namespace bwd
 
 void cuda_backward(const Problem& p, const Backward& w, const RunOptions& o) {
+  if (o.cuda.backward_key_tile != 0 && o.cuda.backward_key_tile != 64)
+    invalid("CudaOptions::backward_key_tile", "0 (automatic) or 64",
+            std::to_string(o.cuda.backward_key_tile));
   if (p.mode == Mode::moa)
     fail(ErrorKind::unsupported,
          "cuda backend: the MoA backward is not implemented on the GPU; use Backend::cpu or "

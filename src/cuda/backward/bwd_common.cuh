@@ -11,6 +11,7 @@
 #include <cstdint>
 
 #include "cuda/backward/bwd_plan.hpp"
+#include "cuda/common/check.hpp"
 #include "cuda/common/mma.cuh"
 
 namespace moba::detail::bwd {

@@ -14,10 +14,11 @@
 // A key tile with many row tiles is split over several items; each then writes its dK/dV
 // partial in fp32 to a slot, and a small kernel sums the slots in a fixed order.
 //
-// Query-major dQ pass (deterministic mode): one item is one 64-row tile (implicit: 64 tokens of
-// one head; listed: 64 entries of a selection slot's list) and a run of key tiles it sees
-// fully, the last one optionally diagonal. Each launch ("wave") touches every row at most
-// once, so dQ is accumulated without atomics in a fixed order.
+// Query-major dQ pass (both modes for the implicit rows; the listed rows only in the
+// deterministic mode): one item is one 64-row tile (implicit: 64 tokens of one head; listed:
+// 64 entries of a selection slot's list) and a run of key tiles it sees fully, the last one
+// optionally diagonal. Each launch ("wave") touches every row at most once, so dQ is
+// accumulated without atomics in a fixed order.
 #pragma once
 
 #include <cstdint>
@@ -88,7 +89,7 @@ struct DqPassArgs {
   float scale, scale_log2;
 };
 
-// Launchers, one instantiation per (dtype, head_dim) and .cu file. is_bf16 picks the dtype.
+// Launchers, one instantiation per (dtype, head_dim) and .cu file. kBf16 picks the dtype.
 template <bool kBf16, int D> void launch_key_pass(const KeyPassArgs& a, int n_items, void* stream);
 template <bool kBf16, int D> void launch_dq_pass(const DqPassArgs& a, int n_items, void* stream);
 

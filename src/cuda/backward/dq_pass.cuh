@@ -1,9 +1,10 @@
-// Query-major dQ pass of the deterministic backward (mma.sync, sm_80+). One CTA = 4 warps =
+// Query-major dQ pass (mma.sync, sm_80+), in both modes: the causal rows' dQ always, and in the
+// deterministic mode also the listed rows' (one launch per selection slot). One CTA = 4 warps =
 // one DqItem: 64 query rows (Q, dO kept in shared memory) against a run of 64-key tiles
 // (K, V double-buffered by cp.async). Warp w owns rows 16w..16w+15 and keeps their dQ in
 // registers:  S = Q K^T, P = exp(scale S - lse), dP = dO V^T, dS = P (dP - D), dQ += dS K.
 // The result is stored, added (fixed launch order) or scaled and rounded to the output; no
-// atomics, so the result is bit-identical across runs.
+// atomics, so this pass alone is bit-identical across runs.
 #pragma once
 
 #include <cmath>
@@ -209,7 +210,8 @@ template <class T, int D>
 void launch_dq_pass_impl(const DqPassArgs& a, int n_items, void* stream) {
   if (n_items <= 0) return;
   constexpr int kSmem = DqPassSmem<D>::kBytes;
-  cudaFuncSetAttribute(dq_pass_kernel<T, D>, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
+  MOBA_CUDA_CHECK(cudaFuncSetAttribute(dq_pass_kernel<T, D>,
+                                       cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem));
   dq_pass_kernel<T, D><<<n_items, 128, kSmem, static_cast<cudaStream_t>(stream)>>>(a);
 }
 

@@ -308,7 +308,8 @@ template <class T, int D>
 void launch_key_pass_impl(const KeyPassArgs& a, int n_items, void* stream) {
   if (n_items <= 0) return;
   const int smem = KeyPassSmem<D>(a.groups).bytes;
-  cudaFuncSetAttribute(key_pass_kernel<T, D>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+  MOBA_CUDA_CHECK(cudaFuncSetAttribute(key_pass_kernel<T, D>,
+                                       cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
   key_pass_kernel<T, D><<<n_items, 128 * a.groups, smem, static_cast<cudaStream_t>(stream)>>>(a);
 }
 

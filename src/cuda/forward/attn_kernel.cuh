@@ -26,8 +26,6 @@ namespace moba::cuda {
 
 template <class T, int D>
 struct AttnTraits {
-  static constexpr int kRows = 64;
-  static constexpr int kKeys = 64;
   static constexpr int kStride = D + 8;  // elements; 16-byte pad keeps ldmatrix conflict-free
   static constexpr int kTileElems = 64 * kStride;
   static constexpr int kSmemBytes = 5 * kTileElems * int(sizeof(T)) + 2 * 64 * int(sizeof(int));

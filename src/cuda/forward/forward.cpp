@@ -11,9 +11,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <cstdio>
-#include <cstdlib>
-#include <cstring>
+#include <string>
+#include <type_traits>
 #include <vector>
 
 #include "core/backends.hpp"
@@ -122,35 +121,39 @@ void dispatch(const Problem& p, F&& f) {
   }
 }
 
-bool env_is_1(const char* name) {
-  const char* v = std::getenv(name);
-  return v && std::strcmp(v, "1") == 0;
-}
-
-// The sm_90a wgmma attention (hopper_kernel.cuh) when the build has sm_90a code and the device is
-// compute capability 9.0; else the mma.sync kernel. Measured on the H100
-// (bench/results/cuda-forward-2026-11-23.md, "Hopper path"), the wgmma kernel wins for head_dim
-// 128 and for dense / MoA at 64, but not for MoBA at head_dim 64 (many short gathered tiles, the
-// 128-row CTA runs one per SM), which stays on mma.sync. MOBA_FORCE_MMA_SYNC=1 /
-// MOBA_FORCE_WGMMA=1 force either (comparisons, tests); MOBA_LOG_PATH=1 prints the first choice.
-bool use_hopper(const Problem& p) {
+// Which attention kernel runs (CudaOptions::forward_kernel). The sm_90a wgmma kernel
+// (hopper_kernel.cuh) needs sm_90a code in the build and a compute capability 9.0 device.
+// Measured on the H100 (bench/results/cuda-forward-2026-11-23.md, "Hopper path"), it wins for
+// head_dim 128 and for dense / MoA at 64, but not for MoBA at head_dim 64 (many short gathered
+// tiles, the 128-row CTA runs one per SM), which `automatic` keeps on mma.sync.
+bool hopper_available(const Problem& p) {
   bool on = false;
 #if defined(MOBA_HAVE_SM90A)
-  const bool preferred = p.head_dim == 128 || p.mode != Mode::moba || env_is_1("MOBA_FORCE_WGMMA");
-  if (preferred && !env_is_1("MOBA_FORCE_MMA_SYNC")) {
-    dispatch(p, [&](auto* t, auto d) {
-      using T = std::remove_pointer_t<decltype(t)>;
-      on = hopper_attention_available<T, decltype(d)::value>();
-    });
-  }
+  dispatch(p, [&](auto* t, auto d) {
+    using T = std::remove_pointer_t<decltype(t)>;
+    on = hopper_attention_available<T, decltype(d)::value>();
+  });
+#else
+  (void)p;
 #endif
-  static bool logged = false;
-  if (!logged && env_is_1("MOBA_LOG_PATH")) {
-    logged = true;
-    std::fprintf(stderr, "moba: cuda attention forward uses the %s kernel\n",
-                 on ? "sm_90a wgmma" : "mma.sync");
-  }
   return on;
+}
+
+bool use_hopper(const Problem& p, const CudaOptions& o) {
+  switch (o.forward_kernel) {
+    case CudaOptions::ForwardKernel::sm80_mma_sync:
+      return false;
+    case CudaOptions::ForwardKernel::sm90_wgmma:
+      if (!hopper_available(p))
+        fail(ErrorKind::unsupported,
+             "cuda backend: CudaOptions::forward_kernel = sm90_wgmma needs a compute capability "
+             "9.0 device and a build with sm_90a code (MOBA_CUDA_GENCODE); use automatic or "
+             "sm80_mma_sync");
+      return true;
+    case CudaOptions::ForwardKernel::automatic:
+      break;
+  }
+  return (p.head_dim == 128 || p.mode != Mode::moba) && hopper_available(p);
 }
 
 void run_gate(const Problem& p, const Plan& pl, const Operand& q, const Operand& k,
@@ -177,7 +180,6 @@ void run_gate(const Problem& p, const Plan& pl, const Operand& q, const Operand&
   g.means = ws.alloc_bytes(std::size_t(std::max(pl.num_blocks, 1)) * p.hkv * p.head_dim * 2,
                            "MoBA block means");
   g.sel = selection;
-  g.total = p.total;
   g.hq = p.hq;
   g.hkv = p.hkv;
   g.group = p.group();
@@ -252,7 +254,7 @@ void cuda_forward(const Problem& p, const Forward& f, const RunOptions& o) {
   a.moa_window = pl.moa_window;
   a.moa_sink = p.moa_sink;
 
-  const bool hop = use_hopper(p);
+  const bool hop = use_hopper(p, o.cuda);
   const int tile_rows = hop ? 128 : 64;
   if (hop) {
     a.tile_off = pl.tile128_off;

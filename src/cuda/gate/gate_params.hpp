@@ -12,7 +12,7 @@ struct GateParams {
   std::int64_t q_ts, q_hs, k_ts, k_hs;
   void* means;            // [num_blocks, hkv, D] in the input dtype
   std::int32_t* sel;      // [total, hq, past_k]
-  int total, hq, hkv, group, block_size, past_k, batch;
+  int hq, hkv, group, block_size, past_k, batch;
   const int* cu;          // [batch + 1]
   const int* tile_off;    // [batch + 1] prefix of ceil(len / 64)
   int num_tiles;
