@@ -26,7 +26,7 @@ def test_opcheck_full(device):
 
 
 def test_opcheck_moa(device):
-    q, k, v, cu, n = _inputs(device, grad=device == "cpu")  # no MoA backward on the GPU
+    q, k, v, cu, n = _inputs(device)
     torch.library.opcheck(torch.ops.moba.moa_attn.default,
                           (q, k, v, cu, n, [2.0, 9.0], [0.1, 0.3], 4, 0.0, "auto", False))
 

@@ -13,7 +13,8 @@ using namespace detail;
 void moba_gate(const TensorView& q, const TensorView& k, const TensorView& cu_seqlens,
                const AttentionParams& params, TensorView selection, const RunOptions& options) {
   if (params.mode != Mode::moba) invalid("params.mode", "Mode::moba for moba_gate", "another mode");
-  const Problem p = make_problem(q, k, cu_seqlens, params, options.cuda_stream);
+  // A GPU cu_seqlens is not read back: the CUDA backend plans on the device (no host sync).
+  const Problem p = make_problem(q, k, cu_seqlens, params, options.cuda_stream, false);
   const Backend b = resolve_backend(p, options);
   const Operand qo{q.data, q.stride[0], q.stride[1]}, ko{k.data, k.stride[0], k.stride[1]};
   std::int32_t* sel = check_selection("selection", selection, p);
@@ -28,7 +29,8 @@ void attention_forward(const TensorView& q, const TensorView& k, const TensorVie
                        const TensorView& cu_seqlens, const AttentionParams& params,
                        TensorView out, TensorView lse, TensorView selection,
                        const RunOptions& options) {
-  const Problem p = make_problem(q, k, cu_seqlens, params, options.cuda_stream);
+  // A GPU cu_seqlens is not read back: the CUDA backend plans on the device (no host sync).
+  const Problem p = make_problem(q, k, cu_seqlens, params, options.cuda_stream, false);
   const Backend b = resolve_backend(p, options);
   Forward f;
   f.q = Operand{q.data, q.stride[0], q.stride[1]};

@@ -23,11 +23,13 @@ struct Problem {
   Device device{};
   int total = 0;       // tokens of all sequences
   int batch = 0;
-  int max_seqlen = 0;  // longest sequence
+  int max_seqlen = 0;  // longest sequence (a bound, `total`, when cu_seqlens is empty)
   int hq = 0, hkv = 0, head_dim = 0;
   int group() const { return hq / hkv; }  // query heads per KV head
 
-  std::vector<int> cu_seqlens;          // host copy, batch + 1 entries
+  // Host copy, batch + 1 entries; empty when a GPU cu_seqlens is planned from on the device
+  // (the CUDA gate and forward: make_problem(..., read_device_cu_seqlens = false)).
+  std::vector<int> cu_seqlens;
   const int* cu_seqlens_dev = nullptr;  // the caller's pointer when it lives on a GPU
 
   Mode mode = Mode::full;

@@ -50,10 +50,54 @@ std::vector<float> expand_heads(const char* name, const std::vector<float>& xs, 
           std::to_string(xs.size()) + " values");
 }
 
+// The host copy of cu_seqlens (one small stream-ordered copy when it lives on a GPU), checked.
+void read_cu_seqlens(Problem& p, const TensorView& cu_seqlens, void* cuda_stream) {
+  if (cu_seqlens.device.type == DeviceType::cpu) {
+    const auto* c = static_cast<const std::int32_t*>(cu_seqlens.data);
+    p.cu_seqlens.assign(c, c + p.batch + 1);
+  } else {
+    p.cu_seqlens_dev = static_cast<const int*>(cu_seqlens.data);
+    cuda_copy_to_host(p.cu_seqlens.data(), cu_seqlens.data, sizeof(int) * (p.batch + 1), cuda_stream);
+  }
+  if (p.cu_seqlens[0] != 0) invalid("cu_seqlens", "cu_seqlens[0] == 0", std::to_string(p.cu_seqlens[0]));
+  for (int b = 0; b < p.batch; ++b) {
+    if (p.cu_seqlens[b + 1] < p.cu_seqlens[b])
+      invalid("cu_seqlens", "non-decreasing values",
+              "cu_seqlens[" + std::to_string(b + 1) + "] = " + std::to_string(p.cu_seqlens[b + 1]) +
+                  " < cu_seqlens[" + std::to_string(b) + "] = " + std::to_string(p.cu_seqlens[b]));
+    p.max_seqlen = std::max(p.max_seqlen, p.cu_seqlens[b + 1] - p.cu_seqlens[b]);
+  }
+  if (p.cu_seqlens[p.batch] != p.total)
+    invalid("cu_seqlens", "last value == total tokens = " + std::to_string(p.total),
+            std::to_string(p.cu_seqlens[p.batch]));
+}
+
+void check_params(Problem& p, const AttentionParams& params) {
+  p.mode = params.mode;
+  if (!std::isfinite(params.softmax_scale))
+    invalid("softmax_scale", "a finite value (0 for 1/sqrt(head_dim))", std::to_string(params.softmax_scale));
+  p.scale = params.softmax_scale != 0.f ? params.softmax_scale
+                                        : static_cast<float>(1.0 / std::sqrt(double(p.head_dim)));
+  if (p.mode == Mode::moba) {
+    if (params.block_size <= 0) invalid("block_size", "a block size > 0", std::to_string(params.block_size));
+    if (params.topk < 1) invalid("topk", "topk >= 1 (it counts the own block)", std::to_string(params.topk));
+    p.block_size = params.block_size;
+    p.topk = params.topk;
+  } else if (p.mode == Mode::moa) {
+    check_finite_list("moa.alpha", params.moa.alpha);
+    check_finite_list("moa.beta", params.moa.beta);
+    p.moa_alpha = expand_heads("moa.alpha", params.moa.alpha, p.hq, p.hkv);
+    p.moa_beta = expand_heads("moa.beta", params.moa.beta, p.hq, p.hkv);
+    if (params.moa.sink < 0) invalid("moa.sink", "a sink size >= 0", std::to_string(params.moa.sink));
+    p.moa_sink = params.moa.sink;
+  }
+}
+
 }  // namespace
 
 Problem make_problem(const TensorView& q, const TensorView& k, const TensorView& cu_seqlens,
-                     const AttentionParams& params, void* cuda_stream) {
+                     const AttentionParams& params, void* cuda_stream,
+                     bool read_device_cu_seqlens) {
   check_rank("q", q, 3, "[total_tokens, num_q_heads, head_dim]");
   check_rank("k", k, 3, "[total_tokens, num_kv_heads, head_dim]");
   if (!is_float_dtype(q.dtype)) invalid("q", "dtype f32, f16 or bf16", dtype_name(q.dtype));
@@ -92,50 +136,20 @@ Problem make_problem(const TensorView& q, const TensorView& k, const TensorView&
   if (cu_seqlens.device.type != DeviceType::cpu && cu_seqlens.device != q.device)
     invalid("cu_seqlens", "device cpu or " + device_name(q.device), device_name(cu_seqlens.device));
   p.batch = static_cast<int>(cu_seqlens.shape[0] - 1);
-  p.cu_seqlens.resize(p.batch + 1);
-  if (cu_seqlens.device.type == DeviceType::cpu) {
-    const auto* c = static_cast<const std::int32_t*>(cu_seqlens.data);
-    p.cu_seqlens.assign(c, c + p.batch + 1);
-  } else {
+  if (cu_seqlens.device.type != DeviceType::cpu && !read_device_cu_seqlens) {
     p.cu_seqlens_dev = static_cast<const int*>(cu_seqlens.data);
-    cuda_copy_to_host(p.cu_seqlens.data(), cu_seqlens.data, sizeof(int) * (p.batch + 1), cuda_stream);
+    p.max_seqlen = p.total;  // a bound: the lengths stay on the device
+  } else {
+    p.cu_seqlens.resize(p.batch + 1);
+    read_cu_seqlens(p, cu_seqlens, cuda_stream);
   }
-  if (p.cu_seqlens[0] != 0) invalid("cu_seqlens", "cu_seqlens[0] == 0", std::to_string(p.cu_seqlens[0]));
-  for (int b = 0; b < p.batch; ++b) {
-    if (p.cu_seqlens[b + 1] < p.cu_seqlens[b])
-      invalid("cu_seqlens", "non-decreasing values",
-              "cu_seqlens[" + std::to_string(b + 1) + "] = " + std::to_string(p.cu_seqlens[b + 1]) +
-                  " < cu_seqlens[" + std::to_string(b) + "] = " + std::to_string(p.cu_seqlens[b]));
-    p.max_seqlen = std::max(p.max_seqlen, p.cu_seqlens[b + 1] - p.cu_seqlens[b]);
-  }
-  if (p.cu_seqlens[p.batch] != p.total)
-    invalid("cu_seqlens", "last value == total tokens = " + std::to_string(p.total),
-            std::to_string(p.cu_seqlens[p.batch]));
-
-  // Parameters.
-  p.mode = params.mode;
-  if (!std::isfinite(params.softmax_scale))
-    invalid("softmax_scale", "a finite value (0 for 1/sqrt(head_dim))", std::to_string(params.softmax_scale));
-  p.scale = params.softmax_scale != 0.f ? params.softmax_scale
-                                        : static_cast<float>(1.0 / std::sqrt(double(p.head_dim)));
-  if (p.mode == Mode::moba) {
-    if (params.block_size <= 0) invalid("block_size", "a block size > 0", std::to_string(params.block_size));
-    if (params.topk < 1) invalid("topk", "topk >= 1 (it counts the own block)", std::to_string(params.topk));
-    p.block_size = params.block_size;
-    p.topk = params.topk;
-  } else if (p.mode == Mode::moa) {
-    check_finite_list("moa.alpha", params.moa.alpha);
-    check_finite_list("moa.beta", params.moa.beta);
-    p.moa_alpha = expand_heads("moa.alpha", params.moa.alpha, p.hq, p.hkv);
-    p.moa_beta = expand_heads("moa.beta", params.moa.beta, p.hq, p.hkv);
-    if (params.moa.sink < 0) invalid("moa.sink", "a sink size >= 0", std::to_string(params.moa.sink));
-    p.moa_sink = params.moa.sink;
-  }
+  check_params(p, params);
   return p;
 }
 
 int Problem::moa_window(int h, int seqlen) const {
-  const double span = std::floor(double(moa_alpha[h]) + double(moa_beta[h]) * double(seqlen));
+  // One fused multiply-add (one rounding): the CUDA planner computes the same on the device.
+  const double span = std::floor(std::fma(double(moa_beta[h]), double(seqlen), double(moa_alpha[h])));
   if (span < 1.0) return 1;
   return span > double(seqlen) ? std::max(seqlen, 1) : static_cast<int>(span);
 }

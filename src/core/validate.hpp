@@ -16,9 +16,13 @@ namespace moba::detail {
                           const std::string& got);
 
 // Checks q, k, cu_seqlens and params; returns the problem with the host copy of cu_seqlens.
-// A cu_seqlens on the GPU is copied to the host on `cuda_stream` (RunOptions::cuda_stream).
+// A cu_seqlens on the GPU is copied to the host on `cuda_stream` (RunOptions::cuda_stream)
+// and checked, unless `read_device_cu_seqlens` is false: then Problem::cu_seqlens stays empty,
+// max_seqlen is the bound `total`, and the backend plans from the device copy (no host sync;
+// the CUDA forward checks it on the device).
 Problem make_problem(const TensorView& q, const TensorView& k, const TensorView& cu_seqlens,
-                     const AttentionParams& params, void* cuda_stream = nullptr);
+                     const AttentionParams& params, void* cuda_stream = nullptr,
+                     bool read_device_cu_seqlens = true);
 
 // The backend that will run, after checking it can run on the tensors' device and head dim.
 Backend resolve_backend(const Problem& p, const RunOptions& o);

@@ -33,7 +33,7 @@ RandomShapeOptions gpu_options() {
   o.max_batch = 3;
   o.head_dims = {64, 128};
   o.dtypes = {DType::f16, DType::bf16};
-  o.modes = {Mode::full, Mode::moba, Mode::moba};
+  o.modes = {Mode::full, Mode::moba, Mode::moba, Mode::moa};
   o.block_sizes = {64, 128, 192};
   return o;
 }
@@ -299,24 +299,34 @@ TEST(CudaBackward, LongCausalIsSplit) {
   run_case(make_case(s, 4242), 1);
 }
 
-TEST(CudaBackward, MoaIsUnsupported) {
+// MoA on longer sequences than the random shapes: the sink's key tiles and the window's are
+// separate ranges of the dQ items, key tiles past the sink see only a window of rows, windows
+// differ per head inside a GQA group, one shorter than the sink and one longer than the
+// sequence.
+TEST(CudaBackward, MoaSinkAndWindows) {
   MOBA_SKIP_WITHOUT_GPU();
-  Shape s;
-  s.seqlens = {64};
-  s.hq = s.hkv = 1;
-  s.d = 64;
-  MoaHeads h;
-  h.alpha = {16.f};
-  h.beta = {0.f};
-  s.params = AttentionParams::moa_heads(h);
-  Inputs in = make_inputs(s, 5);
-  ForwardResult f = run_forward(s, in, Backend::reference);
-  try {
-    gpu_backward(s, in, f, false, false);
-    FAIL() << "expected moba::Error(unsupported)";
-  } catch (const Error& e) {
-    EXPECT_EQ(e.kind(), ErrorKind::unsupported) << e.what();
-    EXPECT_NE(std::string(e.what()).find("MoA"), std::string::npos) << e.what();
+  struct MoaCase { std::vector<int> lens; int hq, hkv, d; DType t; std::vector<float> alpha, beta; int sink; };
+  const MoaCase cases[] = {
+      {{1500}, 4, 2, 64, DType::bf16, {40.f, 300.f, 10.f, 5000.f}, {0.f, 0.f, 0.05f, 0.f}, 16},
+      {{900, 0, 1, 700}, 2, 1, 128, DType::f16, {100.f, 3.f}, {0.1f, 0.f}, 100},
+      {{1200, 333}, 2, 2, 64, DType::f16, {64.f, 129.f}, {0.f, 0.2f}, 0},
+  };
+  int i = 0;
+  for (const MoaCase& m : cases) {
+    Shape s;
+    s.seqlens = m.lens;
+    s.hq = m.hq;
+    s.hkv = m.hkv;
+    s.d = m.d;
+    s.dtype = m.t;
+    MoaHeads h;
+    h.alpha = m.alpha;
+    h.beta = m.beta;
+    h.sink = m.sink;
+    s.params = AttentionParams::moa_heads(h);
+    SCOPED_TRACE(s.str());
+    run_case(make_case(s, 300 + i), i);
+    ++i;
   }
 }
 

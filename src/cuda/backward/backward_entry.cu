@@ -1,5 +1,6 @@
-// CUDA backward: dQ, dK, dV of full causal and MoBA attention from dout and the forward's
-// out, lse and selection (the gate is never recomputed).
+// CUDA backward: dQ, dK, dV of full causal, MoBA and MoA attention from dout and the forward's
+// out, lse and selection (the gate is never recomputed). MoA runs the causal machinery with
+// the window + sink rule as the mask (bwd_plan.hpp says which rows and keys each item visits).
 //
 // Steps, all on the caller's stream:
 //  1. D_t = <dout_t, out_t> (fp32, [hq, total]).
@@ -191,6 +192,23 @@ void run_backward(const Problem& p, const Backward& w, const RunOptions& o) {
   const bool moba = p.mode == Mode::moba;
   const int B = moba ? p.block_size : 64;
   const int P = moba ? p.past_k() : 0;
+  const bool moa = p.mode == Mode::moa;
+  std::vector<int> win;  // MoA: window of (head h, sequence b) at [h * batch + b]
+  if (moa) {
+    win.resize(std::size_t(hq) * p.batch);
+    for (int h = 0; h < hq; ++h)
+      for (int b = 0; b < p.batch; ++b)
+        win[std::size_t(h) * p.batch + b] = p.moa_window(h, p.cu_seqlens[b + 1] - p.cu_seqlens[b]);
+  }
+  // MoA: the rows that see a key tile [kp0, kp0 + n) of sequence b, KV head g, end before
+  // position kp0 + n - 1 + (widest window of the group), or at the end when the tile starts in
+  // the sink (sink keys are seen by every later row).
+  auto moa_rows_end = [&](int b, int g, int kp0, int n, int len) {
+    if (kp0 < p.moa_sink) return len;
+    int wmax = 1;
+    for (int h = g * G; h < (g + 1) * G; ++h) wmax = std::max(wmax, win[std::size_t(h) * p.batch + b]);
+    return static_cast<int>(std::min<long long>(len, static_cast<long long>(kp0) + n - 1 + wmax));
+  };
   BackwardStats stats;
   Meter mem;
   // Measurement variants (CudaOptions): every dQ by atomics in the key pass; per-stage times.
@@ -292,9 +310,12 @@ void run_backward(const Problem& p, const Backward& w, const RunOptions& o) {
       it.impl_begin = it.key_start;
       it.impl_end = begin + (moba ? std::min((j + 1) * B, len) : len);
       it.partial = -1;
-      const int n_impl = ceil_div(it.impl_end - it.impl_begin, 64) * G;
+      it.seq = b;
+      it.sink_end = begin + (moa ? p.moa_sink : 0);
       for (int g = 0; g < hkv; ++g) {
         it.g = g;
+        if (moa) it.impl_end = begin + moa_rows_end(b, g, kt * KT, it.key_len, len);
+        const int n_impl = ceil_div(it.impl_end - it.impl_begin, 64) * G;
         it.list_begin = it.list_len = 0;
         if (P > 0) {
           const long long kb = ((blk_base[b] + j) * static_cast<long long>(hkv) + g) * P;
@@ -336,7 +357,8 @@ void run_backward(const Problem& p, const Backward& w, const RunOptions& o) {
   stats.key_items = static_cast<int>(items.size());
   stats.split_tiles = static_cast<int>(splits.size());
 
-  // Query-major dQ items. Wave 0 (both modes): the causal part per (64-token tile, head).
+  // Query-major dQ items. Wave 0 (both modes): the causal part per (64-token tile, head); MoA:
+  // the sink's key tiles, then the window's (one range when they meet).
   // Waves 1 + s (deterministic mode): the rows of selection slot s, per (block, KV head).
   std::vector<DqItem> dq_items;
   std::vector<std::pair<int, int>> waves;  // (first item, count)
@@ -344,13 +366,26 @@ void run_backward(const Problem& p, const Backward& w, const RunOptions& o) {
     for (int b = 0; b < p.batch; ++b) {
       const int begin = p.cu_seqlens[b], len = p.cu_seqlens[b + 1] - begin;
       for (int qt = 0; qt * 64 < len; ++qt) {
+        const int rows = std::min(64, len - qt * 64);
+        if (moa) {
+          for (int h = 0; h < hq; ++h) {
+            const int wh = win[std::size_t(h) * p.batch + b];
+            int first = std::max(0, qt * 64 - wh + 1) / 64;
+            int sink_tiles = ceil_div(p.moa_sink, 64);
+            if (sink_tiles >= first) first = sink_tiles = 0;
+            dq_items.push_back({begin + first * 64, qt - first + 1, 1, h / G, h, begin + qt * 64, rows,
+                                sink_tiles, begin, wh});
+          }
+          continue;
+        }
         const int first = moba ? (qt * 64 / B) * (B / 64) : 0;
         for (int h = 0; h < hq; ++h)
-          dq_items.push_back({begin + first * 64, qt - first + 1, 1, h / G, h, begin + qt * 64, std::min(64, len - qt * 64)});
+          dq_items.push_back({begin + first * 64, qt - first + 1, 1, h / G, h, begin + qt * 64, rows});
       }
     }
-    std::stable_sort(dq_items.begin(), dq_items.end(),
-                     [](const DqItem& a, const DqItem& b) { return a.n_key_tiles > b.n_key_tiles; });
+    std::stable_sort(dq_items.begin(), dq_items.end(), [](const DqItem& a, const DqItem& b) {
+      return a.n_key_tiles + a.sink_tiles > b.n_key_tiles + b.sink_tiles;
+    });
     waves.push_back({0, static_cast<int>(dq_items.size())});
     for (int s = 0; s < P && has_lists && det; ++s) {
       const int first = static_cast<int>(dq_items.size());
@@ -386,6 +421,11 @@ void run_backward(const Problem& p, const Backward& w, const RunOptions& o) {
     mem.add(std::size_t(total) * hq * D * 4);
     if (all_atomic) MOBA_CUDA_CHECK(cudaMemsetAsync(dq_acc, 0, std::size_t(total) * hq * D * 4, stream));
   }
+  const int* win_d = nullptr;
+  if (moa) {
+    win_d = ws.upload(win, "MoA windows");
+    mem.add(win.size() * sizeof(int));
+  }
   DqItem* dq_items_d = nullptr;
   if (!dq_items.empty()) {
     dq_items_d = ws.upload(dq_items, "dQ work items");
@@ -402,7 +442,7 @@ void run_backward(const Problem& p, const Backward& w, const RunOptions& o) {
   auto wave = [&](std::size_t i) {
     DqPassArgs da{op, w.lse, dt, list, dq_items_d + waves[i].first, dq_acc,
                   i == 0 ? (has_lists ? kDqStoreAcc : kDqStoreOut) : kDqAddAcc,
-                  total, hq, G, p.scale, scale_log2};
+                  total, hq, G, p.scale, scale_log2, moa ? p.moa_sink : 0, moa ? 1 : 0};
     dq_pass(bf16, D, da, waves[i].second, stream);
   };
 
@@ -411,7 +451,7 @@ void run_backward(const Problem& p, const Backward& w, const RunOptions& o) {
   mark("dq causal");
   // dK, dV; in the default mode also the listed rows' dQ (all rows' with MOBA_BWD_DQ=atomic).
   KeyPassArgs ka{op, w.lse, dt, list, items_d, det ? nullptr : dq_acc, all_atomic ? 0 : 1, partial,
-                 total, hq, G, p.scale, scale_log2, NG};
+                 total, hq, G, p.scale, scale_log2, NG, win_d, p.batch};
   key_pass(bf16, D, ka, static_cast<int>(items.size()), stream);
   if (!splits.empty()) {
     reduce_partials_kernel<T><<<static_cast<int>(splits.size()), 256, 0, stream>>>(
@@ -444,10 +484,6 @@ void cuda_backward(const Problem& p, const Backward& w, const RunOptions& o) {
   if (o.cuda.backward_key_tile != 0 && o.cuda.backward_key_tile != 64)
     invalid("CudaOptions::backward_key_tile", "0 (automatic) or 64",
             std::to_string(o.cuda.backward_key_tile));
-  if (p.mode == Mode::moa)
-    fail(ErrorKind::unsupported,
-         "cuda backend: the MoA backward is not implemented on the GPU; use Backend::cpu or "
-         "Backend::reference for MoA gradients");
   for (const Operand* x : {&w.q, &w.k, &w.v, &w.out, &w.dout, &w.dq, &w.dk, &w.dv})
     if (!bwd::aligned_operand(*x))
       fail(ErrorKind::unsupported,

@@ -9,6 +9,8 @@
 //     head of the group, in 64-token x 1-head tiles (token tile major, head minor). These are
 //     the rows that see the tile causally: the own MoBA block's rows from the tile on, or, in
 //     full mode, every later row. The first token tile (the diagonal) is masked causally.
+//     MoA: every later row for a tile that starts in the sink, else the rows up to the last
+//     key + the group's widest window; each of these tiles is masked by the window rule.
 //   listed rows: entries t * hq + h of the rows that selected the tile's MoBA block as a past
 //     block (all keys visible), 64 per tile.
 // A key tile with many row tiles is split over several items; each then writes its dK/dV
@@ -36,6 +38,10 @@ struct KeyItem {
   int rt_begin;  // row tiles [rt_begin, rt_end) of this item (implicit tiles first)
   int rt_end;
   int partial;  // -1: write dK/dV to the outputs; else the fp32 partial slot
+  // MoA only: the sequence (index into KeyPassArgs::moa_window) and the absolute token where
+  // its sink ends. A row t of head h sees key j iff j <= t and (j < sink_end or j > t - w_h).
+  int seq;
+  int sink_end;
 };
 
 struct DqItem {
@@ -46,6 +52,11 @@ struct DqItem {
   int head;         // implicit rows: the query head; -1 for listed rows
   int row_begin;    // implicit: first absolute token; listed: first entry of the list array
   int row_len;      // rows of this tile (1..64)
+  // MoA only: first the sink's key tiles [seq_begin, seq_begin + 64 * sink_tiles), then the
+  // n_key_tiles from key_start (disjoint); every tile masked by the window rule of moa_w.
+  int sink_tiles;
+  int seq_begin;
+  int moa_w;
 };
 
 struct Operands {
@@ -72,6 +83,9 @@ struct KeyPassArgs {
   int total, hq, group;
   float scale, scale_log2;
   int groups;  // NG: 64-key warp groups per CTA (1 or 2); tiles are 64 * NG keys
+  // MoA (nullptr otherwise): window of (head h, sequence b) at moa_window[h * batch + b]
+  const int* moa_window;
+  int batch;
 };
 
 // How the dQ pass stores its tile's result.
@@ -87,6 +101,8 @@ struct DqPassArgs {
   int store;      // DqStore
   int total, hq, group;
   float scale, scale_log2;
+  int moa_sink;   // MoA (DqItem::moa_w > 0): sink tokens at the start of each sequence
+  int moa;        // 1: MoA visibility (the items carry the windows)
 };
 
 // Launchers, one instantiation per (dtype, head_dim) and .cu file. kBf16 picks the dtype.

@@ -21,7 +21,8 @@ struct DqPassSmem {
   static constexpr int kBytes = kMeta + 4 * 64 * 4;
 };
 
-template <class T, int D>
+// kMoa: the item's sink tiles first, then its window tiles, each masked by MoA's rule.
+template <class T, int D, bool kMoa>
 __global__ void __launch_bounds__(128, 2) dq_pass_kernel(const DqPassArgs a) {
   using Ops = DTypeOps<T>;
   using L = DqPassSmem<D>;
@@ -57,13 +58,23 @@ __global__ void __launch_bounds__(128, 2) dq_pass_kernel(const DqPassArgs a) {
     }
   };
 
+  // Absolute token of the first key of key tile c.
+  auto tile_base = [&](int c) {
+    if constexpr (kMoa)
+      return c < it.sink_tiles ? it.seq_begin + c * 64 : it.key_start + (c - it.sink_tiles) * 64;
+    else
+      return it.key_start + c * 64;
+  };
+  const int n_tiles = kMoa ? it.sink_tiles + it.n_key_tiles : it.n_key_tiles;
+
   auto load_keys = [&](int c, int buf) {
     const std::uint32_t sK = sb + L::kK + buf * L::kTile, sV = sb + L::kV + buf * L::kTile;
+    const int base = tile_base(c);
 #pragma unroll
     for (int i = 0; i < 64 * kC / 128; ++i) {
       const int e = tid + i * 128;
       const int row = e / kC, chunk = e % kC;
-      const int key = it.key_start + c * 64 + row;
+      const int key = base + row;
       const bool ok = key < a.total;
       const std::int64_t tok = ok ? key : 0;
       cp_async16(sK + swz<kC>(row, chunk),
@@ -108,7 +119,7 @@ __global__ void __launch_bounds__(128, 2) dq_pass_kernel(const DqPassArgs a) {
 #pragma unroll
     for (int e = 0; e < 4; ++e) acc[n][e] = 0.f;
 
-  for (int c = 0; c < it.n_key_tiles; ++c) {
+  for (int c = 0; c < n_tiles; ++c) {
     const int buf = c & 1;
     cp_async_wait_all();
     __syncthreads();
@@ -120,13 +131,13 @@ __global__ void __launch_bounds__(128, 2) dq_pass_kernel(const DqPassArgs a) {
         tok_r[h] = tok_s[r0 + 8 * h];
       }
     }
-    if (c + 1 < it.n_key_tiles) {
+    if (c + 1 < n_tiles) {
       load_keys(c + 1, buf ^ 1);
       cp_async_commit();
     }
     const std::uint32_t sK = sb + L::kK + buf * L::kTile, sV = sb + L::kV + buf * L::kTile;
-    const bool diag = it.diag && c == it.n_key_tiles - 1;
-    const int kbase = it.key_start + c * 64;
+    const bool diag = it.diag && c == n_tiles - 1;
+    const int kbase = tile_base(c);
 
     float s[8][4], g[8][4];
 #pragma unroll
@@ -157,7 +168,12 @@ __global__ void __launch_bounds__(128, 2) dq_pass_kernel(const DqPassArgs a) {
         const int h = e >> 1;
         const int key = kbase + n * 8 + (lane & 3) * 2 + (e & 1);
         float p = cuda::fast_exp2(s[n][e] * a.scale_log2 - lse_r[h]);
-        if (diag && key > tok_r[h]) p = 0.f;
+        if constexpr (kMoa) {
+          const int tok = tok_r[h];
+          if (!(key <= tok && (key < it.seq_begin + a.moa_sink || key > tok - it.moa_w))) p = 0.f;
+        } else {
+          if (diag && key > tok_r[h]) p = 0.f;
+        }
         g[n][e] = p * (g[n][e] - dt_r[h]);
       }
     // dQ += dS K.
@@ -176,7 +192,7 @@ __global__ void __launch_bounds__(128, 2) dq_pass_kernel(const DqPassArgs a) {
     }
   }
 
-  if (it.n_key_tiles == 0) {
+  if (n_tiles == 0) {
     cp_async_wait_all();
     return;
   }
@@ -206,13 +222,20 @@ __global__ void __launch_bounds__(128, 2) dq_pass_kernel(const DqPassArgs a) {
   }
 }
 
+template <class T, int D, bool kMoa>
+void launch_dq_pass_as(const DqPassArgs& a, int n_items, cudaStream_t stream) {
+  constexpr int kSmem = DqPassSmem<D>::kBytes;
+  MOBA_CUDA_CHECK(cudaFuncSetAttribute(dq_pass_kernel<T, D, kMoa>,
+                                       cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem));
+  dq_pass_kernel<T, D, kMoa><<<n_items, 128, kSmem, stream>>>(a);
+}
+
 template <class T, int D>
 void launch_dq_pass_impl(const DqPassArgs& a, int n_items, void* stream) {
   if (n_items <= 0) return;
-  constexpr int kSmem = DqPassSmem<D>::kBytes;
-  MOBA_CUDA_CHECK(cudaFuncSetAttribute(dq_pass_kernel<T, D>,
-                                       cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem));
-  dq_pass_kernel<T, D><<<n_items, 128, kSmem, static_cast<cudaStream_t>(stream)>>>(a);
+  const auto s = static_cast<cudaStream_t>(stream);
+  if (a.moa) launch_dq_pass_as<T, D, true>(a, n_items, s);
+  else launch_dq_pass_as<T, D, false>(a, n_items, s);
 }
 
 }  // namespace moba::detail::bwd

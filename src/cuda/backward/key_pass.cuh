@@ -19,17 +19,21 @@
 
 namespace moba::detail::bwd {
 
-// Shared memory: K, V (64 NG rows each), Q[2], dO[2] (64 rows), dS^T (64 NG x 64), metadata.
+// Shared memory: K, V (64 NG rows each), Q[2], dO[2] (64 rows), dS^T (64 NG x 64), metadata
+// (lse, D, token, head per row and buffer; MoA: also t - w per row and buffer).
 template <int D>
 struct KeyPassSmem {
   static constexpr int kTile = 64 * D * 2;  // bytes of one 64 x D tile
   int ng, k, v, q, dout, ds, meta, bytes;
-  __host__ __device__ explicit KeyPassSmem(int groups)
+  __host__ __device__ KeyPassSmem(int groups, bool moa)
       : ng(groups), k(0), v(groups * kTile), q(2 * groups * kTile), dout(q + 2 * kTile),
-        ds(dout + 2 * kTile), meta(ds + groups * 64 * 64 * 2), bytes(meta + 4 * 2 * 64 * 4) {}
+        ds(dout + 2 * kTile), meta(ds + groups * 64 * 64 * 2),
+        bytes(meta + (moa ? 5 : 4) * 2 * 64 * 4) {}
 };
 
-template <class T, int D>
+// kMoa: the implicit rows are masked by MoA's window + sink rule (KeyItem::sink_end, the row's
+// window) instead of the causal diagonal alone.
+template <class T, int D, bool kMoa>
 __global__ void __launch_bounds__(256, 1) key_pass_kernel(const KeyPassArgs a) {
   using Ops = DTypeOps<T>;
   constexpr int kC = D / 8;  // 16-byte chunks per row
@@ -37,7 +41,7 @@ __global__ void __launch_bounds__(256, 1) key_pass_kernel(const KeyPassArgs a) {
 
   const KeyItem it = a.items[blockIdx.x];
   const int NG = a.groups, nthr = 128 * NG;
-  const KeyPassSmem<D> L(NG);
+  const KeyPassSmem<D> L(NG, kMoa);
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   const int G = a.group, hq = a.hq;
   const std::uint32_t sb = smem_addr(smem);
@@ -46,6 +50,7 @@ __global__ void __launch_bounds__(256, 1) key_pass_kernel(const KeyPassArgs a) {
   float* dt_s = lse_s + 128;
   int* tok_s = reinterpret_cast<int*>(dt_s + 128);
   int* head_s = tok_s + 128;
+  int* lo_s = head_s + 128;  // MoA: t - w of the row (keys above it are in the window)
 
   const T* qp = static_cast<const T*>(a.op.q);
   const T* kp = static_cast<const T*>(a.op.k);
@@ -97,6 +102,8 @@ __global__ void __launch_bounds__(256, 1) key_pass_kernel(const KeyPassArgs a) {
       const std::int64_t li = std::int64_t(head) * a.total + tok;
       lse_s[buf * 64 + tid] = tok >= 0 ? a.lse[li] * kLog2e : INFINITY;
       dt_s[buf * 64 + tid] = tok >= 0 ? a.dt[li] : 0.f;
+      if constexpr (kMoa)
+        lo_s[buf * 64 + tid] = tok >= 0 ? tok - a.moa_window[head * a.batch + it.seq] : 0;
     }
   };
 
@@ -168,7 +175,13 @@ __global__ void __launch_bounds__(256, 1) key_pass_kernel(const KeyPassArgs a) {
       for (int e = 0; e < 4; ++e) {
         const int col = n * 8 + (lane & 3) * 2 + (e & 1);
         float p = cuda::fast_exp2(s[n][e] * a.scale_log2 - lse_b[col]);
-        if (diag && tok_b[col] < kabs0 + (e >> 1) * 8) p = 0.f;
+        if constexpr (kMoa) {
+          const int key = kabs0 + (e >> 1) * 8, tok = tok_b[col];
+          if (rt < n_impl && !(tok >= key && (key < it.sink_end || key > lo_s[buf * 64 + col])))
+            p = 0.f;
+        } else {
+          if (diag && tok_b[col] < kabs0 + (e >> 1) * 8) p = 0.f;
+        }
         s[n][e] = p;
       }
 
@@ -304,13 +317,20 @@ __global__ void __launch_bounds__(256, 1) key_pass_kernel(const KeyPassArgs a) {
   }
 }
 
+template <class T, int D, bool kMoa>
+void launch_key_pass_as(const KeyPassArgs& a, int n_items, cudaStream_t stream) {
+  const int smem = KeyPassSmem<D>(a.groups, kMoa).bytes;
+  MOBA_CUDA_CHECK(cudaFuncSetAttribute(key_pass_kernel<T, D, kMoa>,
+                                       cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+  key_pass_kernel<T, D, kMoa><<<n_items, 128 * a.groups, smem, stream>>>(a);
+}
+
 template <class T, int D>
 void launch_key_pass_impl(const KeyPassArgs& a, int n_items, void* stream) {
   if (n_items <= 0) return;
-  const int smem = KeyPassSmem<D>(a.groups).bytes;
-  MOBA_CUDA_CHECK(cudaFuncSetAttribute(key_pass_kernel<T, D>,
-                                       cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-  key_pass_kernel<T, D><<<n_items, 128 * a.groups, smem, static_cast<cudaStream_t>(stream)>>>(a);
+  const auto s = static_cast<cudaStream_t>(stream);
+  if (a.moa_window) launch_key_pass_as<T, D, true>(a, n_items, s);
+  else launch_key_pass_as<T, D, false>(a, n_items, s);
 }
 
 }  // namespace moba::detail::bwd

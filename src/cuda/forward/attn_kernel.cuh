@@ -63,7 +63,10 @@ __global__ void __launch_bounds__(128) attn_fwd_kernel(const AttnParams p) {
   int r0b = 0, r0e = 0, r1b = 0, r1e = 0;  // two key ranges (positions within the sequence)
   int moa_w = 0;
   if (!gather) {
-    const int tile = p.num_tiles - 1 - int(blockIdx.x);  // longest tiles first
+    // Longest tiles first. The grid may be a bound (tables planned on the device): the CTAs
+    // past the real number of tiles, tile_off[batch], leave at once.
+    const int tile = p.tile_off[p.batch] - 1 - int(blockIdx.x);
+    if (tile < 0) return;
     h = blockIdx.y;
     seq = last_le(p.tile_off, 0, p.batch, tile);
     const int len = p.cu[seq + 1] - p.cu[seq];

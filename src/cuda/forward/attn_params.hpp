@@ -32,10 +32,10 @@ struct AttnParams {
   // sequences
   int batch;
   const int* cu;        // [batch + 1]
-  const int* tile_off;  // [batch + 1] prefix of ceil(len / 64)
-  int num_tiles;
+  const int* tile_off;  // [batch + 1] prefix of ceil(len / 64); tile_off[batch] = tiles
   const int* blk_off;   // [batch + 1] prefix of full blocks len / block_size
-  int num_blocks;       // blk_off[batch]
+  int num_blocks;       // blk_off[batch], or a bound of it (device planning): the buckets of
+                        // a wave are numbered with this value (empty ones get no tiles)
   // MoA
   const int* moa_window;  // [hq * batch]
   int moa_sink;
@@ -51,7 +51,7 @@ struct AttnParams {
 template <class T, int D>
 void launch_attention(const AttnParams& p, int grid_x, int grid_y, void* stream);
 
-// sm_90a wgmma path (hopper_kernel.cuh): 128-row tiles, so tile_off / num_tiles / btile_off
+// sm_90a wgmma path (hopper_kernel.cuh): 128-row tiles, so tile_off / btile_off
 // must be the 128-row tables. Defined in hopper_attn_<dtype>_d<D>.cu.
 template <class T, int D>
 void launch_attention_hopper(const AttnParams& p, int grid_x, int grid_y, void* stream);

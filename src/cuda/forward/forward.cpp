@@ -19,6 +19,7 @@
 #include "core/validate.hpp"
 #include "cuda/common/workspace.hpp"
 #include "cuda/forward/attn_params.hpp"
+#include "cuda/forward/seq_tables.hpp"
 #include "cuda/forward/waves.hpp"
 #include "cuda/gate/gate_params.hpp"
 
@@ -66,22 +67,35 @@ void check_aligned(const char* name, const Operand& x) {
             "strides " + std::to_string(x.token_stride) + ", " + std::to_string(x.head_stride));
 }
 
-// Per-sequence tables, uploaded once per call.
+// Per-sequence tables (seq_tables.hpp has the layout): built on the host and uploaded when
+// cu_seqlens is on the host; built on the device when it is on the GPU (no host sync: the
+// counts below are then bounds from total and batch, and the kernels read the exact totals
+// from the tables).
 struct Plan {
-  std::vector<int> host;  // cu | tile_off | blk_off | tile128_off | moa_window
+  bool exact = true;  // counts are exact (host cu_seqlens) or bounds (device planning)
   int num_tiles = 0, num_blocks = 0, num_tiles128 = 0;
   const int* cu = nullptr;
   const int* tile_off = nullptr;
   const int* blk_off = nullptr;
   const int* tile128_off = nullptr;  // 128-row tiles (sm_90a path)
   const int* moa_window = nullptr;
+  const int* invalid = nullptr;  // device planning: 1 when cu_seqlens was not valid
 };
 
-Plan make_plan(const Problem& p, Workspace& ws) {
+void point_into(Plan& pl, const Problem& p, const int* dev) {
+  const int nb1 = p.batch + 1;
+  pl.cu = dev;
+  pl.tile_off = dev + nb1;
+  pl.blk_off = dev + 2 * nb1;
+  pl.tile128_off = dev + 3 * nb1;
+  pl.moa_window = p.mode == Mode::moa ? dev + 4 * nb1 : nullptr;
+}
+
+Plan plan_on_host(const Problem& p, Workspace& ws) {
   Plan pl;
   const int nb1 = p.batch + 1;
-  pl.host.assign(std::size_t(4) * nb1 + (p.mode == Mode::moa ? std::size_t(p.hq) * p.batch : 0), 0);
-  int* cu = pl.host.data();
+  std::vector<int> host(std::size_t(4) * nb1 + (p.mode == Mode::moa ? std::size_t(p.hq) * p.batch : 0), 0);
+  int* cu = host.data();
   int* toff = cu + nb1;
   int* boff = toff + nb1;
   int* t128 = boff + nb1;
@@ -101,13 +115,71 @@ Plan make_plan(const Problem& p, Workspace& ws) {
   pl.num_tiles = toff[p.batch];
   pl.num_blocks = boff[p.batch];
   pl.num_tiles128 = t128[p.batch];
-  int* dev = ws.upload(pl.host, "sequence tables");
-  pl.cu = dev;
-  pl.tile_off = dev + nb1;
-  pl.blk_off = dev + 2 * nb1;
-  pl.tile128_off = dev + 3 * nb1;
-  pl.moa_window = p.mode == Mode::moa ? dev + 4 * nb1 : nullptr;
+  point_into(pl, p, ws.upload(host, "sequence tables"));
   return pl;
+}
+
+Plan plan_on_device(const Problem& p, Workspace& ws) {
+  Plan pl;
+  pl.exact = false;
+  const int moa_heads = p.mode == Mode::moa ? p.hq : 0;
+  SeqTableArgs a{};
+  a.cu_in = p.cu_seqlens_dev;
+  a.batch = p.batch;
+  a.total = p.total;
+  a.block_size = p.mode == Mode::moba ? p.block_size : 0;
+  a.hq = moa_heads;
+  a.moa_sink = p.moa_sink;
+  if (moa_heads > kPlanMaxMoaHeads) {  // too many for the kernel parameters: one small upload
+    std::vector<float> ab(p.moa_alpha);
+    ab.insert(ab.end(), p.moa_beta.begin(), p.moa_beta.end());
+    a.moa_ab_dev = ws.upload(ab, "MoA window parameters");
+  } else {
+    for (int h = 0; h < moa_heads; ++h) {
+      a.moa_alpha[h] = p.moa_alpha[h];
+      a.moa_beta[h] = p.moa_beta[h];
+    }
+  }
+  int* dev = ws.alloc<int>(seq_tables_size(p.batch, moa_heads), "sequence tables");
+  build_seq_tables(a, dev, ws.stream());
+  point_into(pl, p, dev);
+  pl.invalid = dev + seq_tables_size(p.batch, moa_heads) - 1;
+  // Bounds: a sequence of len tokens has ceil(len / 64) <= len / 64 + 63 / 64 tiles, and at most
+  // min(batch, total) sequences are non-empty.
+  const std::int64_t nonempty = std::min<std::int64_t>(p.batch, p.total);
+  pl.num_tiles = int((std::int64_t(p.total) + 63 * nonempty) / 64);
+  pl.num_tiles128 = int((std::int64_t(p.total) + 127 * nonempty) / 128);
+  pl.num_blocks = p.mode == Mode::moba ? p.total / p.block_size : 0;
+  return pl;
+}
+
+Plan make_plan(const Problem& p, Workspace& ws) {
+  return p.cu_seqlens.empty() ? plan_on_device(p, ws) : plan_on_host(p, ws);
+}
+
+// Most past blocks any row has (a bound without the host lengths).
+int max_past_blocks(const Problem& p) {
+  if (p.cu_seqlens.empty()) return p.total > 0 ? (p.total - 1) / p.block_size : 0;
+  int max_own = 0;
+  for (int b = 0; b < p.batch; ++b) {
+    const int len = p.cu_seqlens[b + 1] - p.cu_seqlens[b];
+    if (len > 0) max_own = std::max(max_own, (len - 1) / p.block_size);
+  }
+  return max_own;
+}
+
+// Rows whose selection slot s is valid (positions t >= (s + 1) * block_size), over all heads;
+// a bound without the host lengths (sum of max(0, len - c) <= max(0, total - c)).
+long long rows_with_slot(const Problem& p, int s) {
+  const long long first = (long long)(s + 1) * p.block_size;
+  long long rows = 0;
+  if (p.cu_seqlens.empty()) {
+    rows = std::max(0LL, (long long)p.total - first);
+  } else {
+    for (int b = 0; b < p.batch; ++b)
+      rows += std::max(0LL, (long long)(p.cu_seqlens[b + 1] - p.cu_seqlens[b]) - first);
+  }
+  return rows * p.hq;
 }
 
 template <class F>
@@ -159,17 +231,15 @@ bool use_hopper(const Problem& p, const CudaOptions& o) {
 void run_gate(const Problem& p, const Plan& pl, const Operand& q, const Operand& k,
               std::int32_t* selection, Workspace& ws) {
   if (p.past_k() == 0 || p.total == 0) return;
-  int max_own = 0;  // most past blocks any row has
-  for (int b = 0; b < p.batch; ++b) {
-    const int len = p.cu_seqlens[b + 1] - p.cu_seqlens[b];
-    if (len > 0) max_own = std::max(max_own, (len - 1) / p.block_size);
-  }
+  const int max_own = max_past_blocks(p);
   const bool scoring = max_own > p.past_k();
   if (scoring && p.past_k() > kGateMaxPastK)
     fail(ErrorKind::unsupported, "cuda backend: topk - 1 = " + std::to_string(p.past_k()) +
                                      " exceeds the gate's limit of " +
                                      std::to_string(kGateMaxPastK) + " (a sequence has " +
-                                     std::to_string(max_own) + " past blocks to choose from)");
+                                     std::to_string(max_own) + " past blocks to choose from" +
+                                     (p.cu_seqlens.empty() ? ", a bound from total tokens: "
+                                                             "cu_seqlens is on the GPU)" : ")"));
   GateParams g{};
   g.q = q.data;
   g.k = k.data;
@@ -200,31 +270,8 @@ void run_gate(const Problem& p, const Plan& pl, const Operand& q, const Operand&
   });
 }
 
-}  // namespace
-
-void cuda_gate(const Problem& p, const Operand& q, const Operand& k, std::int32_t* selection,
-               const RunOptions& o) {
-  check_supported(p, "moba_gate");
-  check_aligned("q", q);
-  check_aligned("k", k);
-  if (p.total == 0 || p.past_k() == 0) return;
-  DeviceGuard guard(p.device.index);
-  Workspace ws(stream_of(o));
-  const Plan pl = make_plan(p, ws);
-  run_gate(p, pl, q, k, selection, ws);
-}
-
-void cuda_forward(const Problem& p, const Forward& f, const RunOptions& o) {
-  check_supported(p, "attention_forward");
-  check_aligned("q", f.q);
-  check_aligned("k", f.k);
-  check_aligned("v", f.v);
-  check_aligned("out", f.out);
-  if (p.total == 0) return;
-  DeviceGuard guard(p.device.index);
-  Workspace ws(stream_of(o));
-  const Plan pl = make_plan(p, ws);
-
+void run_attention(const Problem& p, const Forward& f, const RunOptions& o, const Plan& pl,
+                   Workspace& ws) {
   AttnParams a{};
   a.q = f.q.data;
   a.k = f.k.data;
@@ -248,7 +295,6 @@ void cuda_forward(const Problem& p, const Forward& f, const RunOptions& o) {
   a.batch = p.batch;
   a.cu = pl.cu;
   a.tile_off = pl.tile_off;
-  a.num_tiles = pl.num_tiles;
   a.blk_off = pl.blk_off;
   a.num_blocks = pl.num_blocks;
   a.moa_window = pl.moa_window;
@@ -256,10 +302,7 @@ void cuda_forward(const Problem& p, const Forward& f, const RunOptions& o) {
 
   const bool hop = use_hopper(p, o.cuda);
   const int tile_rows = hop ? 128 : 64;
-  if (hop) {
-    a.tile_off = pl.tile128_off;
-    a.num_tiles = pl.num_tiles128;
-  }
+  if (hop) a.tile_off = pl.tile128_off;
   const int dense_tiles = hop ? pl.num_tiles128 : pl.num_tiles;
   auto launch = [&](int gx, int gy) {
     dispatch(p, [&](auto* t, auto d) {
@@ -298,14 +341,8 @@ void cuda_forward(const Problem& p, const Forward& f, const RunOptions& o) {
   a.bucket_off = w.bucket_off;
   a.btile_off = w.btile_off;
   for (int s = 0; s < p.past_k(); ++s) {
-    // rows with a valid slot s: positions t >= (s + 1) * block_size
-    long long rows_s = 0;
-    for (int b = 0; b < p.batch; ++b) {
-      const long long len = p.cu_seqlens[b + 1] - p.cu_seqlens[b];
-      rows_s += std::max(0LL, len - (long long)(s + 1) * p.block_size);
-    }
+    const long long rows_s = rows_with_slot(p, s);
     if (rows_s == 0) break;
-    rows_s *= p.hq;
     const long long buckets = (long long)p.hq * pl.num_blocks;
     const long long bound = rows_s / tile_rows + std::min(buckets, rows_s) + 1;
     a.wave = s;
@@ -313,6 +350,36 @@ void cuda_forward(const Problem& p, const Forward& f, const RunOptions& o) {
     a.bucket_end = int((long long)(s + 1) * buckets);
     launch(int(std::min<long long>(bound, 0x7fffffffLL)), 1);
   }
+}
+
+}  // namespace
+
+void cuda_forward(const Problem& p, const Forward& f, const RunOptions& o) {
+  check_supported(p, "attention_forward");
+  check_aligned("q", f.q);
+  check_aligned("k", f.k);
+  check_aligned("v", f.v);
+  check_aligned("out", f.out);
+  if (p.total == 0) return;
+  DeviceGuard guard(p.device.index);
+  Workspace ws(stream_of(o));
+  const Plan pl = make_plan(p, ws);
+  run_attention(p, f, o, pl, ws);
+  if (pl.invalid)  // device-planned: a cu_seqlens that failed the device check gives NaN
+    poison_if_invalid(pl.invalid, f.out.data, f.out.token_stride, f.out.head_stride, f.lse,
+                      p.total, p.hq, p.head_dim, ws.stream());
+}
+
+void cuda_gate(const Problem& p, const Operand& q, const Operand& k, std::int32_t* selection,
+               const RunOptions& o) {
+  check_supported(p, "moba_gate");
+  check_aligned("q", q);
+  check_aligned("k", k);
+  if (p.total == 0 || p.past_k() == 0) return;
+  DeviceGuard guard(p.device.index);
+  Workspace ws(stream_of(o));
+  const Plan pl = make_plan(p, ws);
+  run_gate(p, pl, q, k, selection, ws);
 }
 
 }  // namespace moba::detail

@@ -11,7 +11,7 @@
 // columns (b16) is stored as D/64 column blocks of R rows x 128 bytes; the 16-byte piece c of
 // row r sits at piece position c ^ (r & 7). Q and K are K-major operands (S = Q K^T); V is the
 // MN-major B operand of O += P V (P from registers, the S accumulator re-packed to b16).
-// Dense tiles are ceil(len / 128) per sequence (tile_off / num_tiles are the 128-row tables);
+// Dense tiles are ceil(len / 128) per sequence (tile_off is the 128-row table);
 // gathered waves use 128-row bucket tiles (btile_off built with 128).
 #pragma once
 
@@ -123,7 +123,8 @@ __global__ void __launch_bounds__(256, 1) attn_fwd_hopper_kernel(const AttnParam
   int r0b = 0, r0e = 0, r1b = 0, r1e = 0;
   int moa_w = 0;
   if (!gather) {
-    const int tile = p.num_tiles - 1 - int(blockIdx.x);
+    const int tile = p.tile_off[p.batch] - 1 - int(blockIdx.x);  // as attn_kernel.cuh
+    if (tile < 0) return;
     h = blockIdx.y;
     seq = last_le_h(p.tile_off, 0, p.batch, tile);
     const int len = p.cu[seq + 1] - p.cu[seq];

@@ -31,7 +31,11 @@ __device__ __forceinline__ long long bucket_of(const SelArgs& a, long long i, in
   const int rem = int(i - (long long)tok * per_tok);
   const int h = rem / a.past_k, s = rem - h * a.past_k;
   const int seq = last_le_w(a.cu, 0, a.batch, tok);
-  return ((long long)s * a.hq + h) * a.num_blocks + a.blk_off[seq] + j;
+  const int gb = a.blk_off[seq] + j;
+  // Never true for a selection the gate wrote; keeps the lists in bounds when it wrote nothing
+  // (a cu_seqlens found invalid on the device plans no tiles, the output is poisoned after).
+  if (gb >= a.num_blocks) return -1;
+  return ((long long)s * a.hq + h) * a.num_blocks + gb;
 }
 
 __global__ void count_kernel(SelArgs a, int* cnt, long long n) {

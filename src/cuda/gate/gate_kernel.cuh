@@ -46,6 +46,7 @@ __global__ void __launch_bounds__(256) block_sums_kernel(const GateParams p, dou
   constexpr int R = 256 / V;  // row groups
   __shared__ double red[R][D];
   const int gb = blockIdx.x, hk = blockIdx.y;
+  if (gb >= p.blk_off[p.batch]) return;  // the grid may be a bound (device planning)
   const int seq = gate_detail::last_le(p.blk_off, 0, p.batch, gb);
   const int j = gb - p.blk_off[seq];
   const int r_begin = blockIdx.z * kSumRows, r_end = min(p.block_size, r_begin + kSumRows);
@@ -113,7 +114,8 @@ __global__ void __launch_bounds__(128) gate_topk_kernel(const GateParams p) {
 
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   const int g = lane >> 2, c4 = lane & 3;
-  const int tile = p.num_tiles - 1 - int(blockIdx.x);
+  const int tile = p.tile_off[p.batch] - 1 - int(blockIdx.x);  // the grid may be a bound
+  if (tile < 0) return;
   const int h = blockIdx.y, hk = h / p.group;
   const int seq = gate_detail::last_le(p.tile_off, 0, p.batch, tile);
   const int len = p.cu[seq + 1] - p.cu[seq];
@@ -266,7 +268,7 @@ __global__ void __launch_bounds__(128) gate_topk_kernel(const GateParams p) {
 template <class T, int D>
 void launch_gate(const GateParams& p, void* sums_ws, void* stream_v) {
   const cudaStream_t stream = static_cast<cudaStream_t>(stream_v);
-  if (p.past_k <= 0 || p.num_tiles <= 0) return;
+  if (p.past_k <= 0 || p.num_tiles <= 0) return;  // num_tiles: the grid (exact or a bound)
   if (p.num_blocks > 0) {
     const long long n = (long long)p.num_blocks * p.hkv * D;
     double* sums = static_cast<double*>(sums_ws);

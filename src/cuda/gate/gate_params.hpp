@@ -14,10 +14,10 @@ struct GateParams {
   std::int32_t* sel;      // [total, hq, past_k]
   int hq, hkv, group, block_size, past_k, batch;
   const int* cu;          // [batch + 1]
-  const int* tile_off;    // [batch + 1] prefix of ceil(len / 64)
-  int num_tiles;
-  const int* blk_off;     // [batch + 1] prefix of full blocks
-  int num_blocks;
+  const int* tile_off;    // [batch + 1] prefix of ceil(len / 64); tile_off[batch] = tiles
+  int num_tiles;          // CTAs of the top-k grid: tile_off[batch], or a bound of it
+  const int* blk_off;     // [batch + 1] prefix of full blocks; blk_off[batch] = blocks
+  int num_blocks;         // blocks of the means: blk_off[batch], or a bound of it
   int list_k;             // top-k list length held in shared memory: past_k, or 0 when no row
                           // has more than past_k past blocks (every tile then selects all)
 };
