@@ -8,7 +8,12 @@
 //   moba_cuda_bench --quick    8K and 32K only
 //   moba_cuda_bench --profile  32K, 8 heads: one call each of dense causal and MoBA B=4096
 //                              top-12, untimed (for ncu / compute-sanitizer)
+//   moba_cuda_bench --kernel K forward kernel: auto (default), sm90_wgmma, sm80_mma_sync,
+//                              sm90_warp_specialized (CudaOptions::forward_kernel)
+//   moba_cuda_bench --flashmoba FlashMoBA's setting instead (fp16, 16 heads, batch 2 x N, block
+//                              128, top-8) at 128K and 512K: config (d) of issue 11
 #include <cuda_bf16.h>
+#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -31,7 +36,8 @@ namespace {
     }                                                                              \
   } while (0)
 
-__global__ void fill_normal(__nv_bfloat16* x, long long n, unsigned seed) {
+template <class T>
+__global__ void fill_normal(T* x, long long n, unsigned seed) {
   for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n;
        i += (long long)gridDim.x * blockDim.x) {
     unsigned long long z = (unsigned long long)i * 0x9E3779B97F4A7C15ull + seed * 0xBF58476D1CE4E5B9ull;
@@ -39,7 +45,7 @@ __global__ void fill_normal(__nv_bfloat16* x, long long n, unsigned seed) {
     z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
     z ^= z >> 31;
     const float u1 = ((z & 0xffffffu) + 1) / 16777217.f, u2 = ((z >> 24) & 0xffffffu) / 16777216.f;
-    x[i] = __float2bfloat16(sqrtf(-2.f * logf(u1)) * cospif(2.f * u2));
+    x[i] = T(sqrtf(-2.f * logf(u1)) * cospif(2.f * u2));
   }
 }
 
@@ -70,19 +76,89 @@ double pairs(const moba::AttentionParams& p, long long n) {
   return s;
 }
 
+// Config (d) of issue 11, FlashMoBA's setting: fp16, 16 heads, batch 2 x N, D = 128, block
+// 128, top-8, routing included (the forward runs the gate). One input set (4 GiB per operand
+// at 512K: far beyond L2).
+void run_flashmoba(const moba::RunOptions& run, cudaEvent_t e0, cudaEvent_t e1) {
+  const int H = 16, D = 128, B = 2;
+  const moba::AttentionParams params = moba::AttentionParams::moba_blocks(128, 8);
+  std::printf("| N (x2 seqs) | H | config | fwd ms (gate incl.) | gate ms | TFLOP/s (selected work) |\n");
+  std::printf("|---|---|---|---|---|---|\n");
+  for (long long N : {131072LL, 524288LL}) {
+    const long long T = B * N;
+    const std::size_t bytes = std::size_t(T) * H * D * 2;
+    void *q, *k, *v, *out, *lse, *sel;
+    CK(cudaMalloc(&q, bytes));
+    CK(cudaMalloc(&k, bytes));
+    CK(cudaMalloc(&v, bytes));
+    CK(cudaMalloc(&out, bytes));
+    CK(cudaMalloc(&lse, std::size_t(T) * H * 4));
+    CK(cudaMalloc(&sel, std::size_t(T) * H * 7 * 4));
+    fill_normal<<<1024, 256>>>((__half*)q, T * H * D, 11);
+    fill_normal<<<1024, 256>>>((__half*)k, T * H * D, 12);
+    fill_normal<<<1024, 256>>>((__half*)v, T * H * D, 13);
+    CK(cudaGetLastError());
+    std::vector<int> cu{0, int(N), int(T)};
+    const moba::TensorView cuv =
+        moba::TensorView::contiguous(cu.data(), moba::DType::i32, moba::Device::cpu(), {3});
+    auto view = [&](void* p) {
+      return moba::TensorView::contiguous(p, moba::DType::f16, moba::Device::cuda(0), {T, H, D});
+    };
+    const moba::TensorView lv = moba::TensorView::contiguous(lse, moba::DType::f32, moba::Device::cuda(0), {H, T});
+    const moba::TensorView sv = moba::TensorView::contiguous(sel, moba::DType::i32, moba::Device::cuda(0), {T, H, 7});
+    auto fwd = [&]() { moba::attention_forward(view(q), view(k), view(v), cuv, params, view(out), lv, sv, run); };
+    auto gate = [&]() { moba::moba_gate(view(q), view(k), cuv, params, sv, run); };
+    auto time = [&](auto&& f) {
+      f();
+      CK(cudaDeviceSynchronize());
+      std::vector<float> ts;
+      for (int i = 0; i < 5; ++i) {
+        CK(cudaEventRecord(e0));
+        f();
+        CK(cudaEventRecord(e1));
+        CK(cudaEventSynchronize(e1));
+        float ms;
+        CK(cudaEventElapsedTime(&ms, e0, e1));
+        ts.push_back(ms);
+      }
+      return median(ts);
+    };
+    const double ms = time(fwd), gms = time(gate);
+    const double flops = B * pairs(params, N) * 4.0 * D * H;
+    std::printf("| %lldK | %d | moba B=128 top8 fp16 batch 2 | %.3f | %.3f | %.0f |\n", N / 1024, H,
+                ms, gms, flops / ms * 1e-9);
+    std::fflush(stdout);
+    for (void* p : {q, k, v, out, lse, sel}) CK(cudaFree(p));
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   bool quick = false, lng = false, profile = false;
+  moba::RunOptions run;
+  const char* kernel = "auto";
   for (int i = 1; i < argc; ++i) {
     if (!std::strcmp(argv[i], "--quick")) quick = true;
     if (!std::strcmp(argv[i], "--long")) lng = true;
     if (!std::strcmp(argv[i], "--profile")) profile = true;
+    if (!std::strcmp(argv[i], "--kernel") && i + 1 < argc) kernel = argv[++i];
+  }
+  bool flashmoba = false;
+  for (int i = 1; i < argc; ++i)
+    if (!std::strcmp(argv[i], "--flashmoba")) flashmoba = true;
+  using FK = moba::CudaOptions::ForwardKernel;
+  if (!std::strcmp(kernel, "sm90_wgmma")) run.cuda.forward_kernel = FK::sm90_wgmma;
+  else if (!std::strcmp(kernel, "sm80_mma_sync")) run.cuda.forward_kernel = FK::sm80_mma_sync;
+  else if (!std::strcmp(kernel, "sm90_warp_specialized")) run.cuda.forward_kernel = FK::sm90_warp_specialized;
+  else if (std::strcmp(kernel, "auto")) {
+    std::fprintf(stderr, "--kernel: one of auto, sm90_wgmma, sm80_mma_sync, sm90_warp_specialized\n");
+    return 2;
   }
   cudaDeviceProp prop{};
   CK(cudaGetDeviceProperties(&prop, 0));
-  std::printf("# device: %s, %d SMs, L2 %d MB\n# %s\n", prop.name, prop.multiProcessorCount,
-              prop.l2CacheSize >> 20, moba::build_info().c_str());
+  std::printf("# device: %s, %d SMs, L2 %d MB\n# %s\n# forward kernel: %s\n", prop.name,
+              prop.multiProcessorCount, prop.l2CacheSize >> 20, moba::build_info().c_str(), kernel);
   const int D = 128;
   struct Size { long long n; int h; bool dense; };
   std::vector<Size> sizes = {{8192, 8, true}, {32768, 8, true}};
@@ -93,11 +169,15 @@ int main(int argc, char** argv) {
     sizes.push_back({1048576, 1, false});
   }
 
-  std::printf("| N | H | config | fwd ms (gate incl.) | gate ms | TFLOP/s (selected work) | dense/this |\n");
-  std::printf("|---|---|---|---|---|---|---|\n");
   cudaEvent_t e0, e1;
   CK(cudaEventCreate(&e0));
   CK(cudaEventCreate(&e1));
+  if (flashmoba) {
+    run_flashmoba(run, e0, e1);
+    return 0;
+  }
+  std::printf("| N | H | config | fwd ms (gate incl.) | gate ms | TFLOP/s (selected work) | dense/this |\n");
+  std::printf("|---|---|---|---|---|---|---|\n");
   for (const Size& sz : sizes) {
     const long long N = sz.n;
     const int H = sz.h;
@@ -148,11 +228,11 @@ int main(int argc, char** argv) {
       if (!is_dense) sv = moba::TensorView::contiguous(sel, moba::DType::i32, moba::Device::cuda(0), {N, H, past});
       auto fwd = [&](int i) {
         const Set& s = sets[i % nsets];
-        moba::attention_forward(view(s.q), view(s.k), view(s.v), cuv, c.params, ov, lv, sv);
+        moba::attention_forward(view(s.q), view(s.k), view(s.v), cuv, c.params, ov, lv, sv, run);
       };
       auto gate = [&](int i) {
         const Set& s = sets[i % nsets];
-        moba::moba_gate(view(s.q), view(s.k), cuv, c.params, sv);
+        moba::moba_gate(view(s.q), view(s.k), cuv, c.params, sv, run);
       };
       if (profile) {
         if (std::strcmp(c.name, "dense causal") && std::strcmp(c.name, "moba B=4096 top12")) continue;

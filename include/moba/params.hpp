@@ -55,7 +55,10 @@ struct CudaOptions {
   // device when the build holds sm_90a code (except MoBA at head_dim 64, faster on mma.sync),
   // else the sm_80 mma.sync kernel. Asking for `sm90_wgmma` where it cannot run throws
   // moba::Error(unsupported); `sm80_mma_sync` runs on every supported device.
-  enum class ForwardKernel { automatic, sm90_wgmma, sm80_mma_sync };
+  // `sm90_warp_specialized`: the sm_90a kernel with a TMA producer warpgroup, mbarrier
+  // pipeline and two ping-ponged consumer warpgroups (same conditions as sm90_wgmma, plus a
+  // driver that encodes TMA tensor maps); not chosen by `automatic` until measured.
+  enum class ForwardKernel { automatic, sm90_wgmma, sm80_mma_sync, sm90_warp_specialized };
   ForwardKernel forward_kernel = ForwardKernel::automatic;
   // Backward key tiles: 0 picks (128 keys when MoBA blocks are a multiple of 128, else 64);
   // 64 forces 64-key tiles everywhere. Other values are an invalid_argument error.

@@ -105,7 +105,9 @@ moba::CudaOptions::ForwardKernel parse_cuda_kernel(const std::string& s) {
   if (s == "auto") return K::automatic;
   if (s == "sm90_wgmma") return K::sm90_wgmma;
   if (s == "sm80_mma_sync") return K::sm80_mma_sync;
-  bad("cuda_kernel", "one of auto, sm90_wgmma, sm80_mma_sync", "'" + s + "'");
+  if (s == "sm90_warp_specialized") return K::sm90_warp_specialized;
+  bad("cuda_kernel", "one of auto, sm90_wgmma, sm80_mma_sync, sm90_warp_specialized",
+      "'" + s + "'");
 }
 
 moba::RunOptions make_options(const std::string& backend, std::uintptr_t stream,

@@ -7,7 +7,10 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -106,22 +109,42 @@ inline GpuRun gpu_forward(const Shape& s, const Inputs& in, bool cu_on_device = 
   return r;
 }
 
-// The forward kernels this device runs: mma.sync always, wgmma where the device and the build
-// allow (probed once: forcing it elsewhere throws moba::Error(unsupported)).
+inline const char* kernel_name(CudaOptions::ForwardKernel k);
+
+// The forward kernels this device runs: mma.sync always, the sm_90a ones where the device and
+// the build allow (probed once: forcing one elsewhere throws moba::Error(unsupported)).
+// MOBA_CUDA_TEST_KERNELS=name,name (kernel_name spellings) keeps only those: a test-harness
+// switch to isolate one path on the GPU machine.
 inline std::vector<CudaOptions::ForwardKernel> forward_kernels() {
   static const std::vector<CudaOptions::ForwardKernel> kernels = [] {
-    std::vector<CudaOptions::ForwardKernel> k{CudaOptions::ForwardKernel::sm80_mma_sync};
+    const char* only = std::getenv("MOBA_CUDA_TEST_KERNELS");
+    auto wanted = [&](CudaOptions::ForwardKernel k) {
+      if (!only || !*only) return true;
+      const std::string list = std::string(",") + only + ",";
+      return list.find(std::string(",") + kernel_name(k) + ",") != std::string::npos;
+    };
+    std::vector<CudaOptions::ForwardKernel> k;
+    if (wanted(CudaOptions::ForwardKernel::sm80_mma_sync))
+      k.push_back(CudaOptions::ForwardKernel::sm80_mma_sync);
     Shape s;
     s.seqlens = {16};
     s.hq = s.hkv = 1;
     s.d = 128;
     s.dtype = DType::bf16;
     s.params = AttentionParams::full();
-    try {
-      gpu_forward(s, make_inputs(s, 1), false, CudaOptions::ForwardKernel::sm90_wgmma);
-      k.push_back(CudaOptions::ForwardKernel::sm90_wgmma);
-    } catch (const Error& e) {
-      if (e.kind() != ErrorKind::unsupported) throw;
+    for (auto kernel : {CudaOptions::ForwardKernel::sm90_wgmma,
+                        CudaOptions::ForwardKernel::sm90_warp_specialized}) {
+      if (!wanted(kernel)) continue;
+      try {
+        gpu_forward(s, make_inputs(s, 1), false, kernel);
+        k.push_back(kernel);
+      } catch (const Error& e) {
+        if (e.kind() != ErrorKind::unsupported) throw;
+      }
+    }
+    if (k.empty()) {
+      std::fprintf(stderr, "MOBA_CUDA_TEST_KERNELS=%s: none of these runs here; testing sm80_mma_sync\n", only);
+      k.push_back(CudaOptions::ForwardKernel::sm80_mma_sync);
     }
     return k;
   }();
@@ -132,6 +155,7 @@ inline const char* kernel_name(CudaOptions::ForwardKernel k) {
   switch (k) {
     case CudaOptions::ForwardKernel::sm90_wgmma: return "sm90_wgmma";
     case CudaOptions::ForwardKernel::sm80_mma_sync: return "sm80_mma_sync";
+    case CudaOptions::ForwardKernel::sm90_warp_specialized: return "sm90_warp_specialized";
     default: return "automatic";
   }
 }

@@ -187,11 +187,14 @@ TEST(CudaForward, LongSequencesAndLargeTopk) {
   std::printf("selection rows %d, near-ties %d\n", st.rows_checked, st.near_ties);
 }
 
-// q, k, v as views into one packed [T, hq + 2 hkv, D] tensor (flash-attn's qkv layout).
+// q, k, v as views into one packed [T, hq + 2 hkv, D] tensor (flash-attn's qkv layout), on
+// every forward kernel (the TMA descriptors of the warp-specialised one carry the strides).
 TEST(CudaForward, StridedOperands) {
   MOBA_SKIP_WITHOUT_GPU();
   const int T = 700, hq = 4, hkv = 2, D = 128, H = hq + 2 * hkv;
+  for (const auto kernel : forward_kernels())
   for (Mode mode : {Mode::full, Mode::moba}) {
+    SCOPED_TRACE(kernel_name(kernel));
     Shape s;
     s.seqlens = {300, 400};
     s.hq = hq;
@@ -200,7 +203,7 @@ TEST(CudaForward, StridedOperands) {
     s.dtype = DType::bf16;
     s.params = mode == Mode::full ? AttentionParams::full() : AttentionParams::moba_blocks(64, 3);
     Inputs in = make_inputs(s, 5);
-    const GpuRun dense = gpu_forward(s, in);
+    const GpuRun dense = gpu_forward(s, in, false, kernel);
     // Pack.
     HostTensor packed(DType::bf16, {T, H, D});
     for (int t = 0; t < T; ++t)
@@ -221,6 +224,7 @@ TEST(CudaForward, StridedOperands) {
     std::vector<int> cu = in.cu;
     RunOptions opt;
     opt.backend = Backend::cuda;
+    opt.cuda.forward_kernel = kernel;
     TensorView selv;
     if (mode == Mode::moba) selv = dev_view(sl.p, DType::i32, {T, hq, 2});
     attention_forward(view(0, hq), view(hq, hkv), view(hq + hkv, hkv),

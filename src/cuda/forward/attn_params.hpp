@@ -59,4 +59,16 @@ void launch_attention_hopper(const AttnParams& p, int grid_x, int grid_y, void* 
 template <class T, int D>
 bool hopper_attention_available();
 
+// sm_90a warp-specialised path (ws_kernel.cuh): producer warpgroup with TMA + mbarriers, two
+// consumer warpgroups; 128-row tables as the wgmma path. One instantiation per (dtype,
+// head_dim, kind), defined in ws_attn_<dtype>_d<D>_<kinds>.cu; the maps describe K and V
+// (tensor_map.hpp).
+struct KvTensorMaps;
+template <class T, int D, int Kind>
+void launch_attention_ws_kind(const AttnParams& p, const KvTensorMaps& maps, int grid_x,
+                              int grid_y, void* stream);
+// As hopper_attention_available, and the driver encodes tensor maps.
+template <class T, int D>
+bool ws_attention_available();
+
 }  // namespace moba::cuda

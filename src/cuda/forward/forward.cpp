@@ -20,6 +20,7 @@
 #include "cuda/common/workspace.hpp"
 #include "cuda/forward/attn_params.hpp"
 #include "cuda/forward/seq_tables.hpp"
+#include "cuda/forward/tensor_map.hpp"
 #include "cuda/forward/waves.hpp"
 #include "cuda/gate/gate_params.hpp"
 
@@ -211,9 +212,47 @@ bool hopper_available(const Problem& p) {
   return on;
 }
 
+// The warp-specialised sm_90a kernel (ws_kernel.cuh): as hopper_available, and the driver
+// encodes TMA tensor maps.
+bool ws_available(const Problem& p) {
+  bool on = false;
+#if defined(MOBA_HAVE_SM90A)
+  dispatch(p, [&](auto* t, auto d) {
+    using T = std::remove_pointer_t<decltype(t)>;
+    on = ws_attention_available<T, decltype(d)::value>();
+  });
+#else
+  (void)p;
+#endif
+  return on;
+}
+
+enum class Engine { sm80, sm90_wgmma, sm90_ws };
+
+bool use_hopper(const Problem& p, const CudaOptions& o);
+
+Engine pick_engine(const Problem& p, const CudaOptions& o) {
+  switch (o.forward_kernel) {
+    case CudaOptions::ForwardKernel::sm80_mma_sync:
+      return Engine::sm80;
+    case CudaOptions::ForwardKernel::sm90_warp_specialized:
+      if (!ws_available(p))
+        fail(ErrorKind::unsupported,
+             "cuda backend: CudaOptions::forward_kernel = sm90_warp_specialized needs a compute "
+             "capability 9.0 device, a build with sm_90a code (MOBA_CUDA_GENCODE) and a driver "
+             "with TMA tensor maps; use automatic or sm80_mma_sync");
+      return Engine::sm90_ws;
+    case CudaOptions::ForwardKernel::sm90_wgmma:
+    case CudaOptions::ForwardKernel::automatic:
+      break;
+  }
+  return use_hopper(p, o) ? Engine::sm90_wgmma : Engine::sm80;
+}
+
 bool use_hopper(const Problem& p, const CudaOptions& o) {
   switch (o.forward_kernel) {
     case CudaOptions::ForwardKernel::sm80_mma_sync:
+    case CudaOptions::ForwardKernel::sm90_warp_specialized:
       return false;
     case CudaOptions::ForwardKernel::sm90_wgmma:
       if (!hopper_available(p))
@@ -226,6 +265,18 @@ bool use_hopper(const Problem& p, const CudaOptions& o) {
       break;
   }
   return (p.head_dim == 128 || p.mode != Mode::moba) && hopper_available(p);
+}
+
+// One launch of the warp-specialised kernel: the kind is a template argument (its visibility
+// functor is compiled in).
+template <class T, int D>
+void launch_ws(const AttnParams& a, const KvTensorMaps& maps, int gx, int gy, void* stream) {
+  switch (a.kind) {
+    case kDenseFull: launch_attention_ws_kind<T, D, kDenseFull>(a, maps, gx, gy, stream); break;
+    case kDenseMobaOwn: launch_attention_ws_kind<T, D, kDenseMobaOwn>(a, maps, gx, gy, stream); break;
+    case kDenseMoa: launch_attention_ws_kind<T, D, kDenseMoa>(a, maps, gx, gy, stream); break;
+    default: launch_attention_ws_kind<T, D, kGatherWave>(a, maps, gx, gy, stream); break;
+  }
 }
 
 void run_gate(const Problem& p, const Plan& pl, const Operand& q, const Operand& k,
@@ -300,15 +351,23 @@ void run_attention(const Problem& p, const Forward& f, const RunOptions& o, cons
   a.moa_window = pl.moa_window;
   a.moa_sink = p.moa_sink;
 
-  const bool hop = use_hopper(p, o.cuda);
+  const Engine engine = pick_engine(p, o.cuda);
+  const bool hop = engine != Engine::sm80;  // both sm_90a kernels use 128-row tiles
   const int tile_rows = hop ? 128 : 64;
   if (hop) a.tile_off = pl.tile128_off;
   const int dense_tiles = hop ? pl.num_tiles128 : pl.num_tiles;
+  KvTensorMaps maps{};
+  if (engine == Engine::sm90_ws)
+    maps = make_kv_tensor_maps({f.k.data, f.k.token_stride, f.k.head_stride},
+                               {f.v.data, f.v.token_stride, f.v.head_stride}, p.total, p.hkv,
+                               p.head_dim, p.dtype == DType::bf16);
   auto launch = [&](int gx, int gy) {
     dispatch(p, [&](auto* t, auto d) {
       using T = std::remove_pointer_t<decltype(t)>;
-      if (hop) launch_attention_hopper<T, decltype(d)::value>(a, gx, gy, ws.stream());
-      else launch_attention<T, decltype(d)::value>(a, gx, gy, ws.stream());
+      constexpr int D = decltype(d)::value;
+      if (engine == Engine::sm90_ws) launch_ws<T, D>(a, maps, gx, gy, ws.stream());
+      else if (hop) launch_attention_hopper<T, D>(a, gx, gy, ws.stream());
+      else launch_attention<T, D>(a, gx, gy, ws.stream());
     });
   };
 

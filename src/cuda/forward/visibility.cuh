@@ -1,0 +1,140 @@
+// Which keys a 128-row query tile of the warp-specialised forward (ws_kernel.cuh) sees, as
+// compile-time functors, one per launch kind (attn_params.hpp), plugged into the one kernel
+// template. Each states the same key sets as core/visibility.hpp:
+//   Visibility<kDenseFull>     causal: keys 0..t
+//   Visibility<kDenseMobaOwn>  MoBA own block, causal: keys own(t)..t
+//   Visibility<kDenseMoa>      MoA: sink keys 0..sink-1 plus the window t-w+1..t
+//   Visibility<kGatherWave>    MoBA selected block j (strictly in the past): all its keys
+// A tile's keys are at most two ranges of sequence positions [b0, e0) then [b1, e1), streamed
+// in 128-key chunks; `all_visible` says when a whole chunk needs no per-element mask (the
+// common case: chunks strictly below the diagonal), `visible` is the per-element rule.
+#pragma once
+
+#include "cuda/forward/attn_params.hpp"
+
+namespace moba::cuda {
+
+// The rows and key ranges of one CTA.
+struct WsTile {
+  int h = 0, seq = 0;
+  int t0 = 0;       // dense: position of row 0; gather: unused
+  int nrows = 0;    // valid rows (<= 128)
+  int start = 0;    // gather: index of row 0 in p.rows
+  int b0 = 0, e0 = 0, b1 = 0, e1 = 0;  // key ranges (positions in the sequence)
+  int moa_w = 0;
+};
+
+__device__ __forceinline__ int ws_last_le(const int* a, int lo, int hi, int x) {
+  while (hi - lo > 1) {
+    const int mid = (lo + hi) >> 1;
+    if (a[mid] <= x) lo = mid;
+    else hi = mid;
+  }
+  return lo;
+}
+
+// Dense launches: blockIdx.x walks the 128-row tiles longest first, blockIdx.y is the head.
+// The grid may be a bound (tables planned on the device): false for the CTAs past the real
+// number of tiles, tile_off[batch].
+__device__ __forceinline__ bool ws_dense_rows(const AttnParams& p, WsTile& w) {
+  const int tile = p.tile_off[p.batch] - 1 - int(blockIdx.x);
+  if (tile < 0) return false;
+  w.h = blockIdx.y;
+  w.seq = ws_last_le(p.tile_off, 0, p.batch, tile);
+  const int len = p.cu[w.seq + 1] - p.cu[w.seq];
+  w.t0 = (tile - p.tile_off[w.seq]) * 128;
+  w.nrows = min(128, len - w.t0);
+  return true;
+}
+
+template <int Kind>
+struct Visibility;
+
+template <>
+struct Visibility<kDenseFull> {
+  static constexpr bool kGather = false;
+  __device__ static bool tile(const AttnParams& p, WsTile& w) {
+    if (!ws_dense_rows(p, w)) return false;
+    w.b1 = 0;
+    w.e1 = w.t0 + w.nrows;
+    return true;
+  }
+  __device__ explicit Visibility(const AttnParams&, const WsTile&) {}
+  // rows tf..tl (positions), keys kb..kb+127
+  __device__ bool all_visible(int kb, int tf, int) const { return kb + 127 <= tf; }
+  __device__ bool visible(int key, int t) const { return key <= t; }
+};
+
+template <>
+struct Visibility<kDenseMobaOwn> {
+  static constexpr bool kGather = false;
+  int block;
+  __device__ static bool tile(const AttnParams& p, WsTile& w) {
+    if (!ws_dense_rows(p, w)) return false;
+    w.b1 = (w.t0 / p.block_size) * p.block_size;  // own block of the first row
+    w.e1 = w.t0 + w.nrows;
+    return true;
+  }
+  __device__ explicit Visibility(const AttnParams& p, const WsTile&) : block(p.block_size) {}
+  __device__ bool all_visible(int kb, int tf, int tl) const {
+    return kb + 127 <= tf && kb >= (tl / block) * block;
+  }
+  __device__ bool visible(int key, int t) const { return key <= t && key >= (t / block) * block; }
+};
+
+template <>
+struct Visibility<kDenseMoa> {
+  static constexpr bool kGather = false;
+  int sink, window;
+  __device__ static bool tile(const AttnParams& p, WsTile& w) {
+    if (!ws_dense_rows(p, w)) return false;
+    w.moa_w = p.moa_window[w.h * p.batch + w.seq];
+    const int tend = w.t0 + w.nrows;
+    const int lo = max(0, w.t0 - w.moa_w + 1);
+    if (p.moa_sink >= lo) {
+      w.b1 = 0;
+      w.e1 = tend;
+    } else {
+      w.b0 = 0;
+      w.e0 = p.moa_sink;
+      w.b1 = lo;
+      w.e1 = tend;
+    }
+    return true;
+  }
+  __device__ Visibility(const AttnParams& p, const WsTile& w) : sink(p.moa_sink), window(w.moa_w) {}
+  // key k is hidden from row t when k > t, or sink <= k <= t - window
+  __device__ bool all_visible(int kb, int tf, int tl) const {
+    return kb + 127 <= tf && (kb + 127 < sink || kb > tl - window);
+  }
+  __device__ bool visible(int key, int t) const {
+    return key <= t && (key < sink || key > t - window);
+  }
+};
+
+template <>
+struct Visibility<kGatherWave> {
+  static constexpr bool kGather = true;
+  // The rows of one bucket (this wave's slot, head, key block j) in 128-row tiles; false when
+  // this CTA is past the wave's tiles (the grid is an upper bound).
+  __device__ static bool tile(const AttnParams& p, WsTile& w) {
+    const int i = p.btile_off[p.bucket_begin] + int(blockIdx.x);
+    if (i >= p.btile_off[p.bucket_end]) return false;
+    const int b = ws_last_le(p.btile_off, p.bucket_begin, p.bucket_end, i);
+    const int local = b - p.bucket_begin;
+    w.h = local / p.num_blocks;
+    const int gb = local - w.h * p.num_blocks;
+    w.seq = ws_last_le(p.blk_off, 0, p.batch, gb);
+    const int j_block = gb - p.blk_off[w.seq];
+    w.b1 = j_block * p.block_size;
+    w.e1 = w.b1 + p.block_size;
+    w.start = p.bucket_off[b] + (i - p.btile_off[b]) * 128;
+    w.nrows = min(128, p.bucket_off[b + 1] - w.start);
+    return true;
+  }
+  __device__ explicit Visibility(const AttnParams&, const WsTile&) {}
+  __device__ bool all_visible(int, int, int) const { return true; }
+  __device__ bool visible(int, int) const { return true; }
+};
+
+}  // namespace moba::cuda
