@@ -62,18 +62,27 @@ class Profile:
                    int(d.get("sequences", 0)))
 
 
-def save_profiles(profiles: Sequence[Profile], path: Union[str, os.PathLike]) -> None:
+def save_profiles(profiles: Sequence[Profile], path: Union[str, os.PathLike],
+                  rules: Optional[Sequence] = None) -> None:
+    """Write profiles (and the candidate rules their bins were cut for) as JSON."""
+    d = {"moba_moa_profiles": [p.to_dict() for p in profiles]}
+    if rules is not None:
+        d["rules"] = [[float(a), float(b)] for a, b in rules]
     with open(os.fspath(path), "w") as f:
-        json.dump({"moba_moa_profiles": [p.to_dict() for p in profiles]}, f)
+        json.dump(d, f)
 
 
-def load_profiles(path: Union[str, os.PathLike]) -> List[Profile]:
+def load_profiles(path: Union[str, os.PathLike], with_rules: bool = False):
+    """The profiles of a file written by save_profiles (and its rules if `with_rules`)."""
     with open(os.fspath(path)) as f:
         d = json.load(f)
-    if "moba_moa_profiles" not in d:
+    if not isinstance(d, dict) or "moba_moa_profiles" not in d:
         raise ValueError(f"moba: {os.fspath(path)}: expected a profile file written by "
                          "moba.moa (key 'moba_moa_profiles')")
-    return [Profile.from_dict(p) for p in d["moba_moa_profiles"]]
+    profiles = [Profile.from_dict(p) for p in d["moba_moa_profiles"]]
+    if with_rules:
+        return profiles, [tuple(r) for r in d.get("rules", [])] or None
+    return profiles
 
 
 class _Recorder:

@@ -100,7 +100,7 @@ def rule_table(rules: Sequence[Rule], profiles, sink: int, measure: str = "magni
     """Expected loss of every rule on every head from `profiles` (one moba.moa.Profile per
     length, same sink), without running the model again."""
     lengths = [p.length for p in profiles]
-    heads = profiles[0].num_heads
+    heads = profiles[0].heads
     kept = np.zeros((len(rules), len(lengths)), dtype=np.int64)
     loss = np.zeros((heads, len(rules), len(lengths)))
     total = np.zeros(len(lengths))
@@ -108,9 +108,9 @@ def rule_table(rules: Sequence[Rule], profiles, sink: int, measure: str = "magni
         if prof.sink != sink:
             raise ValueError(f"moba: profiles: expected sink {sink} in every profile, got "
                              f"{prof.sink} at length {prof.length}")
-        if prof.num_heads != heads:
+        if prof.heads != heads:
             raise ValueError(f"moba: profiles: expected {heads} heads in every profile, got "
-                             f"{prof.num_heads} at length {prof.length}")
+                             f"{prof.heads} at length {prof.length}")
         hist = prof.histogram(measure)            # [heads, bins], keys outside the sink
         tail = np.cumsum(hist[:, ::-1], axis=1)[:, ::-1]  # tail[:, b] = sum of bins >= b
         edges = list(prof.edges)
