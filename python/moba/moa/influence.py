@@ -95,7 +95,13 @@ def attention_influence(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tens
 
 def _influence_chunked(dout, q, k, v, out, lse, cu_seqlens, max_seqlen, edges, sink, scale,
                        chunk_elements):
-    """Query blocks x all earlier keys in fp32 (sums in fp64); memory ~ 6 x chunk_elements x 4 B."""
+    """Query blocks x all earlier keys; scores in fp32, sums in fp64.
+
+    A distance bin of a query row t is a contiguous run of keys (distances [e_b, e_b+1) are
+    keys (t - e_b+1, t - e_b]), so per row the bin sums are differences of a prefix sum over
+    the keys, read at the bin edges: no scatter (whose atomics would all hit a few bins).
+    Keys j < sink get their own prefix sum. Memory ~ 6 x chunk_elements x 8 bytes.
+    """
     _core.check_qkv(q, k, v)
     dev = q.device
     hq, hkv, dim = q.shape[1], k.shape[1], q.shape[2]
@@ -103,11 +109,9 @@ def _influence_chunked(dout, q, k, v, out, lse, cu_seqlens, max_seqlen, edges, s
     scale = scale if scale > 0 else 1.0 / math.sqrt(dim)
     bins = len(edges)
     cu = _core.host_cu_seqlens(cu_seqlens).tolist()
-    longest = max([b - a for a, b in zip(cu, cu[1:])] + [1])
-    edge_t = torch.tensor(edges, device=dev)
-    bin_of = torch.bucketize(torch.arange(longest, device=dev), edge_t, right=True) - 1
-    signed = torch.zeros(hq, 2 * bins + 1, dtype=torch.float64, device=dev)
-    magnitude = torch.zeros_like(signed)
+    lower = torch.tensor(edges, device=dev)                       # e_b
+    upper = torch.tensor(edges[1:] + [1 << 30], device=dev)        # e_b+1 (last bin: open)
+    res = torch.zeros(2, hq, 2, bins, dtype=torch.float64, device=dev)
     for s0, s1 in zip(cu, cu[1:]):
         n = s1 - s0
         if n == 0:
@@ -121,18 +125,28 @@ def _influence_chunked(dout, q, k, v, out, lse, cu_seqlens, max_seqlen, edges, s
         rows = max(1, int(chunk_elements) // (hq * n))
         for c0 in range(0, n, rows):
             c1 = min(n, c0 + rows)
-            sc = torch.matmul(qs[:, c0:c1], ks[:, :c1].transpose(1, 2)) * scale
             t = torch.arange(c0, c1, device=dev).view(-1, 1)
             j = torch.arange(c1, device=dev).view(1, -1)
-            dist = t - j
-            visible = dist >= 0
-            p = torch.exp(sc - ls[:, c0:c1, None]).masked_fill_(~visible, 0.0)
+            visible = j <= t
+            sc = torch.matmul(qs[:, c0:c1], ks[:, :c1].transpose(1, 2)).mul_(scale)
+            p = torch.exp(sc.sub_(ls[:, c0:c1, None])).masked_fill_(~visible, 0.0)
+            del sc
             dp = torch.matmul(dos[:, c0:c1], vs[:, :c1].transpose(1, 2))
-            ds = p.mul_(dp.sub_(delta[:, c0:c1, None]))
-            idx = bin_of[dist.clamp(min=0)] + bins * (j < sink)
-            idx = torch.where(visible, idx, 2 * bins).reshape(1, -1).expand(hq, -1)
-            flat = ds.reshape(hq, -1).double()
-            signed.scatter_add_(1, idx, -flat)
-            magnitude.scatter_add_(1, idx, flat.abs_())
-    res = torch.stack([signed[:, :2 * bins], magnitude[:, :2 * bins]])  # [2, hq, flag*bins+bin]
-    return res.view(2, hq, 2, bins)
+            ds = p.mul_(dp.sub_(delta[:, c0:c1, None])).double()
+            del p, dp
+            # Prefix-sum positions (x + 1 for "keys j <= x") of each row's bin edges.
+            hi = (t - lower.view(1, -1) + 1).clamp(min=0)          # [rows, bins]
+            lo = (t - upper.view(1, -1) + 1).clamp(min=0)
+            nsink = min(sink, c1)
+            for m, vals in enumerate((ds.neg(), ds.abs())):
+                for flag, part in ((0, vals[:, :, nsink:]), (1, vals[:, :, :nsink])):
+                    width = part.shape[2]
+                    if width == 0:
+                        continue
+                    off = nsink if flag == 0 else 0
+                    pre = torch.nn.functional.pad(part.cumsum(-1), (1, 0))
+                    h_i = (hi - off).clamp(0, width).expand(hq, -1, -1)
+                    l_i = (lo - off).clamp(0, width).expand(hq, -1, -1)
+                    sums = pre.gather(2, h_i) - pre.gather(2, l_i)  # [hq, rows, bins]
+                    res[m, :, flag] += sums.sum(1)
+    return res

@@ -70,15 +70,14 @@ class SearchResult:
 
     def report(self) -> str:
         lines = [f"{'plan':<14} " + " ".join(
-            f"{'ref_loss@' + str(len_):>14} {'acc@' + str(len_):>9}"
-            for len_ in self.validation_lengths)]
+            f"{'ref_loss ' + name:>16} {'acc':>6}" for name in self.validation_sets)]
         for name, ms in self.metrics.items():
             mark = " *" if self.candidates.get(name) is self.plan else ""
-            lines.append(f"{name:<14} " + " ".join(f"{m.ref_loss:>14.4f} {m.accuracy:>9.3f}"
+            lines.append(f"{name:<14} " + " ".join(f"{m.ref_loss:>16.4f} {m.accuracy:>6.3f}"
                                                     for m in ms) + mark)
         return "\n".join(lines)
 
-    validation_lengths: List[int] = dataclasses.field(default_factory=list)
+    validation_sets: List[str] = dataclasses.field(default_factory=list)
 
 
 def default_calibration(model, length: int, num_sequences: int, seed: int) -> Samples:
@@ -96,9 +95,11 @@ def search(model, density: float, lengths: Sequence[int],
     """Profile `model` at each of `lengths`, solve the MILPs at `density`, validate the Pareto
     set (and, if `include_uniform`, the uniform window baseline) and return the best plan.
 
-    calibration / validation: {length: Samples}; missing lengths get synthetic retrieval data
-    (validation on the longest length by default). Targets are replaced by the dense model's
-    own predictions where supervised.
+    calibration: {length: Samples}; lengths without one get synthetic retrieval data.
+    validation: {name: Samples} (any names, e.g. lengths; several sets may share a length);
+    default: synthetic retrieval at the longest length. Targets are replaced by the dense
+    model's own predictions where supervised; the plan with the lowest mean ref_loss over the
+    validation sets wins. Validate at profiled lengths: the density budget holds there.
     """
     opt.check_density(density)
     lengths = sorted({check_length(model, int(n)) for n in lengths})
@@ -134,17 +135,19 @@ def search(model, density: float, lengths: Sequence[int],
     if validation is None:
         validation = {lengths[-1]: default_calibration(model, lengths[-1], num_sequences,
                                                        seed=10_000 + lengths[-1])}
-    val_lengths = sorted(validation)
+    val_names = list(validation)
     if include_uniform:
-        for n in val_lengths:
+        for n in sorted({validation[k].length for k in val_names}):
             candidates[f"uniform@{n}"] = uniform_plan(layers, heads, density, n, sink)
     metrics: Dict[str, List[Metrics]] = {k: [] for k in candidates}
-    for n in val_lengths:
-        val = validation[n]
+    for key in val_names:
+        val = validation[key]
+        check_length(model, val.length)
         ref = dense_targets(model, val, batch_size, device)
         for name, plan in candidates.items():
             metrics[name].append(evaluate(model, plan, val, ref, batch_size, device, backend))
     seconds["validate"] = time.perf_counter() - t0
     searched = {k: v for k, v in metrics.items() if not k.startswith("uniform")}
     best = candidates[pick_best(searched)]
-    return SearchResult(best, candidates, metrics, profiles, table, seconds, val_lengths)
+    return SearchResult(best, candidates, metrics, profiles, table, seconds,
+                        [str(k) for k in val_names])
