@@ -110,8 +110,8 @@ def search_vs_uniform(args, device, dtype, log):
 
     model = AutoModelForCausalLM.from_pretrained(args.checkpoint, torch_dtype=dtype).to(device)
     layers, heads, kv, head_dim, longest = moa.profile.model_shape(model)
-    lengths = args.lengths or [n for n in (longest // 2, longest) if n]
-    lengths = sorted({min(n, longest or n) for n in lengths})
+    top = min(longest or args.max_length, args.max_length)
+    lengths = sorted({min(n, longest or n) for n in (args.lengths or [top // 2, top])})
     top = lengths[-1]
     vocab = model.get_input_embeddings().num_embeddings
     cal, val = {}, {}
@@ -194,7 +194,9 @@ def main(argv=None):
     ap.add_argument("--tokenizer")
     ap.add_argument("--density", type=float, default=0.5)
     ap.add_argument("--lengths", type=int, nargs="+",
-                    help="profiling lengths (default: half and all of max_position_embeddings)")
+                    help="profiling lengths (default: see --max-length)")
+    ap.add_argument("--max-length", type=int, default=4096,
+                    help="default lengths: half and all of min(max_position_embeddings, this)")
     ap.add_argument("--sequences", type=int, default=8, help="per length and data source")
     ap.add_argument("--sink", type=int, default=64)
     ap.add_argument("--profile-length", type=int, default=8192)

@@ -380,3 +380,12 @@ def test_cli_search_and_convert(tmp_path, capsys):
     assert main(["optimise", "--profiles", str(ref), "--density", "0.5",
                  "--out", str(tmp_path / "x.json")]) == 2
     assert "profile file" in capsys.readouterr().err
+
+
+def test_influence_op_passes_opcheck():
+    q, k, v, cu, mx = make_qkv([40, 9], 4, 2, 64, torch.float32, "cpu")
+    dout = torch.randn_like(q)
+    out, lse = moba.flash_attn_varlen(q, k, v, cu, mx, return_lse=True)
+    args = (dout, q, k, v, out, lse, cu, mx, [0, 4, 16], 3, 0.0, "auto", 1 << 20)
+    torch.library.opcheck(torch.ops.moba.attention_influence.default, args,
+                          test_utils=("test_schema", "test_faketensor"))
