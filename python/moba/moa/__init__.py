@@ -18,6 +18,6 @@ from .profile import (Profile, load_profiles, profile_model,  # noqa: F401
                       register_profile_attention, save_profiles)
 from .rules import (RuleTable, bin_edges, default_rules, density, kept_pairs,  # noqa: F401
                     rule_table, window)
-from .search import (SearchResult, plan_from_choice, search, uniform_plan,  # noqa: F401
+from .search import (SearchResult, plan_from_choice, rules_for, search, uniform_plan,  # noqa: F401
                      uniform_window)
 from .validate import Metrics, check_plan, evaluate, pick_best  # noqa: F401

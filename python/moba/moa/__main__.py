@@ -85,9 +85,11 @@ def cmd_profile(args):
     from .data import dense_targets
     from .profile import profile_model, save_profiles
     from .rules import bin_edges, default_rules
+    from .search import rules_for
 
     model = _model(args)
-    rules = default_rules(args.lengths)
+    rules = (rules_for(args.lengths, args.density, args.sink) if args.density
+             else default_rules(args.lengths))
     cal = _samples(args, model, args.lengths, validation=False)
     profiles = []
     for n in args.lengths:
@@ -214,6 +216,8 @@ def main(argv=None) -> int:
     _data_args(p)
     p.add_argument("--lengths", type=int, nargs="+", required=True)
     p.add_argument("--sink", type=int, default=64)
+    p.add_argument("--density", type=float, default=None,
+                   help="add the uniform windows of this density to the candidate rules")
     p.add_argument("--out", required=True, help="profiles JSON")
     p.set_defaults(fn=cmd_profile)
 

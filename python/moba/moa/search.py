@@ -19,7 +19,8 @@ from ..plan import MoaPlan
 from . import optimise as opt
 from .data import Samples, dense_targets, synthetic_retrieval
 from .profile import Profile, check_length, model_shape, profile_model
-from .rules import Rule, RuleTable, bin_edges, causal_pairs, default_rules, kept_pairs, rule_table
+from .rules import (Rule, RuleTable, bin_edges, causal_pairs, default_rules, kept_pairs,
+                    rule_table, window)
 from .validate import Metrics, evaluate, pick_best
 
 
@@ -57,6 +58,30 @@ def uniform_plan(num_layers: int, num_heads: int, density: float, length: int,
     w = float(uniform_window(density, length, sink))
     return MoaPlan([[w] * num_heads for _ in range(num_layers)],
                    [[0.0] * num_heads for _ in range(num_layers)], sink=sink)
+
+
+def rules_for(lengths: Sequence[int], density: float, sink: int = 64) -> List[Rule]:
+    """moa.default_rules plus, at each length, the uniform window of `density` as a fixed
+    (alpha = w) and as an elastic (beta = w / N) rule: the search can then always do at least
+    as well (in expected loss) as the uniform baseline, whatever the grid's spacing."""
+    extra = []
+    for n in lengths:
+        try:
+            w = uniform_window(density, n, sink)
+        except ValueError:
+            continue
+        beta = np.float32(w / n)
+        while window((0.0, float(beta)), n) < w:  # the float32 nearest w / n may floor below
+            beta = np.nextafter(beta, np.float32(2))
+        extra += [(float(w), 0.0), (0.0, float(beta))]
+    rules = default_rules(lengths)
+    seen = {tuple(window(r, n) for n in lengths) for r in rules}
+    for r in extra:
+        key = tuple(window(r, n) for n in lengths)
+        if key not in seen:
+            seen.add(key)
+            rules.append(r)
+    return rules
 
 
 @dataclasses.dataclass
@@ -106,7 +131,7 @@ def search(model, density: float, lengths: Sequence[int],
     if not lengths:
         raise ValueError("moba: lengths: expected at least one profiling length")
     layers, heads = model_shape(model)[:2]
-    rules = rules or default_rules(lengths)
+    rules = rules or rules_for(lengths, density, sink)
     calibration = dict(calibration or {})
     seconds = {}
 
