@@ -10,8 +10,14 @@ sliding window + sink at the same density on held-out LM data (loss against the 
 tokens and against the dense model) and on synthetic long-range retrieval (accuracy of the
 recalled values). Writes a markdown table and JSON to --out.
 
-    python bench/moa/run_search_device.py --checkpoint DIR --data tokens.npy \\
+    python bench/moa/run_search_device.py --checkpoint DIR --data CORPUS \\
         [--tokenizer DIR] [--density 0.5] [--out bench/results/moa-search]
+
+CORPUS: token ids (.npy/.pt/uint16 .bin) or text: a file or a directory of text files (e.g.
+the Python sources the model was trained on), tokenised with --tokenizer (default: the
+checkpoint's own tokenizer). Held-out sets come from the second half of the corpus:
+`heldout` (LM loss), `copy` (a span from the window's first quarter repeated at its end: the
+recalled continuation is scored), and `kv-retrieval` (synthetic key-value recall).
     python bench/moa/run_search_device.py --tiny     # CPU smoke run of both parts (a minute)
 """
 
@@ -28,9 +34,11 @@ import time
 import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, "..", "..", "python"))  # an uninstalled checkout
-
-import moba  # noqa: E402
+try:  # the installed package (pip install .), else this checkout's python/ with a built _C
+    import moba
+except ImportError:
+    sys.path.insert(0, os.path.join(HERE, "..", "..", "python"))
+    import moba
 from moba import moa  # noqa: E402
 
 
@@ -115,19 +123,26 @@ def search_vs_uniform(args, device, dtype, log):
     top = lengths[-1]
     vocab = model.get_input_embeddings().num_embeddings
     cal, val = {}, {}
-    tokens = moa.load_tokens(args.data, args.tokenizer) if args.data else None
+    tokens = None
+    if args.data:
+        tokens = moa.load_tokens(args.data, args.tokenizer or args.checkpoint)
+        log(f"data: {len(tokens):,} tokens from {args.data}")
+    quarter = len(tokens) // 4 if tokens is not None else 0
     for n in lengths:
         parts = [moa.synthetic_retrieval(vocab, n, args.sequences, seed=n)]
-        if tokens is not None:
-            parts.insert(0, moa.token_windows(tokens, n, args.sequences, start=0))
+        if tokens is not None:  # corpus windows and copy recall from the first half
+            parts += [moa.token_windows(tokens, n, args.sequences, start=0),
+                      moa.copy_retrieval(tokens, n, args.sequences, start=quarter, seed=n)]
         cal[n] = moa.Samples.concat(*parts)
-    if tokens is not None:
-        held_out = moa.token_windows(tokens, top, args.sequences, start=len(tokens) // 2)
-        val["heldout"] = held_out
-    val["retrieval"] = moa.synthetic_retrieval(vocab, top, args.sequences, seed=10_000 + top)
+    if tokens is not None:  # held out: the second half of the corpus
+        val["heldout"] = moa.token_windows(tokens, top, args.sequences, start=2 * quarter)
+        val["copy"] = moa.copy_retrieval(tokens, top, args.sequences, start=3 * quarter,
+                                         seed=10_000 + top)
+    val["kv-retrieval"] = moa.synthetic_retrieval(vocab, top, args.sequences, seed=10_000 + top)
     t0 = time.perf_counter()
+    budget = None if args.budget_at == "all" else [top]
     res = moa.search(model, args.density, lengths, calibration=cal, validation=val,
-                     sink=args.sink, device=device, log=log)
+                     sink=args.sink, device=device, budget_lengths=budget, log=log)
     seconds = time.perf_counter() - t0
     log(res.report())
     names = list(val)
@@ -147,7 +162,7 @@ def search_vs_uniform(args, device, dtype, log):
                 for n in lengths] for k, p in res.candidates.items()}
     res.plan.save(os.path.join(args.out, "plan.json"))
     return {"checkpoint": args.checkpoint, "lengths": lengths, "density": args.density,
-            "sink": args.sink, "best": best, "uniform": uniform, "seconds": res.seconds,
+            "sink": args.sink, "budget_at": args.budget_at, "best": best, "uniform": uniform, "seconds": res.seconds,
             "total_seconds": seconds, "density_at_lengths": dens,
             "metrics": {k: {n: m.as_dict() for n, m in v.items()} for k, v in rows.items()}}
 
@@ -166,7 +181,8 @@ def markdown(info, cost, search) -> str:
     if search:
         s = search
         out += ["", f"## Searched plan vs uniform window + sink at density {s['density']}", "",
-                f"Checkpoint `{s['checkpoint']}`; profiled at {s['lengths']}, sink {s['sink']}; "
+                f"Checkpoint `{s['checkpoint']}`; profiled at {s['lengths']}, sink {s['sink']}, "
+                f"density budget at {'every profiled length' if s['budget_at'] == 'all' else 'the validated length'}; "
                 f"search {s['total_seconds']:.0f} s ("
                 + ", ".join(f"{k} {v:.0f} s" for k, v in s["seconds"].items()) + "). "
                 "`data_loss`: cross-entropy against the data's next tokens (held-out LM "
@@ -190,7 +206,8 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoint", help="trained transformers causal LM directory")
-    ap.add_argument("--data", help="token ids (.npy/.pt/uint16 .bin) or text (with --tokenizer)")
+    ap.add_argument("--data", help="token ids (.npy/.pt/uint16 .bin), or a text file or a "
+                    "directory of text files (tokenised with --tokenizer or the checkpoint's)")
     ap.add_argument("--tokenizer")
     ap.add_argument("--density", type=float, default=0.5)
     ap.add_argument("--lengths", type=int, nargs="+",
@@ -199,6 +216,10 @@ def main(argv=None):
                     help="default lengths: half and all of min(max_position_embeddings, this)")
     ap.add_argument("--sequences", type=int, default=8, help="per length and data source")
     ap.add_argument("--sink", type=int, default=64)
+    ap.add_argument("--budget-at", choices=["top", "all"], default="top",
+                    help="the density budget holds at the validated (longest) length (default; "
+                         "the comparison with the uniform window there is like for like) or at "
+                         "every profiled length")
     ap.add_argument("--profile-length", type=int, default=8192)
     ap.add_argument("--profile-sequences", type=int, default=4)
     ap.add_argument("--tiny", action="store_true", help="CPU smoke run on tiny models")

@@ -8,8 +8,8 @@
 ``python -m moba.moa --help`` runs the same flow from the command line.
 """
 
-from .data import (Samples, dense_targets, load_tokens, synthetic_retrieval,  # noqa: F401
-                   token_windows)
+from .data import (Samples, copy_retrieval, dense_targets, load_tokens,  # noqa: F401
+                   synthetic_retrieval, token_windows)
 from .formats import (from_reference, reference_budget, reference_window,  # noqa: F401
                       save_reference, to_reference)
 from .influence import MEASURES, attention_influence  # noqa: F401

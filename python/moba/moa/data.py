@@ -11,7 +11,8 @@ Sources:
 * ``synthetic_retrieval``: no download; key-value records scattered over a sequence of random
   filler and, at the end, queries repeating keys whose values must be recalled from far back.
 * any tokenised corpus the user has: ``load_tokens`` (.npy, .pt, raw uint16 .bin, or text
-  through a tokenizer) and ``token_windows`` to cut it into sequences.
+  through a tokenizer) and ``token_windows`` to cut it into sequences; ``copy_retrieval``
+  makes long-range recall samples from it (a span of the window's start repeated at its end).
 """
 
 from __future__ import annotations
@@ -103,10 +104,55 @@ def synthetic_retrieval(vocab_size: int, length: int, num_sequences: int, seed: 
     return Samples(ids, targets)
 
 
-def load_tokens(path: Union[str, os.PathLike], tokenizer=None) -> np.ndarray:
+def copy_retrieval(tokens: np.ndarray, length: int, num_sequences: int, span: int = 32,
+                   prefix: int = 8, start: int = 0, seed: int = 0) -> Samples:
+    """Long-range recall in any corpus: windows of `tokens` whose last `span` tokens repeat a
+    span from the first quarter of the window. The continuation after the first `prefix`
+    repeated tokens is supervised: a head that can see the source copies it, a window that
+    cannot is left guessing. Works for any trained LM (induction / copying)."""
+    if span <= prefix or span > length // 4:
+        raise ValueError(f"moba: span: expected prefix < span <= length / 4 = {length // 4}, "
+                         f"got span {span}, prefix {prefix}")
+    base = token_windows(tokens, length, num_sequences, start=start)
+    ids = base.ids.clone()
+    targets = torch.full_like(ids, IGNORE)
+    g = torch.Generator().manual_seed(int(seed))
+    for n in range(num_sequences):
+        src = int(torch.randint(0, length // 4 - span + 1, (1,), generator=g))
+        ids[n, length - span:] = ids[n, src:src + span]
+        at = torch.arange(length - span + prefix - 1, length - 1)
+        targets[n, at] = ids[n, at + 1]
+    return Samples(ids, targets)
+
+
+TEXT_SUFFIXES = (".py", ".txt", ".md", ".rst", ".c", ".h", ".cpp", ".hpp", ".json")
+
+
+def _read_text(path: str, max_bytes: int) -> str:
+    """A text file, or the text files under a directory (sorted, up to max_bytes in all)."""
+    if os.path.isfile(path):
+        with open(path, errors="replace") as f:
+            return f.read(max_bytes)
+    parts, size = [], 0
+    for root, dirs, files in os.walk(path):
+        dirs.sort()
+        for name in sorted(files):
+            if not name.endswith(TEXT_SUFFIXES):
+                continue
+            with open(os.path.join(root, name), errors="replace") as f:
+                text = f.read(max_bytes - size)
+            parts.append(text)
+            size += len(text)
+            if size >= max_bytes:
+                return "\n".join(parts)
+    return "\n".join(parts)
+
+
+def load_tokens(path: Union[str, os.PathLike], tokenizer=None, max_text_bytes: int = 8 << 20
+                ) -> np.ndarray:
     """A 1-D array of token ids: .npy / .pt (any shape, flattened), .bin (raw uint16, the
-    nanoGPT convention) or a text file encoded with `tokenizer` (a transformers tokenizer or
-    a path to one)."""
+    nanoGPT convention), or a text file / a directory of text files (up to `max_text_bytes`)
+    encoded with `tokenizer` (a transformers tokenizer or a path to one)."""
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"moba: data: no such file {path!r}")
@@ -119,14 +165,14 @@ def load_tokens(path: Union[str, os.PathLike], tokenizer=None) -> np.ndarray:
         arr = np.memmap(path, dtype=np.uint16, mode="r")
     else:
         if tokenizer is None:
-            raise ValueError(f"moba: data: {path!r} is not .npy/.pt/.bin token ids; a text file "
-                             "needs a tokenizer")
+            raise ValueError(f"moba: data: {path!r} is not .npy/.pt/.bin token ids; text needs "
+                             "a tokenizer")
         if isinstance(tokenizer, (str, os.PathLike)):
             from transformers import AutoTokenizer
 
             tokenizer = AutoTokenizer.from_pretrained(os.fspath(tokenizer))
-        with open(path) as f:
-            arr = np.asarray(tokenizer(f.read())["input_ids"], dtype=np.int64)
+        text = _read_text(path, max_text_bytes)
+        arr = np.asarray(tokenizer(text, add_special_tokens=False)["input_ids"], dtype=np.int64)
     return np.asarray(arr).reshape(-1)
 
 

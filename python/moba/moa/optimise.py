@@ -3,7 +3,8 @@
 For a trade-off ``weights`` over the profiled lengths, minimise
 ``sum_l weights[l] * sum_h loss[h, rule(h), l] / total[l]`` (each length's expected loss as a
 fraction of its whole influence, so lengths are comparable) subject to, at every profiled
-length, ``sum_h kept_pairs(rule(h), l) <= floor(density * heads * N_l (N_l + 1) / 2)``: the
+length (or the chosen ``budget_lengths``),
+``sum_h kept_pairs(rule(h), l) <= floor(density * heads * N_l (N_l + 1) / 2)``: the
 plan's mean density never exceeds the budget. The kept pairs are exact integers and every
 solution is re-checked in integer arithmetic (a solver's feasibility tolerance could otherwise
 admit a few pairs too many; the bound is then tightened and the MILP solved again).
@@ -68,9 +69,24 @@ def _objective(table: RuleTable, weights: np.ndarray) -> np.ndarray:
     return (table.loss / norm * weights).sum(axis=2)  # [heads, rules]
 
 
+def _budget_rows(table: RuleTable, budget_lengths) -> np.ndarray:
+    if budget_lengths is None:
+        return np.arange(len(table.lengths))
+    rows = []
+    for n in budget_lengths:
+        if n not in table.lengths:
+            raise ValueError(f"moba: budget_lengths: expected profiled lengths "
+                             f"{table.lengths}, got {n}")
+        rows.append(table.lengths.index(n))
+    if not rows:
+        raise ValueError("moba: budget_lengths: expected at least one length")
+    return np.array(sorted(set(rows)))
+
+
 def solve(table: RuleTable, density: float, weights: Optional[Sequence[float]] = None,
-          time_limit: float = 60.0) -> Choice:
-    """The optimal rule per head for one trade-off (default: lengths weighted equally)."""
+          time_limit: float = 60.0, budget_lengths: Optional[Sequence[int]] = None) -> Choice:
+    """The optimal rule per head for one trade-off (default: lengths weighted equally), the
+    density budget holding at `budget_lengths` (default: every profiled length)."""
     density = check_density(density)
     highspy = _highs()
     heads, nrules, nlen = table.loss.shape
@@ -78,9 +94,11 @@ def solve(table: RuleTable, density: float, weights: Optional[Sequence[float]] =
     if w.shape != (nlen,) or (w < 0).any() or w.sum() <= 0:
         raise ValueError(f"moba: weights: expected {nlen} non-negative values, not all 0, got "
                          f"{list(w)}")
-    limit = budgets(table, density)
-    lightest = table.kept.min(axis=0) * heads
-    for li, n in enumerate(table.lengths):
+    rows = _budget_rows(table, budget_lengths)
+    limit = budgets(table, density)[rows]
+    kept_rows = table.kept[:, rows]
+    lightest = kept_rows.min(axis=0) * heads
+    for li, n in enumerate(np.array(table.lengths)[rows]):
         if lightest[li] > limit[li]:
             raise ValueError(
                 f"moba: density: expected at least {lightest[li] / (heads * causal_pairs(n)):.4f}"
@@ -88,8 +106,8 @@ def solve(table: RuleTable, density: float, weights: Optional[Sequence[float]] =
     cost = _objective(table, w)
     bound = limit.astype(float)
     for _ in range(8):
-        rules = _solve_milp(highspy, cost, table.kept, bound, time_limit)
-        kept = table.kept[rules, :].sum(axis=0)
+        rules = _solve_milp(highspy, cost, kept_rows, bound, time_limit)
+        kept = kept_rows[rules, :].sum(axis=0)
         over = kept - limit
         if (over <= 0).all():
             loss, dens = evaluate(table, rules)
@@ -150,12 +168,13 @@ def trade_offs(num_lengths: int) -> List[np.ndarray]:
 
 
 def pareto_set(table: RuleTable, density: float, weights: Optional[Sequence] = None,
-               time_limit: float = 60.0) -> List[Choice]:
+               time_limit: float = 60.0, budget_lengths: Optional[Sequence[int]] = None
+               ) -> List[Choice]:
     """One MILP per trade-off; the distinct solutions that no other solution beats at every
     length (lower or equal loss everywhere, lower somewhere)."""
     found: List[Choice] = []
     for w in (weights if weights is not None else trade_offs(len(table.lengths))):
-        c = solve(table, density, w, time_limit)
+        c = solve(table, density, w, time_limit, budget_lengths)
         if not any(np.array_equal(c.rules, f.rules) for f in found):
             found.append(c)
     keep = []

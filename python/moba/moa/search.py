@@ -116,7 +116,8 @@ def search(model, density: float, lengths: Sequence[int],
            validation: Optional[Dict[int, Samples]] = None, rules: Optional[List[Rule]] = None,
            sink: int = 64, measure: str = "magnitude", num_sequences: int = 8,
            batch_size: int = 1, device=None, backend: str = "auto", time_limit: float = 30.0,
-           include_uniform: bool = True, log=print) -> SearchResult:
+           include_uniform: bool = True, budget_lengths: Optional[Sequence[int]] = None,
+           log=print) -> SearchResult:
     """Profile `model` at each of `lengths`, solve the MILPs at `density`, validate the Pareto
     set (and, if `include_uniform`, the uniform window baseline) and return the best plan.
 
@@ -124,7 +125,8 @@ def search(model, density: float, lengths: Sequence[int],
     validation: {name: Samples} (any names, e.g. lengths; several sets may share a length);
     default: synthetic retrieval at the longest length. Targets are replaced by the dense
     model's own predictions where supervised; the plan with the lowest mean ref_loss over the
-    validation sets wins. Validate at profiled lengths: the density budget holds there.
+    validation sets wins. The density budget holds at `budget_lengths` (default: every
+    profiled length); validate at those lengths.
     """
     opt.check_density(density)
     lengths = sorted({check_length(model, int(n)) for n in lengths})
@@ -148,7 +150,8 @@ def search(model, density: float, lengths: Sequence[int],
 
     t0 = time.perf_counter()
     table = rule_table(rules, profiles, sink, measure)
-    choices = opt.pareto_set(table, density, time_limit=time_limit)
+    choices = opt.pareto_set(table, density, time_limit=time_limit,
+                             budget_lengths=budget_lengths)
     candidates = {}
     for i, c in enumerate(choices):
         candidates[f"moa{i}"] = plan_from_choice(table, c.rules, layers, heads)
