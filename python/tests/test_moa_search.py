@@ -394,3 +394,22 @@ def test_influence_op_passes_opcheck():
     args = (dout, q, k, v, out, lse, cu, mx, [0, 4, 16], 3, 0.0, "auto", 1 << 20)
     torch.library.opcheck(torch.ops.moba.attention_influence.default, args,
                           test_utils=("test_schema", "test_faketensor"))
+
+
+def test_cli_profile_optimise_validate_chain(tmp_path):
+    from moba.moa.__main__ import main
+
+    tiny_llama().save_pretrained(tmp_path / "m")
+    m = str(tmp_path / "m")
+    prof, cand, plan = (str(tmp_path / f) for f in ("prof.json", "cand.json", "plan.json"))
+    assert main(["profile", "--model", m, "--device", "cpu", "--lengths", "96", "128",
+                 "--sequences", "1", "--sink", "4", "--density", "0.6", "--out", prof]) == 0
+    profiles, rules = moa.load_profiles(prof, with_rules=True)
+    assert [p.length for p in profiles] == [96, 128] and rules
+    assert main(["optimise", "--profiles", prof, "--density", "0.6", "--out", cand]) == 0
+    cands = json.loads(open(cand).read())["moba_moa_candidates"]
+    assert cands and all(max(c["density"]) <= 0.6 for c in cands.values())
+    assert main(["validate", "--model", m, "--device", "cpu", "--candidates", cand,
+                 "--lengths", "128", "--sequences", "1", "--density", "0.6",
+                 "--out", plan]) == 0
+    moba.MoaPlan.load(plan).validate(num_layers=2, num_heads=2)
