@@ -4,6 +4,7 @@
 #include "moba/attention.hpp"
 #include "moba/error.hpp"
 #include "moba/half.hpp"
+#include "moba/influence.hpp"
 #include "moba/moa_plan.hpp"
 #include "moba/params.hpp"
 #include "moba/tensor.hpp"

@@ -173,6 +173,21 @@ void gate(py::handle q, py::handle k, py::handle cu, py::handle selection,
   moba::moba_gate(qv, kv, cv, params, sv, options);
 }
 
+// moba::attention_influence; returns the fp64 sums as a flat list
+// [measure][query head][sink flag][bin].
+std::vector<double> influence(py::handle q, py::handle k, py::handle v, py::handle out,
+                              py::handle lse, py::handle dout, py::handle cu, double scale,
+                              std::vector<int> edges, int sink, const std::string& backend,
+                              int num_threads) {
+  const auto qv = to_view(q), kv = to_view(k), vv = to_view(v), ov = to_view(out);
+  const auto lv = to_view(lse), dov = to_view(dout), cv = to_view(cu);
+  const auto options = make_options(backend, 0, false, num_threads);
+  moba::InfluenceBins bins{std::move(edges), sink};
+  py::gil_scoped_release nogil;
+  return moba::attention_influence(qv, kv, vv, ov, lv, dov, cv, static_cast<float>(scale), bins,
+                                   options);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -219,6 +234,12 @@ PYBIND11_MODULE(_C, m) {
         "moba::attention_backward on caller-allocated gradients.");
   m.def("gate", &gate, py::arg("q"), py::arg("k"), py::arg("cu_seqlens"), py::arg("selection"),
         MOBA_PARAM_ARGS, "moba::moba_gate: the MoBA block selection alone.");
+
+  m.def("influence", &influence, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("out"),
+        py::arg("lse"), py::arg("dout"), py::arg("cu_seqlens"), py::kw_only(),
+        py::arg("softmax_scale") = 0.0, py::arg("edges"), py::arg("sink") = 64,
+        py::arg("backend") = "auto", py::arg("num_threads") = 0,
+        "moba::attention_influence: dS sums per query head by distance bin and sink flag.");
 
   m.def("backends", [] {
     py::list out;
