@@ -190,6 +190,9 @@ __global__ void __launch_bounds__(128) attn_fwd_kernel(const AttnParams p) {
   std::uint32_t qf[KD][4];
   const float sl2 = p.scale_log2;
   const int t_first = t0;  // dense: position of row 0
+  // MoBA own block: when block_size is not a multiple of 64 a tile's rows can lie in several
+  // blocks; keys before the last row's own block then need the per-row lower bound (below).
+  const int own_lo_last = p.kind == kDenseMobaOwn ? ((t0 + nrows - 1) / p.block_size) * p.block_size : 0;
 
   for (int cidx = 0; cidx < nchunks; ++cidx) {
     const int buf = cidx & 1;
@@ -228,20 +231,24 @@ __global__ void __launch_bounds__(128) attn_fwd_kernel(const AttnParams p) {
     // scale, mask
     int kb, ke;
     chunk_range(cidx, kb, ke);
-    const bool need_mask =
-        !gather && (ke - kb < 64 || p.kind == kDenseMoa || kb + 63 > t_first);
+    // A chunk shorter than 64 keys (a sequence's end, or a gathered block of a size that is not
+    // a multiple of 64) masks its zero-filled tail.
+    const bool need_mask = ke - kb < 64 || (!gather && (p.kind == kDenseMoa || kb + 63 > t_first ||
+                                                        kb < own_lo_last));
 #pragma unroll
     for (int n = 0; n < 8; ++n)
 #pragma unroll
       for (int e = 0; e < 4; ++e) s[n][e] *= sl2;
     if (need_mask) {
+      const int own0 = p.kind == kDenseMobaOwn ? (pos_r[0] / p.block_size) * p.block_size : 0;
+      const int own1 = p.kind == kDenseMobaOwn ? (pos_r[1] / p.block_size) * p.block_size : 0;
 #pragma unroll
       for (int n = 0; n < 8; ++n)
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
           const int key = kb + n * 8 + 2 * c4 + (e & 1);
           const int t = pos_r[e >> 1];
-          bool vis = key < ke && key <= t;
+          bool vis = key < ke && key <= t && key >= ((e >> 1) ? own1 : own0);
           if (p.kind == kDenseMoa) vis = vis && (key < p.moa_sink || key > t - moa_w);
           if (!vis) s[n][e] = -INFINITY;
         }
