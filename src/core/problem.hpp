@@ -18,6 +18,11 @@ struct Operand {
   std::int64_t head_stride = 0;   // elements
 };
 
+// Smallest MoBA block the CUDA backend takes: its tiles hold 64 keys, and a block of B keys uses
+// B of them in the backward's key pass, so smaller blocks would waste most of the tensor work.
+// Multiples of 64 (of 128 in the backward) keep the fastest tiling.
+constexpr int kMinCudaBlockSize = 16;
+
 struct Problem {
   DType dtype = DType::bf16;
   Device device{};

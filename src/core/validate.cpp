@@ -164,8 +164,9 @@ Backend resolve_backend(const Problem& p, const RunOptions& o) {
       fail(ErrorKind::unsupported, "the cuda backend was not compiled into this build (configure with nvcc present)");
     if (p.head_dim != 64 && p.head_dim != 128)
       invalid("q", "head_dim 64 or 128 on the cuda backend", std::to_string(p.head_dim));
-    if (p.mode == Mode::moba && p.block_size % 64 != 0)
-      invalid("block_size", "a multiple of 64 on the cuda backend", std::to_string(p.block_size));
+    if (p.mode == Mode::moba && p.block_size < kMinCudaBlockSize)
+      invalid("block_size", "a block size >= " + std::to_string(kMinCudaBlockSize) + " on the cuda backend",
+              std::to_string(p.block_size));
   } else {
     if (p.device.type != DeviceType::cpu)
       invalid("q", std::string("tensors in host memory for the ") +

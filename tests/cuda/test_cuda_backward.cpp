@@ -34,7 +34,7 @@ RandomShapeOptions gpu_options() {
   o.head_dims = {64, 128};
   o.dtypes = {DType::f16, DType::bf16};
   o.modes = {Mode::full, Mode::moba, Mode::moba, Mode::moa};
-  o.block_sizes = {64, 128, 192};
+  o.block_sizes = {16, 48, 64, 100, 128, 192};
   return o;
 }
 
@@ -351,6 +351,54 @@ TEST(CudaBackward, MoaSinkAndWindows) {
     SCOPED_TRACE(s.str());
     run_case(make_case(s, 300 + i), i);
     ++i;
+  }
+}
+
+// MoBA blocks of any size >= 16, most not a multiple of 64: key tiles cut per block (partial
+// ones with listed rows), dQ tiles whose rows lie in several blocks, listed rows' key tiles that
+// overhang their block; up to 4096-token blocks.
+TEST(CudaBackward, AnyBlockSize) {
+  MOBA_SKIP_WITHOUT_GPU();
+  struct BlockCase { std::vector<int> lens; int hq, hkv, d; DType t; int block, topk; };
+  const BlockCase cases[] = {
+      {{700}, 2, 1, 64, DType::bf16, 16, 5},
+      {{900, 0, 1, 130}, 4, 2, 128, DType::f16, 50, 4},
+      {{300, 0, 1, 517}, 2, 2, 64, DType::bf16, 100, 3},
+      {{2600}, 1, 1, 64, DType::f16, 1000, 2},
+      {{4200}, 1, 1, 64, DType::bf16, 4096, 2},
+  };
+  int i = 0;
+  for (const BlockCase& c : cases) {
+    Shape s;
+    s.seqlens = c.lens;
+    s.hq = c.hq;
+    s.hkv = c.hkv;
+    s.d = c.d;
+    s.dtype = c.t;
+    s.params = AttentionParams::moba_blocks(c.block, c.topk);
+    SCOPED_TRACE(s.str());
+    run_case(make_case(s, 500 + i), i);
+    ++i;
+    if (HasFailure()) break;
+  }
+}
+
+// Blocks below 16 tokens are a named error on the GPU (docs/python.md).
+TEST(CudaBackward, BlocksBelow16AreRejected) {
+  MOBA_SKIP_WITHOUT_GPU();
+  Shape s;
+  s.seqlens = {64};
+  s.hq = s.hkv = 1;
+  s.d = 64;
+  s.dtype = DType::bf16;
+  s.params = AttentionParams::moba_blocks(8, 2);
+  Inputs in = make_inputs(s, 5);
+  try {
+    gpu_forward(s, in);
+    FAIL() << "expected moba::Error(invalid_argument)";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::invalid_argument) << e.what();
+    EXPECT_NE(std::string(e.what()).find(">= 16"), std::string::npos) << e.what();
   }
 }
 

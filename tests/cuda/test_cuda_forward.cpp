@@ -144,7 +144,7 @@ TEST(CudaForward, RandomShapesMatchFp64Truth) {
   opt.max_len = 1000;
   opt.head_dims = {64, 128};
   opt.dtypes = {DType::f16, DType::bf16};
-  opt.block_sizes = {64, 128, 192, 256};
+  opt.block_sizes = {16, 48, 64, 100, 128, 192, 256, 320};  // any size >= 16
   Stats st;
   int by_mode[3] = {0, 0, 0};
   for (int i = 0; i < n; ++i) {
@@ -171,6 +171,13 @@ TEST(CudaForward, LongSequencesAndLargeTopk) {
       {{2048, 0, 777}, 8, 1, 128, DType::f16, 256, 4},
       {{1500, 600}, 2, 1, 64, DType::bf16, 64, 300},  // topk - 1 beyond the gate's list limit,
                                                       // but no row has that many past blocks
+      // Blocks that are not a multiple of 64: tiles whose rows lie in several blocks, partial
+      // chunks of gathered blocks, gate rows with fewer past blocks than their tile's last row.
+      {{2000, 1, 333}, 4, 2, 64, DType::bf16, 16, 6},
+      {{1800}, 2, 1, 128, DType::f16, 16, 120},
+      {{2500, 700}, 2, 2, 64, DType::f16, 100, 4},
+      {{3000}, 2, 1, 128, DType::bf16, 1000, 2},
+      {{9000}, 1, 1, 64, DType::bf16, 4096, 2},
   };
   int i = 0;
   for (const Case& c : cases) {

@@ -193,6 +193,8 @@ void run_backward(const Problem& p, const Backward& w, const RunOptions& o) {
   const int B = moba ? p.block_size : 64;
   const int P = moba ? p.past_k() : 0;
   const bool moa = p.mode == Mode::moa;
+  const bool any_block = moba && B % 64 != 0;  // MoBA blocks that 64-key tiles do not align with
+  const int vis = moa ? kVisMoa : (any_block ? kVisBlocks : kVisCausal);
   std::vector<int> win;  // MoA: window of (head h, sequence b) at [h * batch + b]
   if (moa) {
     win.resize(std::size_t(hq) * p.batch);
@@ -291,7 +293,9 @@ void run_backward(const Problem& p, const Backward& w, const RunOptions& o) {
   mark("lists");
 
   // Key-major items: one per (key tile, KV head), split when far above the average. Tiles are
-  // 128 keys (NG = 2) unless MoBA blocks are not a multiple of 128.
+  // 128 keys (NG = 2) unless MoBA blocks are not a multiple of 128. A key tile never crosses a
+  // MoBA block: each block is cut into tiles from its start (the last one partial when the
+  // block size is not a multiple of the tile), so every row of a tile sees it by one rule.
   const bool ng1 = o.cuda.backward_key_tile == 64;  // 64-key tiles always (measurements)
   const int NG = (!ng1 && (!moba || B % 128 == 0)) ? 2 : 1, KT = 64 * NG;
   struct Tile {
@@ -302,19 +306,21 @@ void run_backward(const Problem& p, const Backward& w, const RunOptions& o) {
   long long row_tiles = 0;
   for (int b = 0; b < p.batch; ++b) {
     const int begin = p.cu_seqlens[b], len = p.cu_seqlens[b + 1] - begin;
-    for (int kt = 0; kt * KT < len; ++kt) {
-      const int j = kt * KT / B;
+    const int region = moba ? B : std::max(len, 1);  // a MoBA block, else the whole sequence
+    for (int ks = 0; ks < len; ks += std::min(KT, region - ks % region)) {
+      const int j = ks / B;
+      const int region_end = std::min(len, (ks / region + 1) * region);
       KeyItem it{};
-      it.key_start = begin + kt * KT;
-      it.key_len = std::min(KT, len - kt * KT);
+      it.key_start = begin + ks;
+      it.key_len = std::min(KT, region_end - ks);
       it.impl_begin = it.key_start;
-      it.impl_end = begin + (moba ? std::min((j + 1) * B, len) : len);
+      it.impl_end = begin + (moba ? region_end : len);
       it.partial = -1;
       it.seq = b;
       it.sink_end = begin + (moa ? p.moa_sink : 0);
       for (int g = 0; g < hkv; ++g) {
         it.g = g;
-        if (moa) it.impl_end = begin + moa_rows_end(b, g, kt * KT, it.key_len, len);
+        if (moa) it.impl_end = begin + moa_rows_end(b, g, ks, it.key_len, len);
         const int n_impl = ceil_div(it.impl_end - it.impl_begin, 64) * G;
         it.list_begin = it.list_len = 0;
         if (P > 0) {
@@ -378,6 +384,13 @@ void run_backward(const Problem& p, const Backward& w, const RunOptions& o) {
           }
           continue;
         }
+        if (any_block) {  // keys from the own block of the tile's first row, masked per row
+          const int lo = (qt * 64 / B) * B;
+          for (int h = 0; h < hq; ++h)
+            dq_items.push_back({begin + lo, ceil_div(qt * 64 + rows - lo, 64), 1, h / G, h, begin + qt * 64, rows,
+                                0, begin, 0, 0});
+          continue;
+        }
         const int first = moba ? (qt * 64 / B) * (B / 64) : 0;
         for (int h = 0; h < hq; ++h)
           dq_items.push_back({begin + first * 64, qt - first + 1, 1, h / G, h, begin + qt * 64, rows});
@@ -395,7 +408,8 @@ void run_backward(const Problem& p, const Backward& w, const RunOptions& o) {
           for (int g = 0; g < hkv; ++g) {
             const long long k = ((blk_base[b] + j) * static_cast<long long>(hkv) + g) * P + s;
             for (int e = off[k]; e < off[k + 1]; e += 64)
-              dq_items.push_back({begin + j * B, B / 64, 0, g, -1, e, std::min(64, off[k + 1] - e)});
+              dq_items.push_back({begin + j * B, ceil_div(B, 64), 0, g, -1, e, std::min(64, off[k + 1] - e),
+                                  0, begin, 0, begin + (j + 1) * B});
           }
       }
       if (static_cast<int>(dq_items.size()) > first)
@@ -442,7 +456,8 @@ void run_backward(const Problem& p, const Backward& w, const RunOptions& o) {
   auto wave = [&](std::size_t i) {
     DqPassArgs da{op, w.lse, dt, list, dq_items_d + waves[i].first, dq_acc,
                   i == 0 ? (has_lists ? kDqStoreAcc : kDqStoreOut) : kDqAddAcc,
-                  total, hq, G, p.scale, scale_log2, moa ? p.moa_sink : 0, moa ? 1 : 0};
+                  total, hq, G, p.scale, scale_log2, moa ? p.moa_sink : 0,
+                  vis, B};
     dq_pass(bf16, D, da, waves[i].second, stream);
   };
 
@@ -451,7 +466,7 @@ void run_backward(const Problem& p, const Backward& w, const RunOptions& o) {
   mark("dq causal");
   // dK, dV; in the default mode also the listed rows' dQ (all rows' with MOBA_BWD_DQ=atomic).
   KeyPassArgs ka{op, w.lse, dt, list, items_d, det ? nullptr : dq_acc, all_atomic ? 0 : 1, partial,
-                 total, hq, G, p.scale, scale_log2, NG, win_d, p.batch};
+                 total, hq, G, p.scale, scale_log2, NG, win_d, p.batch, vis};
   key_pass(bf16, D, ka, static_cast<int>(items.size()), stream);
   if (!splits.empty()) {
     reduce_partials_kernel<T><<<static_cast<int>(splits.size()), 256, 0, stream>>>(

@@ -55,9 +55,20 @@ struct DqItem {
   // MoA only: first the sink's key tiles [seq_begin, seq_begin + 64 * sink_tiles), then the
   // n_key_tiles from key_start (disjoint); every tile masked by the window rule of moa_w.
   int sink_tiles;
-  int seq_begin;
+  int seq_begin;  // MoA and kVisBlocks: first token of the item's sequence
   int moa_w;
+  int key_end;  // kVisBlocks, listed rows: the chosen block's end (keys from it are not seen)
 };
+
+// The visibility rule of a launch (a template parameter of both passes' kernels, so each rule
+// compiles to its own kernel and the common ones carry no code of the others).
+//   kVisCausal: full causal and MoBA blocks a multiple of 64. Implicit rows see keys <= their
+//               own token (only the diagonal tiles are masked); listed rows see whole tiles.
+//   kVisBlocks: MoBA blocks of any size. Key pass: as kVisCausal, plus the keys past a partial
+//               tile masked. dQ pass: implicit rows see [own block start, row], listed rows
+//               keys below DqItem::key_end; every tile masked.
+//   kVisMoa:    sink + window (MoA), every tile masked.
+enum Visibility : int { kVisCausal = 0, kVisBlocks = 1, kVisMoa = 2 };
 
 struct Operands {
   const void* q;
@@ -86,6 +97,7 @@ struct KeyPassArgs {
   // MoA (nullptr otherwise): window of (head h, sequence b) at moa_window[h * batch + b]
   const int* moa_window;
   int batch;
+  int visibility;  // Visibility
 };
 
 // How the dQ pass stores its tile's result.
@@ -101,8 +113,9 @@ struct DqPassArgs {
   int store;      // DqStore
   int total, hq, group;
   float scale, scale_log2;
-  int moa_sink;   // MoA (DqItem::moa_w > 0): sink tokens at the start of each sequence
-  int moa;        // 1: MoA visibility (the items carry the windows)
+  int moa_sink;    // kVisMoa: sink tokens at the start of each sequence
+  int visibility;  // Visibility
+  int block_size;  // kVisBlocks
 };
 
 // Launchers, one instantiation per (dtype, head_dim) and .cu file. kBf16 picks the dtype.

@@ -21,8 +21,9 @@ struct DqPassSmem {
   static constexpr int kBytes = kMeta + 4 * 64 * 4;
 };
 
-// kMoa: the item's sink tiles first, then its window tiles, each masked by MoA's rule.
-template <class T, int D, bool kMoa>
+// kVis (Visibility): the mask rule. kVisMoa visits the item's sink tiles first, then its
+// window tiles.
+template <class T, int D, int kVis>
 __global__ void __launch_bounds__(128, 2) dq_pass_kernel(const DqPassArgs a) {
   using Ops = DTypeOps<T>;
   using L = DqPassSmem<D>;
@@ -60,12 +61,12 @@ __global__ void __launch_bounds__(128, 2) dq_pass_kernel(const DqPassArgs a) {
 
   // Absolute token of the first key of key tile c.
   auto tile_base = [&](int c) {
-    if constexpr (kMoa)
+    if constexpr (kVis == kVisMoa)
       return c < it.sink_tiles ? it.seq_begin + c * 64 : it.key_start + (c - it.sink_tiles) * 64;
     else
       return it.key_start + c * 64;
   };
-  const int n_tiles = kMoa ? it.sink_tiles + it.n_key_tiles : it.n_key_tiles;
+  const int n_tiles = kVis == kVisMoa ? it.sink_tiles + it.n_key_tiles : it.n_key_tiles;
 
   auto load_keys = [&](int c, int buf) {
     const std::uint32_t sK = sb + L::kK + buf * L::kTile, sV = sb + L::kV + buf * L::kTile;
@@ -168,9 +169,15 @@ __global__ void __launch_bounds__(128, 2) dq_pass_kernel(const DqPassArgs a) {
         const int h = e >> 1;
         const int key = kbase + n * 8 + (lane & 3) * 2 + (e & 1);
         float p = cuda::fast_exp2(s[n][e] * a.scale_log2 - lse_r[h]);
-        if constexpr (kMoa) {
+        if constexpr (kVis == kVisMoa) {
           const int tok = tok_r[h];
           if (!(key <= tok && (key < it.seq_begin + a.moa_sink || key > tok - it.moa_w))) p = 0.f;
+        } else if constexpr (kVis == kVisBlocks) {
+          const int tok = tok_r[h];
+          const bool vis = it.head >= 0
+                               ? key <= tok && key >= it.seq_begin + (tok - it.seq_begin) / a.block_size * a.block_size
+                               : key < it.key_end;
+          if (!vis) p = 0.f;
         } else {
           if (diag && key > tok_r[h]) p = 0.f;
         }
@@ -222,20 +229,23 @@ __global__ void __launch_bounds__(128, 2) dq_pass_kernel(const DqPassArgs a) {
   }
 }
 
-template <class T, int D, bool kMoa>
+template <class T, int D, int kVis>
 void launch_dq_pass_as(const DqPassArgs& a, int n_items, cudaStream_t stream) {
   constexpr int kSmem = DqPassSmem<D>::kBytes;
-  MOBA_CUDA_CHECK(cudaFuncSetAttribute(dq_pass_kernel<T, D, kMoa>,
+  MOBA_CUDA_CHECK(cudaFuncSetAttribute(dq_pass_kernel<T, D, kVis>,
                                        cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem));
-  dq_pass_kernel<T, D, kMoa><<<n_items, 128, kSmem, stream>>>(a);
+  dq_pass_kernel<T, D, kVis><<<n_items, 128, kSmem, stream>>>(a);
 }
 
 template <class T, int D>
 void launch_dq_pass_impl(const DqPassArgs& a, int n_items, void* stream) {
   if (n_items <= 0) return;
   const auto s = static_cast<cudaStream_t>(stream);
-  if (a.moa) launch_dq_pass_as<T, D, true>(a, n_items, s);
-  else launch_dq_pass_as<T, D, false>(a, n_items, s);
+  switch (a.visibility) {
+    case kVisMoa: launch_dq_pass_as<T, D, kVisMoa>(a, n_items, s); break;
+    case kVisBlocks: launch_dq_pass_as<T, D, kVisBlocks>(a, n_items, s); break;
+    default: launch_dq_pass_as<T, D, kVisCausal>(a, n_items, s); break;
+  }
 }
 
 }  // namespace moba::detail::bwd

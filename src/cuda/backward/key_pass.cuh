@@ -31,9 +31,10 @@ struct KeyPassSmem {
         bytes(meta + (moa ? 5 : 4) * 2 * 64 * 4) {}
 };
 
-// kMoa: the implicit rows are masked by MoA's window + sink rule (KeyItem::sink_end, the row's
-// window) instead of the causal diagonal alone.
-template <class T, int D, bool kMoa>
+// kVis (Visibility): kVisMoa masks the implicit rows by MoA's window + sink rule
+// (KeyItem::sink_end, the row's window) instead of the causal diagonal alone; kVisBlocks also
+// masks the keys past a partial tile (which listed rows would otherwise see with score 0).
+template <class T, int D, int kVis>
 __global__ void __launch_bounds__(256, 1) key_pass_kernel(const KeyPassArgs a) {
   using Ops = DTypeOps<T>;
   constexpr int kC = D / 8;  // 16-byte chunks per row
@@ -41,7 +42,7 @@ __global__ void __launch_bounds__(256, 1) key_pass_kernel(const KeyPassArgs a) {
 
   const KeyItem it = a.items[blockIdx.x];
   const int NG = a.groups, nthr = 128 * NG;
-  const KeyPassSmem<D> L(NG, kMoa);
+  const KeyPassSmem<D> L(NG, kVis == kVisMoa);
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   const int G = a.group, hq = a.hq;
   const std::uint32_t sb = smem_addr(smem);
@@ -102,7 +103,7 @@ __global__ void __launch_bounds__(256, 1) key_pass_kernel(const KeyPassArgs a) {
       const std::int64_t li = std::int64_t(head) * a.total + tok;
       lse_s[buf * 64 + tid] = tok >= 0 ? a.lse[li] * kLog2e : INFINITY;
       dt_s[buf * 64 + tid] = tok >= 0 ? a.dt[li] : 0.f;
-      if constexpr (kMoa)
+      if constexpr (kVis == kVisMoa)
         lo_s[buf * 64 + tid] = tok >= 0 ? tok - a.moa_window[head * a.batch + it.seq] : 0;
     }
   };
@@ -175,12 +176,15 @@ __global__ void __launch_bounds__(256, 1) key_pass_kernel(const KeyPassArgs a) {
       for (int e = 0; e < 4; ++e) {
         const int col = n * 8 + (lane & 3) * 2 + (e & 1);
         float p = cuda::fast_exp2(s[n][e] * a.scale_log2 - lse_b[col]);
-        if constexpr (kMoa) {
-          const int key = kabs0 + (e >> 1) * 8, tok = tok_b[col];
+        const int key = kabs0 + (e >> 1) * 8;
+        if constexpr (kVis == kVisMoa) {
+          const int tok = tok_b[col];
           if (rt < n_impl && !(tok >= key && (key < it.sink_end || key > lo_s[buf * 64 + col])))
             p = 0.f;
+        } else if constexpr (kVis == kVisBlocks) {
+          if ((diag && tok_b[col] < key) || key >= it.key_start + it.key_len) p = 0.f;
         } else {
-          if (diag && tok_b[col] < kabs0 + (e >> 1) * 8) p = 0.f;
+          if (diag && tok_b[col] < key) p = 0.f;
         }
         s[n][e] = p;
       }
@@ -317,20 +321,23 @@ __global__ void __launch_bounds__(256, 1) key_pass_kernel(const KeyPassArgs a) {
   }
 }
 
-template <class T, int D, bool kMoa>
+template <class T, int D, int kVis>
 void launch_key_pass_as(const KeyPassArgs& a, int n_items, cudaStream_t stream) {
-  const int smem = KeyPassSmem<D>(a.groups, kMoa).bytes;
-  MOBA_CUDA_CHECK(cudaFuncSetAttribute(key_pass_kernel<T, D, kMoa>,
+  const int smem = KeyPassSmem<D>(a.groups, kVis == kVisMoa).bytes;
+  MOBA_CUDA_CHECK(cudaFuncSetAttribute(key_pass_kernel<T, D, kVis>,
                                        cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-  key_pass_kernel<T, D, kMoa><<<n_items, 128 * a.groups, smem, stream>>>(a);
+  key_pass_kernel<T, D, kVis><<<n_items, 128 * a.groups, smem, stream>>>(a);
 }
 
 template <class T, int D>
 void launch_key_pass_impl(const KeyPassArgs& a, int n_items, void* stream) {
   if (n_items <= 0) return;
   const auto s = static_cast<cudaStream_t>(stream);
-  if (a.moa_window) launch_key_pass_as<T, D, true>(a, n_items, s);
-  else launch_key_pass_as<T, D, false>(a, n_items, s);
+  switch (a.visibility) {
+    case kVisMoa: launch_key_pass_as<T, D, kVisMoa>(a, n_items, s); break;
+    case kVisBlocks: launch_key_pass_as<T, D, kVisBlocks>(a, n_items, s); break;
+    default: launch_key_pass_as<T, D, kVisCausal>(a, n_items, s); break;
+  }
 }
 
 }  // namespace moba::detail::bwd

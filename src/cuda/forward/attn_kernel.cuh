@@ -21,6 +21,7 @@
 #include "cuda/common/mma.cuh"
 #include "cuda/forward/attn_params.hpp"
 #include "cuda/forward/epilogue.cuh"
+#include "cuda/forward/work_item.cuh"
 
 namespace moba::cuda {
 
@@ -30,16 +31,6 @@ struct AttnTraits {
   static constexpr int kTileElems = 64 * kStride;
   static constexpr int kSmemBytes = 5 * kTileElems * int(sizeof(T)) + 2 * 64 * int(sizeof(int));
 };
-
-// Largest index i in [lo, hi) with a[i] <= x (a non-decreasing, a[lo] <= x).
-__device__ __forceinline__ int last_le(const int* a, int lo, int hi, int x) {
-  while (hi - lo > 1) {
-    const int mid = (lo + hi) >> 1;
-    if (a[mid] <= x) lo = mid;
-    else hi = mid;
-  }
-  return lo;
-}
 
 template <class T, int D>
 __global__ void __launch_bounds__(128) attn_fwd_kernel(const AttnParams p) {
@@ -58,59 +49,11 @@ __global__ void __launch_bounds__(128) attn_fwd_kernel(const AttnParams p) {
   const int g = lane >> 2, c4 = lane & 3;
   const bool gather = p.kind == kGatherWave;
 
-  // ---- which rows and which keys -------------------------------------------------------
-  int h, seq, nrows, t0 = 0, j_block = 0;
-  int r0b = 0, r0e = 0, r1b = 0, r1e = 0;  // two key ranges (positions within the sequence)
-  int moa_w = 0;
-  if (!gather) {
-    // Longest tiles first. The grid may be a bound (tables planned on the device): the CTAs
-    // past the real number of tiles, tile_off[batch], leave at once.
-    const int tile = p.tile_off[p.batch] - 1 - int(blockIdx.x);
-    if (tile < 0) return;
-    h = blockIdx.y;
-    seq = last_le(p.tile_off, 0, p.batch, tile);
-    const int len = p.cu[seq + 1] - p.cu[seq];
-    t0 = (tile - p.tile_off[seq]) * 64;
-    nrows = min(64, len - t0);
-    const int tend = t0 + nrows;
-    if (p.kind == kDenseFull) {
-      r1b = 0; r1e = tend;
-    } else if (p.kind == kDenseMobaOwn) {
-      r1b = (t0 / p.block_size) * p.block_size; r1e = tend;
-    } else {  // MoA
-      moa_w = p.moa_window[h * p.batch + seq];
-      const int lo = max(0, t0 - moa_w + 1);
-      if (p.moa_sink >= lo) {
-        r1b = 0; r1e = tend;
-      } else {
-        r0b = 0; r0e = p.moa_sink;
-        r1b = lo; r1e = tend;
-      }
-    }
-    if (tid < 64) {
-      sTok[tid] = tid < nrows ? p.cu[seq] + t0 + tid : -1;
-      sPos[tid] = t0 + tid;
-    }
-  } else {
-    const int tiles_begin = p.btile_off[p.bucket_begin];
-    const int i = tiles_begin + int(blockIdx.x);
-    if (i >= p.btile_off[p.bucket_end]) return;
-    const int b = last_le(p.btile_off, p.bucket_begin, p.bucket_end, i);
-    const int local = b - p.bucket_begin;
-    h = local / p.num_blocks;
-    const int gb = local - h * p.num_blocks;
-    seq = last_le(p.blk_off, 0, p.batch, gb);
-    j_block = gb - p.blk_off[seq];
-    r1b = j_block * p.block_size;
-    r1e = r1b + p.block_size;
-    const int start = p.bucket_off[b] + (i - p.btile_off[b]) * 64;
-    nrows = min(64, p.bucket_off[b + 1] - start);
-    if (tid < 64) {
-      const int tok = tid < nrows ? p.rows[start + tid] : -1;
-      sTok[tid] = tok;
-      sPos[tid] = tok >= 0 ? tok - p.cu[seq] : 0;
-    }
-  }
+  // ---- which rows and which keys (work_item.cuh) ----------------------------------------
+  WorkItem w;
+  if (!resolve_work_item<64>(p, tid, sTok, sPos, w)) return;
+  const int h = w.h, seq = w.seq, nrows = w.nrows, t0 = w.t0, moa_w = w.moa_w;
+  const int r0b = w.r0b, r0e = w.r0e, r1b = w.r1b, r1e = w.r1e;
   const int seq_begin = p.cu[seq];
   const int hk = h / p.group;
   __syncthreads();
@@ -190,6 +133,9 @@ __global__ void __launch_bounds__(128) attn_fwd_kernel(const AttnParams p) {
   std::uint32_t qf[KD][4];
   const float sl2 = p.scale_log2;
   const int t_first = t0;  // dense: position of row 0
+  // MoBA own block: when block_size is not a multiple of 64 a tile's rows can lie in several
+  // blocks; keys before the last row's own block then need the per-row lower bound (below).
+  const int own_lo_last = p.kind == kDenseMobaOwn ? ((t0 + nrows - 1) / p.block_size) * p.block_size : 0;
 
   for (int cidx = 0; cidx < nchunks; ++cidx) {
     const int buf = cidx & 1;
@@ -228,20 +174,24 @@ __global__ void __launch_bounds__(128) attn_fwd_kernel(const AttnParams p) {
     // scale, mask
     int kb, ke;
     chunk_range(cidx, kb, ke);
-    const bool need_mask =
-        !gather && (ke - kb < 64 || p.kind == kDenseMoa || kb + 63 > t_first);
+    // A chunk shorter than 64 keys (a sequence's end, or a gathered block of a size that is not
+    // a multiple of 64) masks its zero-filled tail.
+    const bool need_mask = ke - kb < 64 || (!gather && (p.kind == kDenseMoa || kb + 63 > t_first ||
+                                                        kb < own_lo_last));
 #pragma unroll
     for (int n = 0; n < 8; ++n)
 #pragma unroll
       for (int e = 0; e < 4; ++e) s[n][e] *= sl2;
     if (need_mask) {
+      const int own0 = p.kind == kDenseMobaOwn ? (pos_r[0] / p.block_size) * p.block_size : 0;
+      const int own1 = p.kind == kDenseMobaOwn ? (pos_r[1] / p.block_size) * p.block_size : 0;
 #pragma unroll
       for (int n = 0; n < 8; ++n)
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
           const int key = kb + n * 8 + 2 * c4 + (e & 1);
           const int t = pos_r[e >> 1];
-          bool vis = key < ke && key <= t;
+          bool vis = key < ke && key <= t && key >= ((e >> 1) ? own1 : own0);
           if (p.kind == kDenseMoa) vis = vis && (key < p.moa_sink || key > t - moa_w);
           if (!vis) s[n][e] = -INFINITY;
         }

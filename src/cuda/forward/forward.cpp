@@ -53,8 +53,9 @@ void check_supported(const Problem& p, const char* what) {
                                      " (use the cpu backend for f32)");
   if (p.head_dim != 64 && p.head_dim != 128)
     invalid("q", "head_dim 64 or 128 on the cuda backend", std::to_string(p.head_dim));
-  if (p.mode == Mode::moba && p.block_size % 64 != 0)
-    invalid("block_size", "a multiple of 64 on the cuda backend", std::to_string(p.block_size));
+  if (p.mode == Mode::moba && p.block_size < kMinCudaBlockSize)
+    invalid("block_size", "a block size >= " + std::to_string(kMinCudaBlockSize) + " on the cuda backend",
+            std::to_string(p.block_size));
 }
 
 // The kernels move rows in 16-byte pieces (cp.async): rows must start 16-byte aligned.

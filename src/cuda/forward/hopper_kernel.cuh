@@ -27,6 +27,7 @@
 #include "cuda/forward/attn_params.hpp"
 #include "cuda/forward/epilogue.cuh"
 #include "cuda/forward/hopper_wgmma.cuh"
+#include "cuda/forward/work_item.cuh"
 
 namespace moba::cuda {
 
@@ -43,15 +44,6 @@ struct HopperTraits {
 };
 
 namespace hopper {
-
-__device__ __forceinline__ int last_le_h(const int* a, int lo, int hi, int x) {
-  while (hi - lo > 1) {
-    const int mid = (lo + hi) >> 1;
-    if (a[mid] <= x) lo = mid;
-    else hi = mid;
-  }
-  return lo;
-}
 
 // Byte offset of 16-byte piece cc (of D/8) in row r of a swizzled tile with `rows` rows.
 __device__ __forceinline__ int swz(int r, int cc, int rows) {
@@ -118,57 +110,11 @@ __global__ void __launch_bounds__(256, 1) attn_fwd_hopper_kernel(const AttnParam
   const int g = lane >> 2, c4 = lane & 3;
   const bool gather = p.kind == kGatherWave;
 
-  // ---- which rows and which keys (as attn_kernel.cuh, 128-row tiles) ----------------------
-  int h, seq, nrows, t0 = 0;
-  int r0b = 0, r0e = 0, r1b = 0, r1e = 0;
-  int moa_w = 0;
-  if (!gather) {
-    const int tile = p.tile_off[p.batch] - 1 - int(blockIdx.x);  // as attn_kernel.cuh
-    if (tile < 0) return;
-    h = blockIdx.y;
-    seq = last_le_h(p.tile_off, 0, p.batch, tile);
-    const int len = p.cu[seq + 1] - p.cu[seq];
-    t0 = (tile - p.tile_off[seq]) * 128;
-    nrows = min(128, len - t0);
-    const int tend = t0 + nrows;
-    if (p.kind == kDenseFull) {
-      r1b = 0; r1e = tend;
-    } else if (p.kind == kDenseMobaOwn) {
-      r1b = (t0 / p.block_size) * p.block_size; r1e = tend;  // own block of the first row
-    } else {
-      moa_w = p.moa_window[h * p.batch + seq];
-      const int lo = max(0, t0 - moa_w + 1);
-      if (p.moa_sink >= lo) {
-        r1b = 0; r1e = tend;
-      } else {
-        r0b = 0; r0e = p.moa_sink;
-        r1b = lo; r1e = tend;
-      }
-    }
-    if (tid < 128) {
-      sTok[tid] = tid < nrows ? p.cu[seq] + t0 + tid : -1;
-      sPos[tid] = t0 + tid;
-    }
-  } else {
-    const int tiles_begin = p.btile_off[p.bucket_begin];
-    const int i = tiles_begin + int(blockIdx.x);
-    if (i >= p.btile_off[p.bucket_end]) return;
-    const int b = last_le_h(p.btile_off, p.bucket_begin, p.bucket_end, i);
-    const int local = b - p.bucket_begin;
-    h = local / p.num_blocks;
-    const int gb = local - h * p.num_blocks;
-    seq = last_le_h(p.blk_off, 0, p.batch, gb);
-    const int j_block = gb - p.blk_off[seq];
-    r1b = j_block * p.block_size;
-    r1e = r1b + p.block_size;
-    const int start = p.bucket_off[b] + (i - p.btile_off[b]) * 128;
-    nrows = min(128, p.bucket_off[b + 1] - start);
-    if (tid < 128) {
-      const int tok = tid < nrows ? p.rows[start + tid] : -1;
-      sTok[tid] = tok;
-      sPos[tid] = tok >= 0 ? tok - p.cu[seq] : 0;
-    }
-  }
+  // ---- which rows and which keys (work_item.cuh, 128-row tiles) ---------------------------
+  WorkItem w;
+  if (!resolve_work_item<128>(p, tid, sTok, sPos, w)) return;
+  const int h = w.h, seq = w.seq, t0 = w.t0, moa_w = w.moa_w;
+  const int r0b = w.r0b, r0e = w.r0e, r1b = w.r1b, r1e = w.r1e;
   const int seq_begin = p.cu[seq];
   const int hk = h / p.group;
   __syncthreads();

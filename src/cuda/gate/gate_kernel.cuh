@@ -2,9 +2,10 @@
 // 1. block_sums_kernel + block_means_finalize: fp64 sums per (full block, KV head), split over
 //    CTAs of 256 rows (exact for bf16/f16 inputs, so the order does not matter), then fp32
 //    divide and rounding to the input dtype, exactly as the reference does.
-// 2. gate_topk_kernel: one CTA = 64 query rows of one head (all rows of a 64-row tile share the
-//    own block because block_size is a multiple of 64). Scores q . mean for the past blocks run
-//    on tensor cores (m16n8k16, fp32 accumulate) 64 blocks at a time; each chunk's 64x64 scores
+// 2. gate_topk_kernel: one CTA = 64 query rows of one head. Scores q . mean for the past blocks
+//    of the tile's last row run on tensor cores (m16n8k16, fp32 accumulate) 64 blocks at a time
+//    (a row whose own block comes earlier, block_size not a multiple of 64, ignores the blocks
+//    from its own on); each chunk's 64x64 scores
 //    go to shared memory only. The mma threads flag, per row, the scores above the row's
 //    current K-th best (a 64-bit mask); one thread per row then walks only the flagged blocks
 //    in ascending order and keeps a sorted top-(topk-1) list (strictly greater replaces, so
@@ -122,12 +123,14 @@ __global__ void __launch_bounds__(128) gate_topk_kernel(const GateParams p) {
   const int t0 = (tile - p.tile_off[seq]) * 64;
   const int nrows = min(64, len - t0);
   const int tok0 = p.cu[seq] + t0;
-  const int own = t0 / p.block_size;  // the same for every row of the tile
+  // Past blocks of the tile's last row (every row's when block_size is a multiple of 64).
+  const int own_last = (t0 + nrows - 1) / p.block_size;
   const int K = p.past_k;
 
-  if (own <= K) {  // every past block is selected
+  if (own_last <= K) {  // every row selects all of its past blocks
     for (int idx = tid; idx < nrows * K; idx += 128) {
       const int r = idx / K, s = idx - r * K;
+      const int own = (t0 + r) / p.block_size;
       p.sel[(std::int64_t(tok0 + r) * p.hq + h) * K + s] = s < own ? s : -1;
     }
     return;
@@ -145,7 +148,7 @@ __global__ void __launch_bounds__(128) gate_topk_kernel(const GateParams p) {
     cp_async_16(sQ + r * S + cc * 8,
                 qg + std::int64_t(tok0 + (ok ? r : 0)) * p.q_ts + std::int64_t(h) * p.q_hs + cc * 8, ok);
   }
-  const int nb = own;
+  const int nb = own_last;
   const int nch = (nb + 63) / 64;
   auto load_means = [&](int c, int buf) {
     T* dst = sM + buf * Tr::kTileElems;
@@ -224,9 +227,10 @@ __global__ void __launch_bounds__(128) gate_topk_kernel(const GateParams p) {
     }
     __syncwarp();
     if (lane < 16) {
-      const int ncol = min(64, nb - c * 64);
-      unsigned long long mask = sMask[myrow];
-      if (ncol < 64) mask &= (1ull << ncol) - 1;
+      // this row's past blocks in the chunk (its own block and later ones are not candidates)
+      const int ncol = min(64, (t0 + myrow) / p.block_size - c * 64);
+      unsigned long long mask = ncol > 0 ? sMask[myrow] : 0ull;
+      if (ncol > 0 && ncol < 64) mask &= (1ull << ncol) - 1;
       const float* row = wS + lane * SS;
       while (mask) {  // ascending columns: equal scores keep the earlier block
         const int col = __ffsll(static_cast<long long>(mask)) - 1;
@@ -250,8 +254,9 @@ __global__ void __launch_bounds__(128) gate_topk_kernel(const GateParams p) {
   }
 
   if (lane < 16 && myrow < nrows) {
-    // ascending block order (insertion sort; K is small)
-    for (int a = 1; a < K; ++a) {
+    // ascending block order (insertion sort; K is small). cnt < K only for a row with at most
+    // K past blocks in a tile whose last row has more: it keeps all of them, -1 padded.
+    for (int a = 1; a < cnt; ++a) {
       const int x = lidx[a * 64 + myrow];
       int b = a - 1;
       while (b >= 0 && lidx[b * 64 + myrow] > x) {
@@ -261,7 +266,7 @@ __global__ void __launch_bounds__(128) gate_topk_kernel(const GateParams p) {
       lidx[(b + 1) * 64 + myrow] = x;
     }
     std::int32_t* out = p.sel + (std::int64_t(tok0 + myrow) * p.hq + h) * K;
-    for (int a = 0; a < K; ++a) out[a] = lidx[a * 64 + myrow];
+    for (int a = 0; a < K; ++a) out[a] = a < cnt ? lidx[a * 64 + myrow] : -1;
   }
 }
 
