@@ -58,10 +58,19 @@ struct WsTraits {
   static constexpr int kBarOff = kVOff + kStages * kTileBytes;
   // q_full, q_empty, k_full[S], v_full[S], empty[S]
   static constexpr int kNumBars = 2 + 3 * kStages;
-  static constexpr int kTabOff = kBarOff + ((kNumBars * 8 + 15) / 16) * 16;
-  static constexpr int kSmemBytes = 1024 + kTabOff + 2 * kRows * 4;  // 1 KB: swizzle alignment
+  static constexpr int kSmemBytes = 1024 + kBarOff + kNumBars * 8;  // 1 KB: swizzle alignment
   static_assert(kSmemBytes <= 227 * 1024, "shared memory over the sm_90 opt-in limit");
 };
+
+// Token of row r of a tile (-1 past its rows): gathered tiles list their rows, dense tiles are
+// consecutive positions from t0.
+template <bool kGather>
+__device__ __forceinline__ int ws_row_token(const AttnParams& p, const WsTile& w, int seq_begin,
+                                            int r) {
+  if (r >= w.nrows) return -1;
+  if constexpr (kGather) return p.rows[w.start + r];
+  else return seq_begin + w.t0 + r;
+}
 
 namespace ws {
 
@@ -110,8 +119,6 @@ __global__ void __launch_bounds__(384, 1)
   auto k_full = [&](int s) { return bar0 + 8u * std::uint32_t(2 + s); };
   auto v_full = [&](int s) { return bar0 + 8u * std::uint32_t(2 + S + s); };
   auto empty = [&](int s) { return bar0 + 8u * std::uint32_t(2 + 2 * S + s); };
-  int* sTok = reinterpret_cast<int*>(base + Tr::kTabOff);
-  int* sPos = sTok + Tr::kRows;
 
   const int tid = threadIdx.x, wg = tid >> 7, warp = (tid >> 5) & 3, lane = tid & 31;
   const int items = Vis::items(p);  // CTAs take items blockIdx.x, + gridDim.x, ...
@@ -171,8 +178,8 @@ __global__ void __launch_bounds__(384, 1)
         }
       }
     } else {
-      // warps 1-3: each tile's row tables and Q rows (zeros past the tile's rows), once the
-      // consumers are done reading the previous tile's Q
+      // warps 1-3: each tile's Q rows (zeros past the tile's rows), once the consumers are done
+      // reading the previous tile's Q
       int n = 0;
       for (int item = blockIdx.x; item < items; item += gridDim.x, ++n) {
         WsTile w;
@@ -180,16 +187,7 @@ __global__ void __launch_bounds__(384, 1)
         const int seq_begin = p.cu[w.seq];
         if (n > 0) mbar_wait(q_empty, std::uint32_t(n - 1) & 1u);
         for (int r = tid - 32; r < Tr::kRows; r += Tr::kQThreads) {
-          int tok, pos;
-          if constexpr (kGather) {
-            tok = r < w.nrows ? p.rows[w.start + r] : -1;
-            pos = tok >= 0 ? tok - seq_begin : 0;
-          } else {
-            tok = r < w.nrows ? seq_begin + w.t0 + r : -1;
-            pos = w.t0 + r;
-          }
-          sTok[r] = tok;
-          sPos[r] = pos;
+          const int tok = ws_row_token<kGather>(p, w, seq_begin, r);
           const T* src = static_cast<const T*>(p.q) +
                          (tok >= 0 ? std::int64_t(tok) * p.q_ts + std::int64_t(w.h) * p.q_hs : 0);
 #pragma unroll
@@ -199,7 +197,7 @@ __global__ void __launch_bounds__(384, 1)
         cp_async_commit();
         cp_async_wait<0>();
         fence_proxy_async();  // generic-proxy writes, read by wgmma (async proxy)
-        mbar_arrive(q_full);  // release: the tables are visible with it
+        mbar_arrive(q_full);
       }
     }
     return;
@@ -280,11 +278,16 @@ __global__ void __launch_bounds__(384, 1)
     // (and tiles) from meeting in one barrier phase.
     if (cw == 1) named_arrive<256>(ws::kTurnBarrier + 0);
 
-    mbar_wait(q_full, std::uint32_t(n) & 1u);  // Q rows and row tables of this tile
-    const int tok_r[2] = {sTok[row0], sTok[row1]};
-    const int pos_r[2] = {sPos[row0], sPos[row1]};
-    // this warp's first and last row positions (dense kinds: rows are consecutive)
-    const int pos_first = sPos[cw * 64 + warp * 16], pos_last = sPos[cw * 64 + warp * 16 + 15];
+    // this thread's two rows (token, position in the sequence; token -1 past the tile's rows)
+    // and this warp's first and last row positions (dense kinds: rows are consecutive)
+    const int seq_begin = p.cu[w.seq];
+    int tok_r[2], pos_r[2];
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      tok_r[i] = ws_row_token<kGather>(p, w, seq_begin, i == 0 ? row0 : row1);
+      pos_r[i] = kGather ? (tok_r[i] >= 0 ? tok_r[i] - seq_begin : 0) : w.t0 + (i == 0 ? row0 : row1);
+    }
+    const int pos_first = w.t0 + cw * 64 + warp * 16, pos_last = pos_first + 15;
 
 #pragma unroll
     for (int nn = 0; nn < ND; ++nn) o[nn][0] = o[nn][1] = o[nn][2] = o[nn][3] = 0.f;
@@ -343,6 +346,7 @@ __global__ void __launch_bounds__(384, 1)
     };
 
     // chunk 0: S_0 and its softmax; O is defined by ordinary instructions, no P V in flight
+    mbar_wait(q_full, std::uint32_t(n) & 1u);  // this tile's Q rows
     mbar_wait(k_full(st), ph);
     my_turn();
     reg_fence<ND * 4>(&o[0][0]);
