@@ -10,6 +10,7 @@
 //                              top-12, untimed (for ncu / compute-sanitizer)
 //   moba_cuda_bench --kernel K forward kernel: auto (default), sm90_wgmma, sm80_mma_sync,
 //                              sm90_warp_specialized (CudaOptions::forward_kernel)
+//   moba_cuda_bench --one-cta-per-tile  sm90_warp_specialized without persistent CTAs
 //   moba_cuda_bench --flashmoba FlashMoBA's setting instead (fp16, 16 heads, batch 2 x N, block
 //                              128, top-8) at 128K and 512K: config (d) of issue 11
 #include <cuda_bf16.h>
@@ -147,6 +148,7 @@ int main(int argc, char** argv) {
   bool flashmoba = false;
   for (int i = 1; i < argc; ++i)
     if (!std::strcmp(argv[i], "--flashmoba")) flashmoba = true;
+    else if (!std::strcmp(argv[i], "--one-cta-per-tile")) run.cuda.forward_persistent = false;
   using FK = moba::CudaOptions::ForwardKernel;
   if (!std::strcmp(kernel, "sm90_wgmma")) run.cuda.forward_kernel = FK::sm90_wgmma;
   else if (!std::strcmp(kernel, "sm80_mma_sync")) run.cuda.forward_kernel = FK::sm80_mma_sync;
@@ -157,8 +159,9 @@ int main(int argc, char** argv) {
   }
   cudaDeviceProp prop{};
   CK(cudaGetDeviceProperties(&prop, 0));
-  std::printf("# device: %s, %d SMs, L2 %d MB\n# %s\n# forward kernel: %s\n", prop.name,
-              prop.multiProcessorCount, prop.l2CacheSize >> 20, moba::build_info().c_str(), kernel);
+  std::printf("# device: %s, %d SMs, L2 %d MB\n# %s\n# forward kernel: %s%s\n", prop.name,
+              prop.multiProcessorCount, prop.l2CacheSize >> 20, moba::build_info().c_str(), kernel,
+              run.cuda.forward_persistent ? "" : " (one CTA per tile)");
   const int D = 128;
   struct Size { long long n; int h; bool dense; };
   std::vector<Size> sizes = {{8192, 8, true}, {32768, 8, true}};

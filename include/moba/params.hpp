@@ -60,6 +60,10 @@ struct CudaOptions {
   // driver that encodes TMA tensor maps); not chosen by `automatic` until measured.
   enum class ForwardKernel { automatic, sm90_wgmma, sm80_mma_sync, sm90_warp_specialized };
   ForwardKernel forward_kernel = ForwardKernel::automatic;
+  // sm90_warp_specialized only: persistent CTAs (one per SM walking the tiles, the next tile's
+  // loads overlapping this one's compute); false launches one CTA per tile. A measurement
+  // variant.
+  bool forward_persistent = true;
   // Backward key tiles: 0 picks (128 keys when MoBA blocks are a multiple of 128, else 64);
   // 64 forces 64-key tiles everywhere. Other values are an invalid_argument error.
   int backward_key_tile = 0;

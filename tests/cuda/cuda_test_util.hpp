@@ -68,6 +68,13 @@ struct GpuRun {
   std::vector<std::int32_t> sel;
 };
 
+// CudaOptions::forward_persistent for the warp-specialised kernel; MOBA_CUDA_TEST_WS_PERSISTENT=0
+// runs it with one CTA per tile instead (a test-harness switch to isolate the persistent loop).
+inline bool ws_persistent() {
+  const char* v = std::getenv("MOBA_CUDA_TEST_WS_PERSISTENT");
+  return !(v && v[0] == '0');
+}
+
 // Forward on the GPU through the public API; out/lse/selection are poisoned before the call.
 inline GpuRun gpu_forward(const Shape& s, const Inputs& in, bool cu_on_device = false,
                           CudaOptions::ForwardKernel kernel = CudaOptions::ForwardKernel::automatic) {
@@ -98,6 +105,7 @@ inline GpuRun gpu_forward(const Shape& s, const Inputs& in, bool cu_on_device = 
   RunOptions opt;
   opt.backend = Backend::cuda;
   opt.cuda.forward_kernel = kernel;
+  opt.cuda.forward_persistent = ws_persistent();
   attention_forward(dev_view(q.p, s.dtype, {T, s.hq, s.d}), dev_view(k.p, s.dtype, {T, s.hkv, s.d}),
                     dev_view(v.p, s.dtype, {T, s.hkv, s.d}), cuv, s.params,
                     dev_view(o.p, s.dtype, {T, s.hq, s.d}), dev_view(l.p, DType::f32, {s.hq, T}),

@@ -232,6 +232,7 @@ TEST(CudaForward, StridedOperands) {
     RunOptions opt;
     opt.backend = Backend::cuda;
     opt.cuda.forward_kernel = kernel;
+    opt.cuda.forward_persistent = ws_persistent();
     TensorView selv;
     if (mode == Mode::moba) selv = dev_view(sl.p, DType::i32, {T, hq, 2});
     attention_forward(view(0, hq), view(hq, hkv), view(hq + hkv, hkv),

@@ -66,7 +66,7 @@ bool hopper_attention_available();
 struct KvTensorMaps;
 template <class T, int D, int Kind>
 void launch_attention_ws_kind(const AttnParams& p, const KvTensorMaps& maps, int grid_x,
-                              int grid_y, void* stream);
+                              int grid_y, bool persistent, void* stream);
 // As hopper_attention_available, and the driver encodes tensor maps.
 template <class T, int D>
 bool ws_attention_available();

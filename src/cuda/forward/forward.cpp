@@ -271,12 +271,21 @@ bool use_hopper(const Problem& p, const CudaOptions& o) {
 // One launch of the warp-specialised kernel: the kind is a template argument (its visibility
 // functor is compiled in).
 template <class T, int D>
-void launch_ws(const AttnParams& a, const KvTensorMaps& maps, int gx, int gy, void* stream) {
+void launch_ws(const AttnParams& a, const KvTensorMaps& maps, int gx, int gy, bool persistent,
+               void* stream) {
   switch (a.kind) {
-    case kDenseFull: launch_attention_ws_kind<T, D, kDenseFull>(a, maps, gx, gy, stream); break;
-    case kDenseMobaOwn: launch_attention_ws_kind<T, D, kDenseMobaOwn>(a, maps, gx, gy, stream); break;
-    case kDenseMoa: launch_attention_ws_kind<T, D, kDenseMoa>(a, maps, gx, gy, stream); break;
-    default: launch_attention_ws_kind<T, D, kGatherWave>(a, maps, gx, gy, stream); break;
+    case kDenseFull:
+      launch_attention_ws_kind<T, D, kDenseFull>(a, maps, gx, gy, persistent, stream);
+      break;
+    case kDenseMobaOwn:
+      launch_attention_ws_kind<T, D, kDenseMobaOwn>(a, maps, gx, gy, persistent, stream);
+      break;
+    case kDenseMoa:
+      launch_attention_ws_kind<T, D, kDenseMoa>(a, maps, gx, gy, persistent, stream);
+      break;
+    default:
+      launch_attention_ws_kind<T, D, kGatherWave>(a, maps, gx, gy, persistent, stream);
+      break;
   }
 }
 
@@ -366,7 +375,8 @@ void run_attention(const Problem& p, const Forward& f, const RunOptions& o, cons
     dispatch(p, [&](auto* t, auto d) {
       using T = std::remove_pointer_t<decltype(t)>;
       constexpr int D = decltype(d)::value;
-      if (engine == Engine::sm90_ws) launch_ws<T, D>(a, maps, gx, gy, ws.stream());
+      if (engine == Engine::sm90_ws)
+        launch_ws<T, D>(a, maps, gx, gy, o.cuda.forward_persistent, ws.stream());
       else if (hop) launch_attention_hopper<T, D>(a, gx, gy, ws.stream());
       else launch_attention<T, D>(a, gx, gy, ws.stream());
     });

@@ -33,18 +33,17 @@ __device__ __forceinline__ int ws_last_le(const int* a, int lo, int hi, int x) {
   return lo;
 }
 
-// Dense launches: blockIdx.x walks the 128-row tiles longest first, blockIdx.y is the head.
-// The grid may be a bound (tables planned on the device): false for the CTAs past the real
-// number of tiles, tile_off[batch].
-__device__ __forceinline__ bool ws_dense_rows(const AttnParams& p, WsTile& w) {
-  const int tile = p.tile_off[p.batch] - 1 - int(blockIdx.x);
-  if (tile < 0) return false;
-  w.h = blockIdx.y;
+// Dense launches: work item i = (tile rank, head), heads fastest, the 128-row tiles longest
+// first (tile ranks count down from the last tile table entry). The tile count is read on the
+// device, tile_off[batch]: the tables may have been planned there (the grid is then a bound).
+__device__ __forceinline__ int ws_dense_items(const AttnParams& p) { return p.tile_off[p.batch] * p.hq; }
+__device__ __forceinline__ void ws_dense_rows(const AttnParams& p, int i, WsTile& w) {
+  const int tile = p.tile_off[p.batch] - 1 - i / p.hq;
+  w.h = i - (i / p.hq) * p.hq;
   w.seq = ws_last_le(p.tile_off, 0, p.batch, tile);
   const int len = p.cu[w.seq + 1] - p.cu[w.seq];
   w.t0 = (tile - p.tile_off[w.seq]) * 128;
   w.nrows = min(128, len - w.t0);
-  return true;
 }
 
 template <int Kind>
@@ -53,11 +52,11 @@ struct Visibility;
 template <>
 struct Visibility<kDenseFull> {
   static constexpr bool kGather = false;
-  __device__ static bool tile(const AttnParams& p, WsTile& w) {
-    if (!ws_dense_rows(p, w)) return false;
+  __device__ static int items(const AttnParams& p) { return ws_dense_items(p); }
+  __device__ static void tile(const AttnParams& p, int i, WsTile& w) {
+    ws_dense_rows(p, i, w);
     w.b1 = 0;
     w.e1 = w.t0 + w.nrows;
-    return true;
   }
   __device__ explicit Visibility(const AttnParams&, const WsTile&) {}
   // rows tf..tl (positions), keys kb..kb+127
@@ -69,11 +68,11 @@ template <>
 struct Visibility<kDenseMobaOwn> {
   static constexpr bool kGather = false;
   int block;
-  __device__ static bool tile(const AttnParams& p, WsTile& w) {
-    if (!ws_dense_rows(p, w)) return false;
+  __device__ static int items(const AttnParams& p) { return ws_dense_items(p); }
+  __device__ static void tile(const AttnParams& p, int i, WsTile& w) {
+    ws_dense_rows(p, i, w);
     w.b1 = (w.t0 / p.block_size) * p.block_size;  // own block of the first row
     w.e1 = w.t0 + w.nrows;
-    return true;
   }
   __device__ explicit Visibility(const AttnParams& p, const WsTile&) : block(p.block_size) {}
   __device__ bool all_visible(int kb, int tf, int tl) const {
@@ -86,8 +85,9 @@ template <>
 struct Visibility<kDenseMoa> {
   static constexpr bool kGather = false;
   int sink, window;
-  __device__ static bool tile(const AttnParams& p, WsTile& w) {
-    if (!ws_dense_rows(p, w)) return false;
+  __device__ static int items(const AttnParams& p) { return ws_dense_items(p); }
+  __device__ static void tile(const AttnParams& p, int i, WsTile& w) {
+    ws_dense_rows(p, i, w);
     w.moa_w = p.moa_window[w.h * p.batch + w.seq];
     const int tend = w.t0 + w.nrows;
     const int lo = max(0, w.t0 - w.moa_w + 1);
@@ -100,7 +100,6 @@ struct Visibility<kDenseMoa> {
       w.b1 = lo;
       w.e1 = tend;
     }
-    return true;
   }
   __device__ Visibility(const AttnParams& p, const WsTile& w) : sink(p.moa_sink), window(w.moa_w) {}
   // key k is hidden from row t when k > t, or sink <= k <= t - window
@@ -115,11 +114,12 @@ struct Visibility<kDenseMoa> {
 template <>
 struct Visibility<kGatherWave> {
   static constexpr bool kGather = true;
-  // The rows of one bucket (this wave's slot, head, key block j) in 128-row tiles; false when
-  // this CTA is past the wave's tiles (the grid is an upper bound).
-  __device__ static bool tile(const AttnParams& p, WsTile& w) {
-    const int i = p.btile_off[p.bucket_begin] + int(blockIdx.x);
-    if (i >= p.btile_off[p.bucket_end]) return false;
+  // Work item = one 128-row tile of a bucket (this wave's slot, head, key block j).
+  __device__ static int items(const AttnParams& p) {
+    return p.btile_off[p.bucket_end] - p.btile_off[p.bucket_begin];
+  }
+  __device__ static void tile(const AttnParams& p, int item, WsTile& w) {
+    const int i = p.btile_off[p.bucket_begin] + item;
     const int b = ws_last_le(p.btile_off, p.bucket_begin, p.bucket_end, i);
     const int local = b - p.bucket_begin;
     w.h = local / p.num_blocks;
@@ -130,7 +130,6 @@ struct Visibility<kGatherWave> {
     w.e1 = w.b1 + p.block_size;
     w.start = p.bucket_off[b] + (i - p.btile_off[b]) * 128;
     w.nrows = min(128, p.bucket_off[b + 1] - w.start);
-    return true;
   }
   __device__ explicit Visibility(const AttnParams&, const WsTile&) {}
   __device__ bool all_visible(int, int, int) const { return true; }

@@ -2,11 +2,14 @@
 // sm90_warp_specialized). Same work items, running state and LSE conventions as
 // hopper_kernel.cuh (128-row tiles: the 128-row tables), same swizzled shared-memory tiles and
 // wgmma shapes; what changes is who does what:
-//   warpgroup 0 = producer (setmaxnreg down to 40 registers): its 128 threads copy the tile's
-//     Q rows (cp.async: gathered MoBA rows are arbitrary tokens, which a TMA box cannot name),
-//     then one thread streams the K and V chunks with TMA (cp.async.bulk.tensor, 128 keys x 64
-//     columns per box, 128-byte swizzle) into kStages buffers, each guarded by mbarriers:
-//     k_full / v_full (one arrival + the transaction bytes) and empty (256 consumer arrivals).
+//   persistent CTAs (one per SM), each walking work items (tiles) blockIdx.x, + gridDim.x, ...
+//   warpgroup 0 = producer (setmaxnreg down to 40 registers): warps 1-3 write each tile's row
+//     tables and copy its Q rows (cp.async: gathered MoBA rows are arbitrary tokens, which a TMA
+//     box cannot name) once the consumers released the previous tile's Q (q_full / q_empty);
+//     one thread of warp 0 streams every tile's K and V chunks with TMA (cp.async.bulk.tensor,
+//     128 keys x 64 columns per box, 128-byte swizzle) into kStages buffers, each guarded by
+//     mbarriers k_full / v_full (one arrival + the transaction bytes) and empty (256 consumer
+//     arrivals), running ahead into the next tile while the consumers finish this one.
 //   warpgroups 1 and 2 = consumers (setmaxnreg up to 232 registers), 64 query rows each, both
 //     over every chunk of the tile. Per chunk c (intra-warpgroup overlap): issue S_c = Q K_c^T
 //     and O += P_{c-1} V_{c-1} back to back, wait for S_c only, run the softmax of chunk c while
@@ -22,6 +25,7 @@
 #include <cuda.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cfloat>
 #include <cstdint>
@@ -44,6 +48,7 @@ struct WsTraits {
   // D = 128: 3 x 64 KB of K/V + 32 KB of Q = 224 KB (opt-in limit 227 KB); D = 64: 5 x 32 KB
   static constexpr int kStages = D == 128 ? 3 : 5;
   static constexpr int kThreads = 384;
+  static constexpr int kQThreads = 96;  // producer warps 1-3 load Q; warp 0 drives the TMA
   static constexpr int kProducerRegs = 40;
   static constexpr int kConsumerRegs = 232;  // 128 x 40 + 256 x 232 <= 65536
   static constexpr int kQBytes = kRows * D * 2;
@@ -51,11 +56,21 @@ struct WsTraits {
   static constexpr int kKOff = kQBytes;
   static constexpr int kVOff = kKOff + kStages * kTileBytes;
   static constexpr int kBarOff = kVOff + kStages * kTileBytes;
-  static constexpr int kNumBars = 1 + 3 * kStages;  // q_full, k_full[S], v_full[S], empty[S]
-  static constexpr int kTabOff = kBarOff + ((kNumBars * 8 + 15) / 16) * 16;
-  static constexpr int kSmemBytes = 1024 + kTabOff + 2 * kRows * 4;  // 1 KB: swizzle alignment
+  // q_full, q_empty, k_full[S], v_full[S], empty[S]
+  static constexpr int kNumBars = 2 + 3 * kStages;
+  static constexpr int kSmemBytes = 1024 + kBarOff + kNumBars * 8;  // 1 KB: swizzle alignment
   static_assert(kSmemBytes <= 227 * 1024, "shared memory over the sm_90 opt-in limit");
 };
+
+// Token of row r of a tile (-1 past its rows): gathered tiles list their rows, dense tiles are
+// consecutive positions from t0.
+template <bool kGather>
+__device__ __forceinline__ int ws_row_token(const AttnParams& p, const WsTile& w, int seq_begin,
+                                            int r) {
+  if (r >= w.nrows) return -1;
+  if constexpr (kGather) return p.rows[w.start + r];
+  else return seq_begin + w.t0 + r;
+}
 
 namespace ws {
 
@@ -100,33 +115,18 @@ __global__ void __launch_bounds__(384, 1)
   const std::uint32_t k_addr0 = q_addr0 + Tr::kKOff;
   const std::uint32_t v_addr0 = q_addr0 + Tr::kVOff;
   const std::uint32_t bar0 = q_addr0 + Tr::kBarOff;
-  const std::uint32_t q_full = bar0;
-  auto k_full = [&](int s) { return bar0 + 8u * std::uint32_t(1 + s); };
-  auto v_full = [&](int s) { return bar0 + 8u * std::uint32_t(1 + S + s); };
-  auto empty = [&](int s) { return bar0 + 8u * std::uint32_t(1 + 2 * S + s); };
-  int* sTok = reinterpret_cast<int*>(base + Tr::kTabOff);
-  int* sPos = sTok + Tr::kRows;
+  const std::uint32_t q_full = bar0, q_empty = bar0 + 8;
+  auto k_full = [&](int s) { return bar0 + 8u * std::uint32_t(2 + s); };
+  auto v_full = [&](int s) { return bar0 + 8u * std::uint32_t(2 + S + s); };
+  auto empty = [&](int s) { return bar0 + 8u * std::uint32_t(2 + 2 * S + s); };
 
   const int tid = threadIdx.x, wg = tid >> 7, warp = (tid >> 5) & 3, lane = tid & 31;
+  const int items = Vis::items(p);  // CTAs take items blockIdx.x, + gridDim.x, ...
+  if (int(blockIdx.x) >= items) return;  // uniform over the CTA, before any barrier
 
-  // ---- the tile: rows, key ranges (uniform over the CTA) -----------------------------------
-  WsTile w;
-  if (!Vis::tile(p, w)) return;  // gathered waves: past this wave's tiles (before any barrier)
-  const Vis vis(p, w);
-  const int seq_begin = p.cu[w.seq];
-  const int hk = w.h / p.group;
-  if (tid < Tr::kRows) {
-    if constexpr (kGather) {
-      const int tok = tid < w.nrows ? p.rows[w.start + tid] : -1;
-      sTok[tid] = tok;
-      sPos[tid] = tok >= 0 ? tok - seq_begin : 0;
-    } else {
-      sTok[tid] = tid < w.nrows ? seq_begin + w.t0 + tid : -1;
-      sPos[tid] = w.t0 + tid;
-    }
-  }
   if (tid == 0) {
-    mbar_init(q_full, Tr::kRows);  // every producer thread, after its Q rows landed
+    mbar_init(q_full, Tr::kQThreads);  // every Q-loading producer thread, per tile
+    mbar_init(q_empty, 2 * 128);       // every consumer thread, after its tile's last Q K^T
     for (int s = 0; s < S; ++s) {
       mbar_init(k_full(s), 1);  // the producer's arrive.expect_tx (+ the TMA bytes)
       mbar_init(v_full(s), 1);
@@ -136,54 +136,68 @@ __global__ void __launch_bounds__(384, 1)
   }
   __syncthreads();
 
-  const int n0 = (w.e0 - w.b0 + KN - 1) / KN;
-  const int nchunks = n0 + (w.e1 - w.b1 + KN - 1) / KN;  // >= 1: a row sees its own position
-  auto chunk_begin = [&](int c) { return c < n0 ? w.b0 + c * KN : w.b1 + (c - n0) * KN; };
-  auto chunk_end = [&](int c) {
-    return c < n0 ? min(w.b0 + (c + 1) * KN, w.e0) : min(w.b1 + (c - n0 + 1) * KN, w.e1);
-  };
-
   if (wg == 0) {
     // ================================ producer ===========================================
     regs_dec<Tr::kProducerRegs>();
-    {  // Q: thread r copies row r (zeros past the tile's rows)
-      const int tok = sTok[tid];
-      const T* src = static_cast<const T*>(p.q) +
-                     (tok >= 0 ? std::int64_t(tok) * p.q_ts + std::int64_t(w.h) * p.q_hs : 0);
-#pragma unroll
-      for (int cc = 0; cc < D / 8; ++cc) cp_async_16(sQ + swz(tid, cc, Tr::kRows), src + cc * 8, tok >= 0);
-      cp_async_commit();
-      cp_async_wait<0>();
-      fence_proxy_async();  // generic-proxy writes, read by wgmma (async proxy)
-      mbar_arrive(q_full);
-    }
-    if (tid == 0) {
+    if (warp == 0) {
+      // one thread streams every tile's K and V chunks through the stages
+      if (lane != 0) return;
       tma_prefetch_map(&maps.k);
       tma_prefetch_map(&maps.v);
-      int s = 0;
-      std::uint32_t round_parity = 0;  // parity of the round this stage is in
-      for (int c = 0; c < nchunks; ++c) {
-        // stage s is free once the consumers released chunk c - S (round r - 1)
-        if (c >= S) mbar_wait(empty(s), round_parity ^ 1u);
-        const int tok = seq_begin + chunk_begin(c);
-        mbar_arrive_expect_tx(k_full(s), Tr::kTileBytes);
+      int s = 0, issued = 0;
+      std::uint32_t round_parity = 0;  // parity of the round stage s is in
+      for (int item = blockIdx.x; item < items; item += gridDim.x) {
+        WsTile w;
+        Vis::tile(p, item, w);
+        const int seq_begin = p.cu[w.seq];
+        const int hk = w.h / p.group;
+        const int n0 = (w.e0 - w.b0 + KN - 1) / KN;
+        const int nchunks = n0 + (w.e1 - w.b1 + KN - 1) / KN;
+        for (int c = 0; c < nchunks; ++c, ++issued) {
+          // stage s is free once the consumers released its previous chunk (round - 1)
+          if (issued >= S) mbar_wait(empty(s), round_parity ^ 1u);
+          const int tok = seq_begin + (c < n0 ? w.b0 + c * KN : w.b1 + (c - n0) * KN);
+          mbar_arrive_expect_tx(k_full(s), Tr::kTileBytes);
 #pragma unroll
-        for (int cb = 0; cb < D / 64; ++cb) {
-          const std::uint32_t dst = k_addr0 + s * Tr::kTileBytes + cb * KN * 128;
-          if (maps.k_token_dim == 2) tma_load_3d(dst, &maps.k, cb * 64, hk, tok, k_full(s));
-          else tma_load_3d(dst, &maps.k, cb * 64, tok, hk, k_full(s));
-        }
-        mbar_arrive_expect_tx(v_full(s), Tr::kTileBytes);
+          for (int cb = 0; cb < D / 64; ++cb) {
+            const std::uint32_t dst = k_addr0 + s * Tr::kTileBytes + cb * KN * 128;
+            if (maps.k_token_dim == 2) tma_load_3d(dst, &maps.k, cb * 64, hk, tok, k_full(s));
+            else tma_load_3d(dst, &maps.k, cb * 64, tok, hk, k_full(s));
+          }
+          mbar_arrive_expect_tx(v_full(s), Tr::kTileBytes);
 #pragma unroll
-        for (int cb = 0; cb < D / 64; ++cb) {
-          const std::uint32_t dst = v_addr0 + s * Tr::kTileBytes + cb * KN * 128;
-          if (maps.v_token_dim == 2) tma_load_3d(dst, &maps.v, cb * 64, hk, tok, v_full(s));
-          else tma_load_3d(dst, &maps.v, cb * 64, tok, hk, v_full(s));
+          for (int cb = 0; cb < D / 64; ++cb) {
+            const std::uint32_t dst = v_addr0 + s * Tr::kTileBytes + cb * KN * 128;
+            if (maps.v_token_dim == 2) tma_load_3d(dst, &maps.v, cb * 64, hk, tok, v_full(s));
+            else tma_load_3d(dst, &maps.v, cb * 64, tok, hk, v_full(s));
+          }
+          if (++s == S) {
+            s = 0;
+            round_parity ^= 1u;
+          }
         }
-        if (++s == S) {
-          s = 0;
-          round_parity ^= 1u;
+      }
+    } else {
+      // warps 1-3: each tile's Q rows (zeros past the tile's rows), once the consumers are done
+      // reading the previous tile's Q
+      int n = 0;
+      for (int item = blockIdx.x; item < items; item += gridDim.x, ++n) {
+        WsTile w;
+        Vis::tile(p, item, w);
+        const int seq_begin = p.cu[w.seq];
+        if (n > 0) mbar_wait(q_empty, std::uint32_t(n - 1) & 1u);
+        for (int r = tid - 32; r < Tr::kRows; r += Tr::kQThreads) {
+          const int tok = ws_row_token<kGather>(p, w, seq_begin, r);
+          const T* src = static_cast<const T*>(p.q) +
+                         (tok >= 0 ? std::int64_t(tok) * p.q_ts + std::int64_t(w.h) * p.q_hs : 0);
+#pragma unroll
+          for (int cc = 0; cc < D / 8; ++cc)
+            cp_async_16(sQ + swz(r, cc, Tr::kRows), src + cc * 8, tok >= 0);
         }
+        cp_async_commit();
+        cp_async_wait<0>();
+        fence_proxy_async();  // generic-proxy writes, read by wgmma (async proxy)
+        mbar_arrive(q_full);
       }
     }
     return;
@@ -191,46 +205,22 @@ __global__ void __launch_bounds__(384, 1)
 
   // ================================== consumers =============================================
   regs_inc<Tr::kConsumerRegs>();
-  const int cw = wg - 1;  // consumer 0 or 1: rows 64 cw .. 64 cw + 63
+  const int cw = wg - 1;  // consumer 0 or 1: rows 64 cw .. 64 cw + 63 of each tile
   const int g = lane >> 2, c4 = lane & 3;
   const int row0 = cw * 64 + warp * 16 + g, row1 = row0 + 8;
-  const int tok_r[2] = {sTok[row0], sTok[row1]};
-  const int pos_r[2] = {sPos[row0], sPos[row1]};
-  // this warp's first and last row positions (dense kinds: rows are consecutive)
-  const int pos_first = sPos[cw * 64 + warp * 16], pos_last = sPos[cw * 64 + warp * 16 + 15];
-
-  float o[ND][4];
-  float m[2], l[2];
-#pragma unroll
-  for (int n = 0; n < ND; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.f;
-  m[0] = m[1] = -INFINITY;
-  l[0] = l[1] = 0.f;
-  if constexpr (kGather) {  // resume the running state of the earlier passes
-#pragma unroll
-    for (int i = 0; i < 2; ++i) {
-      const int tok = tok_r[i];
-      if (tok < 0) continue;
-      const std::int64_t ri = std::int64_t(w.h) * p.total + tok;
-      m[i] = p.mrow[ri];
-      l[i] = c4 == 0 ? p.lrow[ri] : 0.f;
-      const float* a = p.acc + (std::int64_t(tok) * p.hq + w.h) * D;
-#pragma unroll
-      for (int n = 0; n < ND; ++n) {
-        const float2 v2 = *reinterpret_cast<const float2*>(a + n * 8 + 2 * c4);
-        o[n][2 * i] = v2.x;
-        o[n][2 * i + 1] = v2.y;
-      }
-    }
-  }
-
   const float sl2 = p.scale_log2;
   const std::uint32_t q_addr = q_addr0 + cw * 64 * 128;  // this warpgroup's 64 rows
   auto my_turn = [&]() { named_sync<256>(ws::kTurnBarrier + cw); };
   auto pass_turn = [&]() { named_arrive<256>(ws::kTurnBarrier + (cw ^ 1)); };
 
-  // S = Q K^T for the chunk in stage s: 64 x KN per warpgroup, K-major A and B
-  auto issue_qk = [&](float (&s)[NS][4], int stage) {
-    const std::uint32_t k_addr = k_addr0 + stage * Tr::kTileBytes;
+  float o[ND][4];
+  float s[NS][4];
+  std::uint32_t pa[KN / 16][4];
+  float m[2], l[2], alpha[2];
+
+  // S = Q K^T for the chunk in stage st: 64 x KN per warpgroup, K-major A and B
+  auto issue_qk = [&](int st) {
+    const std::uint32_t k_addr = k_addr0 + st * Tr::kTileBytes;
 #pragma unroll
     for (int kk = 0; kk < KD; ++kk) {
       const std::uint32_t koff = (kk & 3) * 32;  // 16 columns = 32 bytes inside the atom row
@@ -241,8 +231,8 @@ __global__ void __launch_bounds__(384, 1)
     }
   };
   // O += P V: P (64 x KN) from registers, V MN-major (d contiguous) from shared memory
-  auto issue_pv = [&](const std::uint32_t (&pa)[KN / 16][4], int stage) {
-    const std::uint32_t v_addr = v_addr0 + stage * Tr::kTileBytes;
+  auto issue_pv = [&](int st) {
+    const std::uint32_t v_addr = v_addr0 + st * Tr::kTileBytes;
 #pragma unroll
     for (int kk = 0; kk < KN / 16; ++kk) {
       // 16 keys = two 8-row groups (SBO 1024 B); D/64 column blocks of KN x 128 B (LBO)
@@ -250,40 +240,7 @@ __global__ void __launch_bounds__(384, 1)
       wgmma_rs<kBf16, D>(&o[0][0], pa[kk], db, 1);
     }
   };
-  // Mask, running max, P = 2^(s c - m) in place, running sum; alpha rescales the older O.
-  auto softmax = [&](float (&s)[NS][4], int c, float (&alpha)[2]) {
-    const int kb = chunk_begin(c), ke = chunk_end(c);
-    if (ke - kb < KN || !vis.all_visible(kb, pos_first, pos_last)) {
-#pragma unroll
-      for (int n = 0; n < NS; ++n)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int key = kb + n * 8 + 2 * c4 + (e & 1);
-          if (!(key < ke && vis.visible(key, pos_r[e >> 1]))) s[n][e] = -INFINITY;
-        }
-    }
-#pragma unroll
-    for (int i = 0; i < 2; ++i) {
-      float mx = -INFINITY;
-#pragma unroll
-      for (int n = 0; n < NS; ++n) mx = fmaxf(mx, fmaxf(s[n][2 * i], s[n][2 * i + 1]));
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-      const float m_new = fmaxf(m[i], mx * sl2);  // c > 0: max(s) c == max(s c)
-      const float m_use = m_new == -INFINITY ? 0.f : m_new;
-      alpha[i] = fast_exp2(m[i] - m_use);
-      m[i] = m_new;
-      float rs = 0.f;
-#pragma unroll
-      for (int n = 0; n < NS; ++n) {
-        s[n][2 * i] = fast_exp2(fmaf(s[n][2 * i], sl2, -m_use));
-        s[n][2 * i + 1] = fast_exp2(fmaf(s[n][2 * i + 1], sl2, -m_use));
-        rs += s[n][2 * i] + s[n][2 * i + 1];
-      }
-      l[i] = l[i] * alpha[i] + rs;
-    }
-  };
-  auto pack = [&](std::uint32_t (&pa)[KN / 16][4], const float (&s)[NS][4]) {
+  auto pack = [&]() {
 #pragma unroll
     for (int kk = 0; kk < KN / 16; ++kk) {
       pa[kk][0] = Dt<T>::pack(s[2 * kk][0], s[2 * kk][1]);
@@ -293,75 +250,163 @@ __global__ void __launch_bounds__(384, 1)
     }
   };
 
-  // Turn accounting: each consumer takes nchunks + 1 turns (S_0, then one per later chunk,
-  // then the last P V) and passes the turn after each, except consumer 1's last pass, which
-  // would have no taker: consumer 1 gives consumer 0 the first turn instead. So consumer 0's
-  // barrier sees 1 + nchunks arrivals of consumer 1 and consumer 1's sees nchunks + 1 of
-  // consumer 0, matching each one's nchunks + 1 syncs.
-  if (cw == 1) named_arrive<256>(ws::kTurnBarrier + 0);
+  int st = 0;                  // stage of the next chunk to consume (over all tiles)
+  std::uint32_t ph = 0;        // its full barriers' phase parity
+  auto advance = [&]() {
+    if (++st == S) {
+      st = 0;
+      ph ^= 1u;
+    }
+  };
+  int n = 0;
+  for (int item = blockIdx.x; item < items; item += gridDim.x, ++n) {
+    WsTile w;
+    Vis::tile(p, item, w);
+    const Vis vis(p, w);
+    const int n0 = (w.e0 - w.b0 + KN - 1) / KN;
+    const int nchunks = n0 + (w.e1 - w.b1 + KN - 1) / KN;  // >= 1: a row sees its own position
+    auto chunk_begin = [&](int c) { return c < n0 ? w.b0 + c * KN : w.b1 + (c - n0) * KN; };
+    auto chunk_end = [&](int c) {
+      return c < n0 ? min(w.b0 + (c + 1) * KN, w.e0) : min(w.b1 + (c - n0 + 1) * KN, w.e1);
+    };
 
-  float s[NS][4];
-  std::uint32_t pa[KN / 16][4];
-  float alpha[2];
-  mbar_wait(q_full, 0);
+    // Turn accounting, per tile: each consumer takes nchunks + 1 turns (S_0, one per later
+    // chunk, the last P V) and passes the turn after each, except consumer 1's last pass,
+    // which would have no taker: consumer 1 gives consumer 0 the tile's first turn instead.
+    // Consumer 0's barrier so sees 1 + nchunks arrivals and consumer 1's nchunks + 1, matching
+    // each one's nchunks + 1 syncs; the strict alternation keeps arrivals of different turns
+    // (and tiles) from meeting in one barrier phase.
+    if (cw == 1) named_arrive<256>(ws::kTurnBarrier + 0);
 
-  // chunk 0: S_0, softmax; O is defined by ordinary instructions, no P V in flight
-  mbar_wait(k_full(0), 0);
-  my_turn();
-  wg_fence();
-  issue_qk(s, 0);
-  wg_commit();
-  pass_turn();
-  wg_wait<0>();
-  reg_fence<NS * 4>(&s[0][0]);
-  softmax(s, 0, alpha);
-  ws::scale_rows(o, alpha);
-  pack(pa, s);
+    // this thread's two rows (token, position in the sequence; token -1 past the tile's rows)
+    // and this warp's first and last row positions (dense kinds: rows are consecutive)
+    const int seq_begin = p.cu[w.seq];
+    int tok_r[2], pos_r[2];
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      tok_r[i] = ws_row_token<kGather>(p, w, seq_begin, i == 0 ? row0 : row1);
+      pos_r[i] = kGather ? (tok_r[i] >= 0 ? tok_r[i] - seq_begin : 0) : w.t0 + (i == 0 ? row0 : row1);
+    }
+    const int pos_first = w.t0 + cw * 64 + warp * 16, pos_last = pos_first + 15;
 
-  int stage = 0;               // stage of chunk c - 1
-  std::uint32_t parity = 0;    // its full barriers' phase parity
-  for (int c = 1; c < nchunks; ++c) {
-    const int next = stage + 1 == S ? 0 : stage + 1;
-    const std::uint32_t next_parity = next == 0 ? parity ^ 1u : parity;
-    mbar_wait(k_full(next), next_parity);
-    mbar_wait(v_full(stage), parity);
+#pragma unroll
+    for (int nn = 0; nn < ND; ++nn) o[nn][0] = o[nn][1] = o[nn][2] = o[nn][3] = 0.f;
+    m[0] = m[1] = -INFINITY;
+    l[0] = l[1] = 0.f;
+    if constexpr (kGather) {  // resume the running state of the earlier passes
+#pragma unroll
+      for (int i = 0; i < 2; ++i) {
+        const int tok = tok_r[i];
+        if (tok < 0) continue;
+        const std::int64_t ri = std::int64_t(w.h) * p.total + tok;
+        m[i] = p.mrow[ri];
+        l[i] = c4 == 0 ? p.lrow[ri] : 0.f;
+        const float* a = p.acc + (std::int64_t(tok) * p.hq + w.h) * D;
+#pragma unroll
+        for (int nn = 0; nn < ND; ++nn) {
+          const float2 v2 = *reinterpret_cast<const float2*>(a + nn * 8 + 2 * c4);
+          o[nn][2 * i] = v2.x;
+          o[nn][2 * i + 1] = v2.y;
+        }
+      }
+    }
+
+    // Mask, running max, P = 2^(s c - m) in place, running sum; alpha rescales the older O.
+    auto softmax = [&](int c) {
+      const int kb = chunk_begin(c), ke = chunk_end(c);
+      if (ke - kb < KN || !vis.all_visible(kb, pos_first, pos_last)) {
+#pragma unroll
+        for (int nn = 0; nn < NS; ++nn)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int key = kb + nn * 8 + 2 * c4 + (e & 1);
+            if (!(key < ke && vis.visible(key, pos_r[e >> 1]))) s[nn][e] = -INFINITY;
+          }
+      }
+#pragma unroll
+      for (int i = 0; i < 2; ++i) {
+        float mx = -INFINITY;
+#pragma unroll
+        for (int nn = 0; nn < NS; ++nn) mx = fmaxf(mx, fmaxf(s[nn][2 * i], s[nn][2 * i + 1]));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+        const float m_new = fmaxf(m[i], mx * sl2);  // c > 0: max(s) c == max(s c)
+        const float m_use = m_new == -INFINITY ? 0.f : m_new;
+        alpha[i] = fast_exp2(m[i] - m_use);
+        m[i] = m_new;
+        float rs = 0.f;
+#pragma unroll
+        for (int nn = 0; nn < NS; ++nn) {
+          s[nn][2 * i] = fast_exp2(fmaf(s[nn][2 * i], sl2, -m_use));
+          s[nn][2 * i + 1] = fast_exp2(fmaf(s[nn][2 * i + 1], sl2, -m_use));
+          rs += s[nn][2 * i] + s[nn][2 * i + 1];
+        }
+        l[i] = l[i] * alpha[i] + rs;
+      }
+    };
+
+    // chunk 0: S_0 and its softmax; O is defined by ordinary instructions, no P V in flight
+    mbar_wait(q_full, std::uint32_t(n) & 1u);  // this tile's Q rows
+    mbar_wait(k_full(st), ph);
+    my_turn();
+    reg_fence<ND * 4>(&o[0][0]);
+    wg_fence();
+    issue_qk(st);
+    wg_commit();
+    pass_turn();
+    wg_wait<0>();
+    reg_fence<NS * 4>(&s[0][0]);
+    if (nchunks == 1) mbar_arrive(q_empty);  // the tile's last read of Q is done
+    softmax(0);
+    ws::scale_rows(o, alpha);
+    pack();
+    int prev = st;                // stage of chunk c - 1
+    std::uint32_t prev_ph = ph;
+    advance();
+
+    for (int c = 1; c < nchunks; ++c) {
+      mbar_wait(k_full(st), ph);
+      mbar_wait(v_full(prev), prev_ph);
+      my_turn();
+      reg_fence<ND * 4>(&o[0][0]);
+      reg_fence_u<KN / 4>(&pa[0][0]);
+      wg_fence();
+      issue_qk(st);
+      wg_commit();
+      issue_pv(prev);
+      wg_commit();
+      pass_turn();
+      wg_wait<1>();  // S_c; the P V of chunk c - 1 keeps running under the softmax
+      reg_fence<NS * 4>(&s[0][0]);
+      if (c == nchunks - 1) mbar_arrive(q_empty);
+      softmax(c);
+      wg_wait<0>();
+      reg_fence<ND * 4>(&o[0][0]);
+      reg_fence_u<KN / 4>(&pa[0][0]);
+      mbar_arrive(empty(prev));  // chunk c - 1's K and V are read
+      ws::scale_rows(o, alpha);
+      pack();
+      prev = st;
+      prev_ph = ph;
+      advance();
+    }
+
+    // the last chunk's P V
+    mbar_wait(v_full(prev), prev_ph);
     my_turn();
     reg_fence<ND * 4>(&o[0][0]);
     reg_fence_u<KN / 4>(&pa[0][0]);
     wg_fence();
-    issue_qk(s, next);
+    issue_pv(prev);
     wg_commit();
-    issue_pv(pa, stage);
-    wg_commit();
-    pass_turn();
-    wg_wait<1>();  // S_c; the P V of chunk c - 1 keeps running under the softmax
-    reg_fence<NS * 4>(&s[0][0]);
-    softmax(s, c, alpha);
+    if (cw == 0) pass_turn();
     wg_wait<0>();
     reg_fence<ND * 4>(&o[0][0]);
     reg_fence_u<KN / 4>(&pa[0][0]);
-    mbar_arrive(empty(stage));  // chunk c - 1's K and V are read
-    ws::scale_rows(o, alpha);
-    pack(pa, s);
-    stage = next;
-    parity = next_parity;
+    mbar_arrive(empty(prev));
+
+    write_rows<T, D, ND>(p, o, m, l, tok_r, pos_r, w.h, c4, kGather);
   }
-
-  // the last chunk's P V
-  mbar_wait(v_full(stage), parity);
-  my_turn();
-  reg_fence<ND * 4>(&o[0][0]);
-  reg_fence_u<KN / 4>(&pa[0][0]);
-  wg_fence();
-  issue_pv(pa, stage);
-  wg_commit();
-  if (cw == 0) pass_turn();
-  wg_wait<0>();
-  reg_fence<ND * 4>(&o[0][0]);
-  reg_fence_u<KN / 4>(&pa[0][0]);
-  mbar_arrive(empty(stage));
-
-  write_rows<T, D, ND>(p, o, m, l, tok_r, pos_r, w.h, c4, kGather);
 #elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   __trap();  // a Hopper build without the sm_90a features: never selected (see forward.cpp)
 #endif
@@ -389,15 +434,23 @@ bool ws_attention_available() {
   return cached.load() == 1;
 }
 
+// grid_x * grid_y bounds the number of tiles. Persistent: one CTA per SM, each walking work
+// items blockIdx.x, + gridDim.x, ... so the next tile's Q, K and V load while the current one
+// computes; otherwise one CTA per tile.
 template <class T, int D, int Kind>
 void launch_attention_ws_kind(const AttnParams& p, const KvTensorMaps& maps, int grid_x,
-                              int grid_y, void* stream) {
+                              int grid_y, bool persistent, void* stream) {
   if (grid_x <= 0 || grid_y <= 0) return;
   using Tr = WsTraits<D>;
+  int dev = 0, sms = 0;
+  MOBA_CUDA_CHECK(cudaGetDevice(&dev));
+  MOBA_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+  const long long bound = (long long)grid_x * grid_y;
+  const int grid = int(std::min<long long>(bound, persistent ? std::max(sms, 1) : 0x7fffffff));
   MOBA_CUDA_CHECK(cudaFuncSetAttribute(attn_fwd_ws_kernel<T, D, Kind>,
                                        cudaFuncAttributeMaxDynamicSharedMemorySize,
                                        Tr::kSmemBytes));
-  attn_fwd_ws_kernel<T, D, Kind><<<dim3(grid_x, grid_y), Tr::kThreads, Tr::kSmemBytes,
+  attn_fwd_ws_kernel<T, D, Kind><<<grid, Tr::kThreads, Tr::kSmemBytes,
                                    static_cast<cudaStream_t>(stream)>>>(p, maps);
   MOBA_CUDA_LAUNCH_CHECK();
 }
@@ -407,6 +460,6 @@ void launch_attention_ws_kind(const AttnParams& p, const KvTensorMaps& maps, int
 // One (dtype, head_dim, kind) per line; the ws_attn_<dtype>_d<D>_<kinds>.cu files use it.
 #define MOBA_INSTANTIATE_ATTENTION_WS_KIND(T, D, KIND)                                        \
   template void moba::cuda::launch_attention_ws_kind<T, D, KIND>(                            \
-      const moba::cuda::AttnParams&, const moba::cuda::KvTensorMaps&, int, int, void*);
+      const moba::cuda::AttnParams&, const moba::cuda::KvTensorMaps&, int, int, bool, void*);
 #define MOBA_INSTANTIATE_ATTENTION_WS_PROBE(T, D) \
   template bool moba::cuda::ws_attention_available<T, D>();
