@@ -1,0 +1,295 @@
+// Decode and chunked prefill over the paged KV cache (moba/kv_cache.hpp) against the one-shot
+// prefill of the same tokens, in fp64 (docs/semantics.md).
+//
+// A random shape's sequences are fed to a PagedKVCache in random chunks (decode steps of one
+// token, longer chunks, empty chunks, a batch of mixed lengths, rows mapped to scattered cache
+// slots, every page size). Each chunk's rows must equal the rows of a one-shot prefill of the
+// sequence up to the chunk's end: for full attention and MoBA (causal) that is the prefill of
+// the whole sequence; MoA's window depends on the length N, which is the length after the chunk.
+// Tolerances are those of the one-shot CPU tests (tests/cpu/test_cpu_attention.cpp).
+#include <gtest/gtest.h>
+
+#include <cstdio>
+#include <cstring>
+#include <numeric>
+
+#include "cpu_check.hpp"
+
+namespace moba::testing {
+namespace {
+
+constexpr double kFloorForward = 1e-5;
+
+// Tokens [from, from + n) of every sequence, packed (rows of a [T, H, D] host tensor).
+HostTensor gather_rows(const HostTensor& x, const std::vector<int>& cu, const std::vector<int>& from,
+                       const std::vector<int>& n) {
+  const std::int64_t row = x.shape[1] * x.shape[2];
+  const std::size_t es = dtype_size(x.dtype);
+  const std::int64_t total = std::accumulate(n.begin(), n.end(), std::int64_t(0));
+  HostTensor y(x.dtype, {total, x.shape[1], x.shape[2]});
+  std::int64_t at = 0;
+  for (std::size_t b = 0; b < n.size(); ++b) {
+    std::memcpy(&y.bytes[at * row * es], &x.bytes[(cu[b] + from[b]) * row * es], n[b] * row * es);
+    at += n[b];
+  }
+  return y;
+}
+
+struct Fed {
+  HostTensor out;                     // [T, hq, D] in the shape's packed layout
+  std::vector<float> lse;             // [hq, T]
+  std::vector<std::int32_t> selection;  // [T, hq, topk - 1]
+  std::vector<int> chunk_end;         // per token: the sequence length after its chunk
+  int max_used_pages = 0;
+};
+
+// The host storage of one cache.
+struct CacheStorage {
+  HostTensor k, v, means;
+  std::vector<std::int32_t> table, lens;
+  std::vector<double> sums;
+  PagedKV view;
+
+  explicit CacheStorage(const KVCacheConfig& c) {
+    const KVCacheShapes s = kv_cache_shapes(c);
+    k = HostTensor(c.dtype, s.k_pages);
+    v = HostTensor(c.dtype, s.v_pages);
+    table.assign(s.page_table[0] * s.page_table[1] * s.page_table[2], 7);
+    lens.assign(s.seq_lens[0], 7);
+    view.k_pages = k.view();
+    view.v_pages = v.view();
+    view.page_table = TensorView::contiguous(table.data(), DType::i32, Device::cpu(), {s.page_table[0], s.page_table[1], s.page_table[2]});
+    view.seq_lens = TensorView::contiguous(lens.data(), DType::i32, Device::cpu(), {s.seq_lens[0]});
+    if (c.block_size > 0) {
+      means = HostTensor(c.dtype, s.block_means);
+      means.fill(-3.0);  // never read before written
+      sums.assign(s.block_sums[0] * s.block_sums[1] * s.block_sums[2], 123.0);
+      view.block_means = means.view();
+      view.block_sums = TensorView::contiguous(sums.data(), DType::f64, Device::cpu(), {s.block_sums[0], s.block_sums[1], s.block_sums[2]});
+    }
+  }
+};
+
+struct FeedPlan {
+  int page_size = 16;
+  bool moa_evict = false;
+  int max_chunk = 1;
+  std::vector<std::vector<int>> chunks;  // per sequence: chunk sizes summing to its length
+  int threads = 1;
+};
+
+FeedPlan random_plan(std::mt19937& rng, const Shape& s) {
+  auto uni = [&](int lo, int hi) { return std::uniform_int_distribution<int>(lo, hi)(rng); };
+  FeedPlan f;
+  f.page_size = std::vector<int>{1, 3, 16, 64}[uni(0, 3)];
+  f.moa_evict = s.params.mode == Mode::moa && uni(0, 1) == 1;
+  f.max_chunk = uni(1, 8);
+  f.threads = uni(0, 3) == 0 ? 3 : 1;
+  for (int len : s.seqlens) {
+    std::vector<int> c;
+    int left = len;
+    while (left > 0) {
+      int n;
+      const int r = uni(0, 9);
+      if (c.empty() && r < 5) n = uni(1, left);       // a prompt
+      else if (r < 6) n = 0;                           // this sequence sits out a step
+      else if (r < 9 || f.moa_evict) n = 1;            // decode
+      else n = uni(1, left);                           // another chunk
+      if (f.moa_evict && !c.empty()) n = std::min(n, f.max_chunk);
+      n = std::min(n, left);
+      c.push_back(n);
+      left -= n;
+    }
+    f.chunks.push_back(c);
+  }
+  return f;
+}
+
+Fed feed(const Shape& s, const Inputs& in, const FeedPlan& plan) {
+  const int batch = static_cast<int>(s.seqlens.size()), T = s.total(), K = std::max(s.params.topk - 1, 0);
+  KVCacheConfig c;
+  c.dtype = s.dtype;
+  c.num_q_heads = s.hq;
+  c.num_kv_heads = s.hkv;
+  c.head_dim = s.d;
+  c.page_size = plan.page_size;
+  c.max_rows = 2 * batch + 1;
+  c.max_seqlen = std::max(1, *std::max_element(s.seqlens.begin(), s.seqlens.end()));
+  c.num_pages = 0;
+  for (int len : s.seqlens) c.num_pages += (len + c.page_size - 1) / c.page_size * s.hkv;
+  c.num_pages = std::max(c.num_pages, 1);
+  c.block_size = s.params.mode == Mode::moba ? s.params.block_size : 0;
+  c.moa_evict = plan.moa_evict;
+  c.moa = s.params.moa;
+  c.max_chunk = plan.max_chunk;
+  CacheStorage storage(c);
+  PagedKVCache cache(c, storage.view);
+  std::vector<int> slot(batch);
+  for (int b = 0; b < batch; ++b) slot[b] = c.max_rows - 1 - 2 * b;  // scattered rows
+
+  Fed r;
+  r.out = HostTensor(s.dtype, {T, s.hq, s.d});
+  r.out.fill(0.0);
+  r.lse.assign(std::size_t(s.hq) * T, 0.f);
+  r.selection.assign(std::size_t(T) * s.hq * K, -5);
+  r.chunk_end.assign(T, 0);
+  RunOptions o;
+  o.num_threads = plan.threads;
+  std::size_t steps = 0;
+  for (const auto& ch : plan.chunks) steps = std::max(steps, ch.size());
+  std::vector<int> done(batch, 0);
+  for (std::size_t step = 0; step < steps; ++step) {
+    std::vector<int> from, n, slots, seqs, cu{0};
+    for (int b = 0; b < batch; ++b) {
+      if (step >= plan.chunks[b].size()) continue;
+      seqs.push_back(b);
+      from.push_back(done[b]);
+      n.push_back(plan.chunks[b][step]);
+      slots.push_back(slot[b]);
+      cu.push_back(cu.back() + n.back());
+    }
+    if (seqs.empty()) continue;
+    std::vector<int> cu_src;  // the gathered sequences' offsets in the packed inputs
+    for (int b : seqs) cu_src.push_back(in.cu[b]);
+    const HostTensor k = gather_rows(in.k, cu_src, from, n), v = gather_rows(in.v, cu_src, from, n);
+    HostTensor q = gather_rows(in.q, cu_src, from, n);
+    const std::int64_t tq = cu.back();
+    TensorView cu_view = TensorView::contiguous(cu.data(), DType::i32, Device::cpu(), {std::int64_t(cu.size())});
+    HostTensor kk = k, vv = v;
+    cache.append(kk.view(), vv.view(), cu_view, slots, o);
+    HostTensor out(s.dtype, {tq, s.hq, s.d});
+    std::vector<float> lse(std::size_t(s.hq) * tq + 1);
+    std::vector<std::int32_t> sel(std::size_t(tq) * s.hq * K + 1);
+    TensorView sel_view = s.params.mode == Mode::moba
+                              ? TensorView::contiguous(sel.data(), DType::i32, Device::cpu(), {tq, s.hq, K})
+                              : TensorView{};
+    cache.attend(q.view(), cu_view, slots, s.params, out.view(),
+                 TensorView::contiguous(lse.data(), DType::f32, Device::cpu(), {s.hq, tq}), sel_view, o);
+    r.max_used_pages = std::max(r.max_used_pages, cache.used_pages());
+    // Scatter into the packed layout.
+    const std::size_t es = dtype_size(s.dtype), row = std::size_t(s.hq) * s.d;
+    for (std::size_t i = 0; i < seqs.size(); ++i) {
+      const int b = seqs[i];
+      for (int j = 0; j < n[i]; ++j) {
+        const std::int64_t src = cu[i] + j, dst = in.cu[b] + from[i] + j;
+        std::memcpy(&r.out.bytes[dst * row * es], &out.bytes[src * row * es], row * es);
+        for (int h = 0; h < s.hq; ++h) r.lse[std::size_t(h) * T + dst] = lse[std::size_t(h) * tq + src];
+        if (K > 0) std::copy_n(&sel[src * s.hq * K], s.hq * K, &r.selection[dst * s.hq * K]);
+        r.chunk_end[dst] = from[i] + n[i];
+      }
+      done[b] += n[i];
+      EXPECT_EQ(cache.seq_len(slot[b]), done[b]);
+    }
+  }
+  // Incremental block means against recomputed ones (exactly: same fp64 sums, same rounding).
+  if (c.block_size > 0)
+    for (int b = 0; b < batch; ++b)
+      for (int g = 0; g < s.hkv; ++g)
+        for (int j = 0; j < s.seqlens[b] / c.block_size; ++j)
+          for (int d = 0; d < s.d; ++d) {
+            double sum = 0;
+            for (int x = j * c.block_size; x < (j + 1) * c.block_size; ++x)
+              sum += in.k.get((std::int64_t(in.cu[b] + x) * s.hkv + g) * s.d + d);
+            const double mean = detail::round_to(s.dtype, static_cast<float>(sum) / static_cast<float>(c.block_size));
+            const std::int64_t at = ((std::int64_t(slot[b]) * s.hkv + g) * storage.means.shape[2] + j) * s.d + d;
+            EXPECT_EQ(storage.means.get(at), mean) << s.str() << " block " << j;
+          }
+  return r;
+}
+
+// Truth for each token: the one-shot prefill (fp64) of its sequence up to its chunk's end, on
+// the selection the cache's gate made (MoBA). Sequences of the truth problem are those prefixes.
+void check_against_prefill(const Shape& s, Inputs& in, const Fed& fed, int& near_ties, double& worst) {
+  Shape ps = s;
+  ps.seqlens.clear();
+  std::vector<int> src_seq, src_from, src_len;  // per prefix: source sequence, rows [from, len)
+  for (std::size_t b = 0; b < s.seqlens.size(); ++b) {
+    const int len = s.seqlens[b];
+    if (s.params.mode != Mode::moa) {
+      ps.seqlens.push_back(len);
+      src_seq.push_back(int(b)), src_from.push_back(0), src_len.push_back(len);
+      continue;
+    }
+    for (int t = 0; t < len;) {  // one prefix per chunk
+      const int end = fed.chunk_end[in.cu[b] + t];
+      ps.seqlens.push_back(end);
+      src_seq.push_back(int(b)), src_from.push_back(t), src_len.push_back(end);
+      t = end;
+    }
+  }
+  const int K = std::max(s.params.topk - 1, 0);
+  Inputs pin;
+  pin.cu = ps.cu_seqlens();
+  std::vector<int> zeros(ps.seqlens.size(), 0), starts;
+  for (int b : src_seq) starts.push_back(in.cu[b]);
+  pin.q = gather_rows(in.q, starts, zeros, ps.seqlens);
+  pin.k = gather_rows(in.k, starts, zeros, ps.seqlens);
+  pin.v = gather_rows(in.v, starts, zeros, ps.seqlens);
+  const int PT = ps.total();
+  std::vector<std::int32_t> sel(std::size_t(PT) * s.hq * K, -1);
+  auto src_token = [&](std::size_t i, int t) { return in.cu[src_seq[i]] + t; };
+  if (K > 0) {
+    for (std::size_t i = 0; i < ps.seqlens.size(); ++i)
+      for (int t = 0; t < ps.seqlens[i]; ++t)
+        std::copy_n(&fed.selection[std::size_t(src_token(i, t)) * s.hq * K], s.hq * K,
+                    &sel[std::size_t(pin.cu[i] + t) * s.hq * K]);
+    // The gate's choice against the reference gate: equal except at fp32 near-ties.
+    const std::vector<std::int32_t> ref = reference_selection(ps, pin);
+    for (std::size_t i = 0; i < ps.seqlens.size(); ++i)
+      for (int t = src_from[i]; t < src_len[i]; ++t)
+        for (int h = 0; h < s.hq; ++h) {
+          const std::size_t at = (std::size_t(pin.cu[i] + t) * s.hq + h) * K;
+          if (std::equal(sel.begin() + at, sel.begin() + at + K, ref.begin() + at)) continue;
+          ++near_ties;
+          EXPECT_TRUE(selection_within_near_tie(block_scores(ps, pin, int(i), t, h), sel.data() + at, K))
+              << s.str() << " token " << t << " head " << h;
+        }
+  }
+  std::vector<double> out, lse;
+  exact_forward(ps, pin, sel, out, lse);
+  // Compare the rows each prefix stands for.
+  std::vector<double> fast_rows, true_rows;
+  double lse_err = 0, lse_max = 0;
+  const std::size_t row = std::size_t(s.hq) * s.d;
+  for (std::size_t i = 0; i < ps.seqlens.size(); ++i)
+    for (int t = src_from[i]; t < src_len[i]; ++t) {
+      const std::int64_t pt = pin.cu[i] + t, st = src_token(i, t);
+      for (std::size_t e = 0; e < row; ++e) {
+        fast_rows.push_back(fed.out.get(st * row + e));
+        true_rows.push_back(out[pt * row + e]);
+      }
+      for (int h = 0; h < s.hq; ++h) {
+        lse_err = std::max(lse_err, std::fabs(double(fed.lse[std::size_t(h) * s.total() + st]) - lse[std::size_t(h) * PT + pt]));
+        lse_max = std::max(lse_max, std::fabs(lse[std::size_t(h) * PT + pt]));
+      }
+    }
+  const double err = rel_l2(fast_rows, true_rows);
+  const double allowed = 2 * rel_l2(rounded(true_rows, s.dtype), true_rows) + kFloorForward;
+  EXPECT_LE(err, allowed) << s.str();
+  EXPECT_LE(lse_err, 2e-5 * (1 + lse_max)) << s.str();
+  worst = std::max(worst, err / allowed);
+}
+
+TEST(CpuPaged, ChunkedDecodeMatchesOneShotPrefill) {
+  std::mt19937 rng(2026);
+  RandomShapeOptions opt;
+  opt.max_len = 160;
+  int near_ties = 0, shapes = 0;
+  double worst = 0;
+  for (int iter = 0; iter < 60; ++iter) {
+    const Shape s = random_shape(rng, opt);
+    Inputs in = make_inputs(s, 300 + iter);
+    const FeedPlan plan = random_plan(rng, s);
+    const Fed fed = feed(s, in, plan);
+    check_against_prefill(s, in, fed, near_ties, worst);
+    ++shapes;
+    if (::testing::Test::HasFailure()) {
+      std::printf("failing shape %s page %d evict %d\n", s.str().c_str(), plan.page_size, plan.moa_evict);
+      break;
+    }
+  }
+  std::printf("[ paged ] %d shapes, worst err/allowed %.3f, near-tie selection differences %d\n", shapes, worst, near_ties);
+}
+
+}  // namespace
+}  // namespace moba::testing
