@@ -489,25 +489,33 @@ void append_launch(const AppendArgs& a, cudaStream_t s) {
   append_lengths_kernel<<<1, 256, 0, s>>>(a);
 }
 
-#define MOBA_DECODE_INSTANTIATE(T)                                                          \
-  template <>                                                                               \
-  void launch_attention<T>(const AttentionArgs& a, int head_dim, cudaStream_t s) {          \
-    if (head_dim == 64) attention_launch<T, 64>(a, s);                                      \
-    else attention_launch<T, 128>(a, s);                                                    \
-  }                                                                                         \
-  template <>                                                                               \
-  void launch_gate<T>(const GateArgs& a, int head_dim, cudaStream_t s) {                    \
-    if (head_dim == 64) gate_launch<T, 64>(a, s);                                           \
-    else gate_launch<T, 128>(a, s);                                                         \
-  }                                                                                         \
-  template <>                                                                               \
-  void launch_append<T>(const AppendArgs& a, int head_dim, cudaStream_t s) {                \
-    if (head_dim == 64) append_launch<T, 64>(a, s);                                         \
-    else append_launch<T, 128>(a, s);                                                       \
-  }                                                                                         \
-  template <>                                                                               \
-  void launch_merge<T>(const MergeArgs& a, cudaStream_t s) {                                \
-    merge_kernel<T><<<dim3(a.total, a.heads), 128, 0, s>>>(a);                              \
-  }
+template <class T>
+void launch_attention(const AttentionArgs& a, int head_dim, cudaStream_t s) {
+  if (head_dim == 64) attention_launch<T, 64>(a, s);
+  else attention_launch<T, 128>(a, s);
+}
+
+template <class T>
+void launch_gate(const GateArgs& a, int head_dim, cudaStream_t s) {
+  if (head_dim == 64) gate_launch<T, 64>(a, s);
+  else gate_launch<T, 128>(a, s);
+}
+
+template <class T>
+void launch_append(const AppendArgs& a, int head_dim, cudaStream_t s) {
+  if (head_dim == 64) append_launch<T, 64>(a, s);
+  else append_launch<T, 128>(a, s);
+}
+
+template <class T>
+void launch_merge(const MergeArgs& a, cudaStream_t s) {
+  merge_kernel<T><<<dim3(a.total, a.heads), 128, 0, s>>>(a);
+}
+
+#define MOBA_DECODE_INSTANTIATE(T)                                              \
+  template void launch_attention<T>(const AttentionArgs&, int, cudaStream_t);   \
+  template void launch_gate<T>(const GateArgs&, int, cudaStream_t);             \
+  template void launch_append<T>(const AppendArgs&, int, cudaStream_t);         \
+  template void launch_merge<T>(const MergeArgs&, cudaStream_t);
 
 }  // namespace moba::cuda::decode
