@@ -52,13 +52,13 @@ int sm_count() {
   return n;
 }
 
-// Splits per (row, head chunk): enough CTAs for ~4 waves over the SMs, splits of >= 256 keys
+// Splits per (row, head chunk): enough CTAs to keep every SM's loads in flight, splits of >= 256 keys
 // of the most a row can see (the host knows no lengths: they live on the device).
 int choose_splits(const PagedProblem& p, int ctas) {
   std::int64_t max_keys = std::int64_t(p.cache.pages_per_seq) * p.cache.page_size;
   if (p.base.mode == Mode::moba)
     max_keys = std::min<std::int64_t>(max_keys, std::int64_t(p.base.topk) * p.base.block_size);
-  const std::int64_t target = std::int64_t(sm_count()) * 4;
+  const std::int64_t target = std::int64_t(sm_count()) * 8;  // ~2 waves of resident CTAs
   const std::int64_t by_ctas = (target + std::max(ctas, 1) - 1) / std::max(ctas, 1);
   const std::int64_t by_keys = std::max<std::int64_t>(1, max_keys / 256);
   return static_cast<int>(std::clamp<std::int64_t>(std::min(by_ctas, by_keys), 1, 1024));

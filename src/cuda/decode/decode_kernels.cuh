@@ -187,20 +187,31 @@ __global__ void __launch_bounds__(kThreads) attention_kernel(const AttentionArgs
       sm.key_pos[tid] = pos;
     }
     __syncthreads();
-    // Gather K and V rows from their pages (32-bit words; rows are odd-word strided).
-    constexpr int kWords = D / 2;
-    for (int x = tid; x < kTile * kWords; x += kThreads) {
-      const int j = x / kWords, w = x % kWords;
-      std::uint32_t kw = 0, vw = 0;
+    // Gather K and V rows from their pages: 16-byte global loads (all issued before the shared
+    // stores), 32-bit shared stores (rows are odd-word strided for the score reads).
+    constexpr int kChunks = D / 8;  // 16-byte pieces per row
+    constexpr int kPer = kTile * kChunks / kThreads;
+    uint4 kr[kPer], vr[kPer];
+#pragma unroll
+    for (int u = 0; u < kPer; ++u) {
+      const int x = tid + u * kThreads, j = x / kChunks, c = x % kChunks;
       const int pos = sm.key_pos[j];
       const int page = pos >= 0 ? __ldg(a.pages.table + table_row + pos / P) : -1;
+      kr[u] = make_uint4(0, 0, 0, 0);
+      vr[u] = kr[u];
       if (page >= 0 && page < a.pages.num_pages) {  // the GPU trusts the table; never reads outside
-        const std::int64_t at = (std::int64_t(page) * P + pos % P) * D + 2 * w;
-        kw = __ldg(reinterpret_cast<const std::uint32_t*>(kp + at));
-        vw = __ldg(reinterpret_cast<const std::uint32_t*>(vp + at));
+        const std::int64_t at = (std::int64_t(page) * P + pos % P) * D + 8 * c;
+        kr[u] = __ldg(reinterpret_cast<const uint4*>(kp + at));
+        vr[u] = __ldg(reinterpret_cast<const uint4*>(vp + at));
       }
-      *reinterpret_cast<std::uint32_t*>(&sm.k[j][2 * w]) = kw;
-      *reinterpret_cast<std::uint32_t*>(&sm.v[j][2 * w]) = vw;
+    }
+#pragma unroll
+    for (int u = 0; u < kPer; ++u) {
+      const int x = tid + u * kThreads, j = x / kChunks, c = x % kChunks;
+      std::uint32_t* kd = reinterpret_cast<std::uint32_t*>(&sm.k[j][8 * c]);
+      std::uint32_t* vd = reinterpret_cast<std::uint32_t*>(&sm.v[j][8 * c]);
+      kd[0] = kr[u].x, kd[1] = kr[u].y, kd[2] = kr[u].z, kd[3] = kr[u].w;
+      vd[0] = vr[u].x, vd[1] = vr[u].y, vd[2] = vr[u].z, vd[3] = vr[u].w;
     }
     __syncthreads();
     // Scores: thread -> key j, heads hh = tid / kTile + 2k; masked per head.
