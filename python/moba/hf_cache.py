@@ -12,6 +12,10 @@ the cache, giving the rows a one-shot prefill of the whole sequence so far would
 layers keep exact block means, so decoding selects the blocks the prefill selects; MoA layers
 keep only each KV head's sink and windows (``moa_evict=True``, the default), freeing the rest.
 
+On the GPU, a step whose sequences have no history yet (the prompt) runs the tiled one-shot
+prefill kernels on the new tokens (the same rows, faster than the decode kernels' one CTA per
+query row); every later step runs over the pages.
+
 How the attention function finds the cache: ``update`` returns the new key/value states
 unchanged and records them; moba's registered attention function (moba.hf) recognises these
 exact tensors and runs the paged step instead of its usual path. Padding (a 2-D attention mask)
@@ -116,15 +120,44 @@ class PagedCacheLayer(CacheLayerMixin):
         cu = torch.tensor([0] + list(torch.tensor(counts).cumsum(0).tolist()), dtype=torch.int32)
         if k.dtype != self.cache.dtype:
             k, v = k.to(self.cache.dtype), v.to(self.cache.dtype)
+        fresh = all(self.cache.seq_len(r) == 0 for r in range(b))
         self.cache.append(k.contiguous(), v.contiguous(), cu, backend=params.get("backend", "auto"))
-        out = self.cache.attend(q.to(self.cache.dtype), cu, mode=mode,
-                                block_size=params.get("block_size", 0), topk=params.get("topk", 0),
-                                alphas=params.get("alphas", ()), betas=params.get("betas", ()),
-                                sink=params.get("sink", 64), softmax_scale=scaling,
-                                backend=params.get("backend", "auto")).to(query.dtype)
+        if fresh and self._one_shot_ok(mode, params, q):
+            # Empty history: the rows equal the one-shot prefill of the new tokens, which the
+            # tiled prefill kernels compute faster than the decode path (one CTA per row).
+            out = self._one_shot(q.to(self.cache.dtype), k, v, cu, max(counts), mode, params,
+                                 scaling).to(query.dtype)
+        else:
+            out = self._paged(q, cu, mode, params, scaling).to(query.dtype)
         if idx is not None:
             out = out.new_zeros((b * sq, hq, d)).index_copy(0, idx, out)
         return out.reshape(b, sq, hq, d)
+
+    @staticmethod
+    def _one_shot_ok(mode, params, q) -> bool:
+        if q.device.type != "cuda":
+            return False  # on the CPU the paged path is the one tested against the recompute
+        return mode != "moba" or params.get("block_size", 0) % 64 == 0
+
+    @staticmethod
+    def _one_shot(q, k, v, cu, max_len, mode, params, scaling):
+        from . import ops
+
+        backend = params.get("backend", "auto")
+        if mode == "moba":
+            return ops.moba_attn_varlen(q, k, v, cu, max_len, params["block_size"], params["topk"],
+                                        softmax_scale=scaling, backend=backend)
+        if mode == "moa":
+            return ops.moa_attn(q, k, v, cu, max_len, params["alphas"], params["betas"],
+                                sink=params["sink"], softmax_scale=scaling, backend=backend)
+        return ops.flash_attn_varlen(q, k, v, cu, max_len, softmax_scale=scaling, backend=backend)
+
+    def _paged(self, q, cu, mode, params, scaling):
+        return self.cache.attend(q.to(self.cache.dtype), cu, mode=mode,
+                                 block_size=params.get("block_size", 0), topk=params.get("topk", 0),
+                                 alphas=params.get("alphas", ()), betas=params.get("betas", ()),
+                                 sink=params.get("sink", 64), softmax_scale=scaling,
+                                 backend=params.get("backend", "auto"))
 
 
 class PagedCache(Cache):
