@@ -52,7 +52,7 @@ def measure_bandwidth():
     return 2 * n / (ms * 1e-3) / 1e9
 
 
-def time_ms(fn, iters=20):
+def time_ms(fn, iters=10):
     """Median ms of fn, replayed from a CUDA graph when capture works (eager otherwise)."""
     fn()
     torch.cuda.synchronize()

@@ -3,7 +3,7 @@
 // in GPU memory. Also: the block means the GPU maintains equal the recomputed ones exactly, a
 // decode step (append + gate + attention) captured in a CUDA graph replays to the eager result,
 // and a long context exercises the split-KV merge. Skips without a GPU.
-// MOBA_CUDA_DECODE_SHAPES=<n> sets the number of random shapes (default 150).
+// MOBA_CUDA_DECODE_SHAPES=<n> sets the number of random shapes (default 80).
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
@@ -19,7 +19,7 @@ namespace {
 
 int shape_count() {
   const char* e = std::getenv("MOBA_CUDA_DECODE_SHAPES");
-  return e ? std::max(1, std::atoi(e)) : 150;
+  return e ? std::max(1, std::atoi(e)) : 80;
 }
 
 // A cache whose storage lives on the GPU.
