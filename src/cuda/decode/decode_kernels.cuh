@@ -196,7 +196,8 @@ __global__ void __launch_bounds__(kThreads) attention_kernel(const AttentionArgs
     for (int u = 0; u < kPer; ++u) {
       const int x = tid + u * kThreads, j = x / kChunks, c = x % kChunks;
       const int pos = sm.key_pos[j];
-      const int page = pos >= 0 ? __ldg(a.pages.table + table_row + pos / P) : -1;
+      const bool in_table = pos >= 0 && pos / P < a.pages.pages_per_seq;
+      const int page = in_table ? __ldg(a.pages.table + table_row + pos / P) : -1;
       kr[u] = make_uint4(0, 0, 0, 0);
       vr[u] = kr[u];
       if (page >= 0 && page < a.pages.num_pages) {  // the GPU trusts the table; never reads outside
@@ -339,7 +340,7 @@ __global__ void __launch_bounds__(kThreads) gate_kernel(const GateArgs a) {
   const int G = min(kMaxGroup, g * a.group + a.group - h0);
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const RowInfo ri = locate(a.rows, row);
-  const int own = ri.t / a.block_size;
+  const int own = max(0, min(ri.t / a.block_size, a.max_blocks));  // (the host sized the means)
   const int keep = min(a.past_k, own);
   for (int x = tid; x < G * D; x += kThreads) {
     const int hh = x / D, d = x % D;
