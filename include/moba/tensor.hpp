@@ -8,7 +8,8 @@
 
 namespace moba {
 
-enum class DType : std::uint8_t { f32, f16, bf16, i32 };
+// f64 only for the KV cache's exact running key sums (moba/kv_cache.hpp).
+enum class DType : std::uint8_t { f32, f16, bf16, i32, f64 };
 
 enum class DeviceType : std::uint8_t { cpu, cuda };
 

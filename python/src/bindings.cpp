@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "bindings_common.hpp"
 #include "moba/moba.hpp"
 
 namespace py = pybind11;
@@ -35,7 +36,8 @@ moba::DType parse_dtype(const std::string& name, const std::string& s) {
   if (s == "f16") return moba::DType::f16;
   if (s == "bf16") return moba::DType::bf16;
   if (s == "i32") return moba::DType::i32;
-  bad(name, "dtype f32, f16, bf16 or i32", s);
+  if (s == "f64") return moba::DType::f64;
+  bad(name, "dtype f32, f16, bf16, i32 or f64", s);
 }
 
 moba::TensorView to_view(const py::handle& obj) {
@@ -190,6 +192,21 @@ std::vector<double> influence(py::handle q, py::handle k, py::handle v, py::hand
 
 }  // namespace
 
+// The helpers above, for the other binding files (bindings_common.hpp).
+namespace moba_py {
+moba::TensorView to_view(const py::handle& obj) { return ::to_view(obj); }
+moba::DType parse_dtype(const std::string& name, const std::string& s) { return ::parse_dtype(name, s); }
+moba::AttentionParams make_params(const std::string& mode, int block_size, int topk,
+                                  double softmax_scale, std::vector<float> alpha,
+                                  std::vector<float> beta, int sink) {
+  return ::make_params(mode, block_size, topk, softmax_scale, std::move(alpha), std::move(beta), sink);
+}
+moba::RunOptions make_options(const std::string& backend, std::uintptr_t stream,
+                              bool deterministic, int num_threads) {
+  return ::make_options(backend, stream, deterministic, num_threads);
+}
+}  // namespace moba_py
+
 PYBIND11_MODULE(_C, m) {
   m.doc() = "moba C++ core (raw pointers in, no torch types); use the moba package instead";
 
@@ -254,6 +271,7 @@ PYBIND11_MODULE(_C, m) {
     return out;
   });
   m.def("build_info", &moba::build_info);
+  moba_py::bind_paged(m);  // paged KV cache, decode / chunked prefill (bindings_paged.cpp)
   m.attr("__version__") = MOBA_VERSION_STRING;
 
   py::class_<moba::MoaPlan>(m, "MoaPlan")
