@@ -127,7 +127,7 @@ def count_parameters(model) -> int:
 def forward_kwargs(attn_name: str, batch: int, seq_len: int) -> dict:
     """Extra model arguments: for a single sequence, moba gets its boundaries directly (instead
     of scanning position_ids for packed sequences, a host sync in every layer)."""
-    if attn_name == "sdpa" or batch != 1:
+    if attn_name.endswith("sdpa") or batch != 1:
         return {}
     return {"cu_seq_lens_q": torch.tensor([0, seq_len], dtype=torch.int32),
             "cu_seq_lens_k": torch.tensor([0, seq_len], dtype=torch.int32),

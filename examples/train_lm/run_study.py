@@ -35,7 +35,12 @@ import traceback
 from typing import Dict, List
 
 import numpy as np
-import torch
+
+# On the CPU, torch's and moba's OpenMP threads share the cores; waiting passively keeps idle
+# threads of one pool from spinning against the other (set before OpenMP starts).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
