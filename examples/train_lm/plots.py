@@ -33,7 +33,7 @@ def loss_curves(results: dict, path: str) -> None:
     fig, axes = plt.subplots(1, 3, figsize=(17, 4.8))
     for kind, run in runs.items():
         t = run.get("train") or {}
-        label = run.get("describe", kind)
+        label = kind
         if t.get("tokens"):
             tokens = np.asarray(t["tokens"]) / 1e6
             line, = axes[0].plot(tokens, _smooth(t["loss"], 5), label=f"{label} (train)")
@@ -84,7 +84,8 @@ def needle_heatmaps(results: dict, path: str) -> None:
         for (i, j), x in np.ndenumerate(acc):
             ax.text(j, i, "-" if np.isnan(x) else f"{100 * x:.0f}", ha="center", va="center",
                     fontsize=7)
-        ax.set(xlabel="context length", ylabel="needle depth", title=run.get("describe", kind))
+        ax.set(xlabel="context length", ylabel="needle depth" if ax is axes[0][0] else "",
+               title=run.get("describe", kind))
         ax.title.set_fontsize(8)
     fig.colorbar(image, ax=axes[0].tolist(), label="accuracy")
     fig.savefig(path, dpi=110, bbox_inches="tight")

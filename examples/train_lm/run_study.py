@@ -365,10 +365,15 @@ class Study:
             self.error("longest", exc)
         self.write()
         try:
-            plots.loss_curves(self.results, os.path.join(a.out, "loss_curves.png"))
-            plots.needle_heatmaps(self.results, os.path.join(a.out, "needle_heatmap.png"))
-        except Exception as exc:  # noqa: BLE001
-            self.error("plots", exc)
+            import matplotlib  # noqa: F401
+        except ImportError:
+            log("matplotlib is not installed: no PNGs (the tables are in results.md)")
+        else:
+            try:
+                plots.loss_curves(self.results, os.path.join(a.out, "loss_curves.png"))
+                plots.needle_heatmaps(self.results, os.path.join(a.out, "needle_heatmap.png"))
+            except Exception as exc:  # noqa: BLE001
+                self.error("plots", exc)
         self.write()
         log(f"done in {time.time() - self.t0:.0f} s: {os.path.join(a.out, 'results.md')}")
         return 1 if self.results["errors"] else 0
