@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Optional
+from typing import List, Optional
 
 import numpy as np
 
@@ -251,3 +251,10 @@ def markdown(results: dict) -> str:
         parts += ["\n## Errors\n\n"] + [f"- {e['phase']}: `{e['error']}`\n"
                                          for e in results["errors"]]
     return "".join(parts)
+
+
+def summary(results: dict) -> str:
+    """The bars, the loss table and the fixed-length throughput table (for the console)."""
+    return "".join([_table(["bar", "measured", "target", "verdict"], bars(results)), "\n",
+                    _loss_table(results), "\n",
+                    _throughput_table(results.get("throughput", []))])

@@ -21,20 +21,21 @@ stopped still leaves what it finished):
 
 from __future__ import annotations
 
-import argparse
-import datetime
-import json
-import math
-import os
-import platform
-import subprocess
-import sys
-import tarfile
 import time
-import traceback
-from typing import Dict, List
 
-import numpy as np
+_T_START = time.time()  # the budget counts from the start of the process (imports take ~10 s)
+
+import argparse  # noqa: E402
+import datetime  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import platform  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import tarfile  # noqa: E402
+import traceback  # noqa: E402
+from typing import Dict, List  # noqa: E402
+
 
 # On the CPU, torch's and moba's OpenMP threads share the cores; waiting passively keeps idle
 # threads of one pool from spinning against the other (set before OpenMP starts).
@@ -110,7 +111,7 @@ def parse_args(argv=None):
 class Study:
     def __init__(self, args):
         self.args = args
-        self.t0 = time.time()
+        self.t0 = _T_START
         self.deadline = self.t0 + args.time_budget
         self.device = train_lm.pick_device(args.device)
         os.makedirs(args.out, exist_ok=True)
@@ -278,8 +279,8 @@ class Study:
         cfg = self.config()
         name = lm.register(spec, cfg.num_hidden_layers)
         model = lm.build_model(cfg, name, a.seed).to(self.device)
-        log(f"== training {spec.describe()}: {steps} steps, {lm.count_parameters(model) / 1e6:.1f}M "
-            f"parameters, cap {time_cap:.0f} s")
+        log(f"== training {spec.describe()}: {steps} steps, "
+            f"{lm.count_parameters(model) / 1e6:.1f}M parameters, cap {time_cap:.0f} s")
         batches = self.data.batches(a, a.seq_len, train_lm.batch_size(a, a.seq_len))
         windows = data.val_windows(self.data.val, a.seq_len, a.eval_windows)
 
@@ -375,6 +376,7 @@ class Study:
             except Exception as exc:  # noqa: BLE001
                 self.error("plots", exc)
         self.write()
+        print("\n" + report.summary(self.results), flush=True)
         log(f"done in {time.time() - self.t0:.0f} s: {os.path.join(a.out, 'results.md')}")
         return 1 if self.results["errors"] else 0
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import gc
 import time
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List
 
 import numpy as np
 import torch

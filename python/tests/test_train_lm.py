@@ -14,7 +14,6 @@ import torch
 pytest.importorskip("transformers")
 pytest.importorskip("tokenizers")
 
-import moba  # noqa: E402
 from moba import hf  # noqa: E402
 
 EXAMPLE = os.path.join(os.path.dirname(__file__), "..", "..", "examples", "train_lm")
