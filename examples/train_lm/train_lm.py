@@ -256,13 +256,20 @@ def train(model, attn_name: str, batches: data.TrainBatches, args, steps: int,
             n_since = 0
         if validate is not None and args.eval_every and (done % args.eval_every == 0
                                                          or done == steps):
+            t_val = time.time()
             val = validate()
             hist["val"].append([done, done * tokens_per_step, val])
             log(f"step {done}: validation loss {val:.4f}")
+            t0 += time.time() - t_val  # tokens/s counts training time only
+    steps_done = step + 1 if not hist["truncated"] else step
+    if hist["truncated"] and validate is not None and args.eval_every and steps_done and (
+            not hist["val"] or hist["val"][-1][0] != steps_done):
+        t_val = time.time()
+        hist["val"].append([steps_done, steps_done * tokens_per_step, validate()])
+        t0 += time.time() - t_val
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     elapsed = time.time() - t0
-    steps_done = step + 1 if not hist["truncated"] else step
     hist.update(steps_done=steps_done, seconds_total=elapsed,
                 tokens_total=steps_done * tokens_per_step,
                 tokens_per_s=steps_done * tokens_per_step / max(elapsed, 1e-9))

@@ -1,6 +1,7 @@
 """examples/train_lm: the pieces (corpus split, needles, attention timing, autocast) and the
 whole study driver for a few steps of a tiny model on the CPU, so the GPU study cannot rot."""
 
+import argparse
 import importlib
 import json
 import os
@@ -206,3 +207,21 @@ def test_study_and_moa_evaluation_end_to_end_on_cpu(tmp_path):
     metrics = json.loads((tmp_path / "moa" / "metrics.json").read_text())
     assert metrics["attention"]["kind"] == "moa" and metrics["train"]["steps_done"] == 1
     assert np.isfinite(metrics["eval"]["val"]["loss"])
+
+
+def test_training_stops_at_the_deadline_and_says_so(tokenizer):
+    train_lm = importlib.import_module("train_lm")
+    args = argparse.Namespace(
+        lr=1e-3, weight_decay=0.1, warmup=0.1, min_lr_frac=0.1, compile=False, answer_weight=4.0,
+        log_every=1, eval_every=1)
+    stream = (np.arange(5000) % 120 + 1).astype(np.uint16)  # the tiny model's vocabulary: 128
+    batches = data.TrainBatches(stream, data.NeedleMaker(tokenizer), 64, 2, 0.0, 1, seed=0)
+    model = _tiny_model("sdpa")
+    calls = []
+    hist = train_lm.train(model, "sdpa", batches, args, steps=50, device=torch.device("cpu"),
+                          deadline=0.0, validate=lambda: calls.append(1) or 1.0)
+    assert hist["truncated"] and hist["steps_done"] == 0 and hist["tokens_total"] == 0
+    hist = train_lm.train(model, "sdpa", batches, args, steps=2, device=torch.device("cpu"),
+                          deadline=float("inf"), validate=lambda: calls.append(1) or 1.0)
+    assert not hist["truncated"] and hist["steps_done"] == 2 and len(hist["val"]) == 2
+    assert hist["step"] == [1, 2] and all(np.isfinite(hist["loss"]))
