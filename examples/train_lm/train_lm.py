@@ -180,6 +180,11 @@ def batch_size(args, seq_len: int) -> int:
 # ---- training ----------------------------------------------------------------------------------
 
 
+def progress_bar(done: int, total: int, width: int = 20) -> str:
+    filled = int(width * done / max(1, total))
+    return "[" + "#" * filled + "." * (width - filled) + f"] {100 * done / max(1, total):3.0f}%"
+
+
 def lr_at(step: int, steps: int, warmup: int, peak: float, min_frac: float) -> float:
     if step < warmup:
         return peak * (step + 1) / warmup
@@ -249,9 +254,11 @@ def train(model, attn_name: str, batches: data.TrainBatches, args, steps: int,
             hist["loss"].append(mean_loss)
             hist["answer_loss"].append(answer_loss)
             hist["seconds"].append(elapsed)
-            log(f"step {done}/{steps} | loss {mean_loss:.3f} | passkey-digit loss "
-                f"{answer_loss:.3f} | lr {optimizer.param_groups[0]['lr']:.2e} | "
-                f"{done * tokens_per_step / elapsed / 1e3:.1f}K tok/s | {elapsed:.0f} s")
+            log(f"{progress_bar(done, steps)} step {done}/{steps} | loss {mean_loss:.3f} | "
+                f"passkey-digit loss {answer_loss:.3f} | lr "
+                f"{optimizer.param_groups[0]['lr']:.2e} | "
+                f"{done * tokens_per_step / elapsed / 1e3:.1f}K tok/s | {elapsed:.0f} s, "
+                f"~{elapsed / done * (steps - done):.0f} s left")
             sum_loss.zero_(), sum_answer.zero_(), n_answer.zero_()
             n_since = 0
         if validate is not None and args.eval_every and (done % args.eval_every == 0
