@@ -297,6 +297,16 @@ class TrainBatches:
         self.needle_frac, self.max_needles = needle_frac, max_needles
         self.rng = np.random.default_rng(seed)
 
+    def depths(self, count: int) -> np.ndarray:
+        """Needle depths: half uniform over the context (what the evaluation asks), half at a
+        log-uniform distance from the end (16 tokens .. the whole context), so that many
+        needles are close enough for a weak, freshly formed retrieval circuit to find them;
+        what it learns there carries over to far needles."""
+        uniform = self.rng.random(count)
+        distance = np.exp(self.rng.uniform(np.log(16), np.log(self.seq_len), count))
+        near = 1.0 - np.minimum(distance / self.seq_len, 1.0)
+        return np.where(self.rng.random(count) < 0.5, uniform, near)
+
     def next(self) -> Tuple[np.ndarray, np.ndarray]:
         n = self.seq_len + 1
         tokens = np.empty((self.batch, n), dtype=np.int64)
@@ -309,7 +319,7 @@ class TrainBatches:
                 s = None
                 while s is None:
                     try:
-                        s = self.needles.sample(window, n, self.rng.random(count), self.rng)
+                        s = self.needles.sample(window, n, self.depths(count), self.rng)
                     except ValueError:  # a short sequence: fewer needles
                         if count == 1:
                             raise
