@@ -240,41 +240,47 @@ class NeedleMaker:
         return ids, offsets
 
     def sample(self, code: np.ndarray, length: int, depths: Sequence[float],
-               rng: np.random.Generator) -> Sample:
-        """`length` tokens: code with one needle per depth (0 = start of the context, 1 = just
-        before the questions), then one question per needle in random order."""
-        names = []
-        while len(names) < len(depths):  # distinct names
+               rng: np.random.Generator, ask_depths: Optional[Sequence[float]] = None) -> Sample:
+        """`length` tokens: code with one needle per depth (0 = start of the context, 1 = the
+        end of the code) and one question per needle. Questions go at `ask_depths` (each at or
+        after its needle), or all after the code, in random order (the evaluation's layout)."""
+        k = len(depths)
+        names: List[str] = []
+        while len(names) < k:  # distinct names
             name = self.random_name(rng)
             if name not in names:
                 names.append(name)
-        keys = [self.random_key(rng) for _ in depths]
-        needles = [self.needle(n, k) for n, k in zip(names, keys)]
-        questions = [self.question(n, k) for n, k in zip(names, keys)]
-        order = rng.permutation(len(depths))
-        tail_len = sum(len(questions[i][0]) for i in order)
-        n_code = length - tail_len - sum(len(x) for x in needles)
+        keys = [self.random_key(rng) for _ in range(k)]
+        needles = [self.needle(n, key) for n, key in zip(names, keys)]
+        questions = [self.question(n, key) for n, key in zip(names, keys)]
+        n_code = length - sum(len(q) for q, _ in questions) - sum(len(x) for x in needles)
         if n_code < 1 or len(code) < n_code:
             raise ValueError(f"train_lm: needle sample: {length} tokens cannot hold "
-                             f"{len(depths)} needle(s) and their questions")
-        cuts = sorted((int(round(d * n_code)), i) for i, d in enumerate(depths))
-        pieces, start = [], 0
-        for cut, i in cuts:
+                             f"{k} needle(s) and their questions")
+        ask = [1.0] * k if ask_depths is None else [max(a, d) for a, d in zip(ask_depths, depths)]
+        order = rng.permutation(k)  # among questions at the same place (e.g. the end)
+        # (cut in the code, needle 0 / question 1, order, which): a needle comes before its
+        # question even at the same cut.
+        events = sorted([(int(round(d * n_code)), 0, 0, i) for i, d in enumerate(depths)]
+                        + [(int(round(a * n_code)), 1, int(order[i]), i)
+                           for i, a in enumerate(ask)])
+        pieces, answers, start, pos = [], [], 0, 0
+        for cut, is_question, _, i in events:
             pieces.append(np.asarray(code[start:cut], dtype=np.int64))
-            pieces.append(np.asarray(needles[i], dtype=np.int64))
+            pos += cut - start
             start = cut
-        pieces.append(np.asarray(code[start:n_code], dtype=np.int64))
-        body = np.concatenate(pieces)
-        answer = np.zeros(length, dtype=bool)
-        tail = []
-        pos = len(body)
-        for i in order:
-            ids, offsets = questions[i]
-            answer[[pos + o for o in offsets]] = True
-            tail.append(np.asarray(ids, dtype=np.int64))
+            if is_question:
+                ids, offsets = questions[i]
+                answers += [pos + o for o in offsets]
+            else:
+                ids = needles[i]
+            pieces.append(np.asarray(ids, dtype=np.int64))
             pos += len(ids)
-        tokens = np.concatenate([body] + tail)
+        pieces.append(np.asarray(code[start:n_code], dtype=np.int64))
+        tokens = np.concatenate(pieces)
         assert len(tokens) == length
+        answer = np.zeros(length, dtype=bool)
+        answer[answers] = True
         return Sample(tokens, answer)
 
 
@@ -282,7 +288,8 @@ class NeedleMaker:
 
 
 class TrainBatches:
-    """Random windows of the training stream, a share of them turned into needle samples.
+    """Random windows of the training stream, a share of them turned into needle samples
+    (1..max_needles needles, each asked once later in the sequence).
 
     Rows are `seq_len + 1` tokens (inputs and shifted targets). Same seed -> same batches, so
     every attention variant sees the same data in the same order."""
@@ -318,8 +325,13 @@ class TrainBatches:
                 count = int(self.rng.integers(1, self.max_needles + 1))
                 s = None
                 while s is None:
+                    depths = self.depths(count)
+                    # Half of the questions right after the code (as in the evaluation), half
+                    # anywhere after their needle: more retrieval per sequence.
+                    ask = np.where(self.rng.random(count) < 0.5, 1.0,
+                                   depths + (1 - depths) * self.rng.random(count))
                     try:
-                        s = self.needles.sample(window, n, self.depths(count), self.rng)
+                        s = self.needles.sample(window, n, depths, self.rng, ask)
                     except ValueError:  # a short sequence: fewer needles
                         if count == 1:
                             raise

@@ -68,8 +68,8 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
                    help="load this saved tokenizer instead of training one")
     g.add_argument("--needle-frac", type=float, default=0.75,
                    help="share of training sequences with passkey needles (default 0.75)")
-    g.add_argument("--max-needles", type=int, default=2,
-                   help="needles per retrieval sample, 1..N, each asked at the end (default 2)")
+    g.add_argument("--max-needles", type=int, default=4,
+                   help="needles per retrieval sample, 1..N, each asked later (default 4)")
     g.add_argument("--answer-weight", type=float, default=8.0,
                    help="loss weight of the passkey answer digits in training (default 8)")
 

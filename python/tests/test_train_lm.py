@@ -5,6 +5,7 @@ import argparse
 import importlib
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -80,6 +81,33 @@ def test_needle_sample_puts_the_key_at_its_depth_and_asks_for_it(tokenizer):
         # Depth: where the needle starts, as a share of the code before the question.
         share = first / text.index("# question:")
         assert abs(share - depth) < 0.2, (depth, share)
+
+
+def test_questions_follow_their_needles_and_ask_for_their_keys(tokenizer):
+    maker = data.NeedleMaker(tokenizer)
+    code = np.arange(4000) % 200 + 1
+    s = maker.sample(code, 1500, [0.1, 0.6, 0.3], np.random.default_rng(5),
+                     ask_depths=[0.5, 0.0, 1.0])  # 0.0 < its needle's depth: asked right after
+    text = tokenizer.decode(s.tokens)
+    needles = {m.group(1): (m.start(), m.group(2)) for m in
+               re.finditer(r"\n# the secret key of (\w+) is (\d+)\.", text)}
+    asked = [(m.group(1), m.start(), m.group(2)) for m in re.finditer(
+        r"# question: what is the secret key of (\w+)\?\n# answer: the secret key of \1 is (\d+)",
+        text)]
+    assert len(needles) == 3 and len(asked) == 3
+    for name, where, key in asked:
+        assert needles[name][1] == key and needles[name][0] < where
+    answers = tokenizer.decode(s.tokens[s.answer])
+    assert answers == "".join(key for _, _, key in sorted(asked, key=lambda a: a[1]))
+    # Text order: needle 0.1, needle 0.3, question of 0.1 (asked at 0.5), needle 0.6, question
+    # of 0.6 (asked at 0.0, so right after its needle), question of 0.3 (at the end).
+    n01, n03, n06 = sorted(needles, key=lambda n: needles[n][0])
+    events = sorted([(needles[n][0], "needle", n) for n in needles]
+                    + [(where, "question", n) for n, where, _ in asked])
+    assert [(kind, n) for _, kind, n in events] == [
+        ("needle", n01), ("needle", n03), ("question", n01), ("needle", n06), ("question", n06),
+        ("question", n03)]
+    assert text.endswith(f"the secret key of {n03} is {needles[n03][1]}.\n")
 
 
 def test_needle_sample_too_short_is_an_error(tokenizer):
