@@ -35,7 +35,7 @@ if [ -d "$MOBA_ROOT/python" ] && [ "$with_python" = 1 ]; then
     py=$MOBA_ROOT/.deps/venv/bin/python
   fi
   "$py" -m pip install -q torch==2.11.0 numpy pytest pybind11==3.1.0 scikit-build-core==1.1.2 \
-    transformers==5.17.0 highspy==1.16.0
+    transformers==5.17.0 highspy==1.16.0 tokenizers==0.23.2 matplotlib==3.11.2
   echo "$("$py" -c 'import torch; print("torch", torch.__version__)')"
 fi
 log "setup done"

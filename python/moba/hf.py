@@ -292,6 +292,17 @@ def _take_paged(key):
     return hf_cache.take_pending(key) if hf_cache is not None else None
 
 
+def _autocast_inputs(query, key, value):
+    """Under autocast (mixed-precision training with f32 weights), q/k/v in the autocast dtype,
+    as SDPA takes them: RoPE's f32 cos/sin promote the low-precision projections back to f32,
+    which the CUDA kernels do not take."""
+    device_type = query.device.type
+    if not torch.is_autocast_enabled(device_type):
+        return query, key, value
+    dtype = torch.get_autocast_dtype(device_type)
+    return query.to(dtype), key.to(dtype), value.to(dtype)
+
+
 def _attention(cfg: HFAttentionConfig, module, query, key, value, attention_mask,
                dropout: float = 0.0, scaling: Optional[float] = None, *,
                sliding_window=None, softcap=None, is_causal=None, position_ids=None,
@@ -319,6 +330,9 @@ def _attention(cfg: HFAttentionConfig, module, query, key, value, attention_mask
     if paged is not None:  # moba.PagedCache: append, then this layer's attention over the pages
         mode, prm = paged.owner.layer_attention(paged.layer_idx)
         return paged.step(module, query, key, value, attention_mask, scaling, mode, prm), None
+
+
+    query, key, value = _autocast_inputs(query, key, value)
     if key.dtype != query.dtype:
         key = key.to(query.dtype)
     if value.dtype != query.dtype:
