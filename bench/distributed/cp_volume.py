@@ -5,7 +5,9 @@ gradients are counted, not moved, and no attention is computed).
 
     python bench/distributed/cp_volume.py --tokens 1048576 --blocks 64 --topk 3 --world 8
 
-Data (--data): "random" draws q, k i.i.d. normal: every query's top blocks are uniform over
+Data (--data): "recency" gives q and k RoPE-like positional features (nearby keys score
+highest: the gate picks the most recent past blocks, the best case for selective fetching).
+"random" draws q, k i.i.d. normal: every query's top blocks are uniform over
 its past, the worst case for selective fetching. "drift" puts a smooth latent m(t) (random
 Fourier features, correlation length --corr blocks) under q and k plus noise, so nearby blocks
 score highest: the locality trained MoBA gates show (recent context). Bytes do not depend on
@@ -32,6 +34,21 @@ def rank_data(args, lay, rank, gen_seed):
     if args.data == "random":
         q = torch.randn(L, args.hq, D, generator=g)
         k = torch.randn(L, args.hkv, D, generator=g)
+    elif args.data == "recency":
+        # RoPE-like: half the dims carry cos/sin of the position at geometric frequencies
+        # (periods 2 .. 64 blocks), the rest noise; q.k then peaks at nearby positions and
+        # decays with distance, so a query's best past blocks are the most recent ones.
+        B = args.tokens // args.blocks
+        F = D // 4
+        periods = B * 2.0 * (32.0 ** (torch.arange(F, dtype=torch.float64) / max(F - 1, 1)))
+        ang = 2 * math.pi * idx.double()[:, None] / periods[None, :]
+        feats = torch.cat([torch.cos(ang), torch.sin(ang)], 1).float() * args.signal
+        pad = D - feats.shape[1]
+        k = torch.cat([feats[:, None].expand(L, args.hkv, -1),
+                       args.noise * torch.randn(L, args.hkv, pad, generator=g)], 2)
+        q = torch.cat([feats[:, None].expand(L, args.hq, -1),
+                       args.noise * torch.randn(L, args.hq, pad, generator=g)], 2)
+        q = q + args.noise * torch.randn(L, args.hq, D, generator=g)
     else:
         # m(t) = sqrt(2/F) * sum_f w_f cos(2 pi t / lambda_f + phi_f): one shared latent per
         # KV head (same seed on every rank), length scales around --corr blocks.
@@ -121,10 +138,11 @@ def main():
     ap.add_argument("--hq", type=int, default=4)
     ap.add_argument("--hkv", type=int, default=2)
     ap.add_argument("--dim", type=int, default=64)
-    ap.add_argument("--data", nargs="+", default=["random", "drift"])
+    ap.add_argument("--data", nargs="+", default=["random", "recency"], choices=["random", "recency", "drift"])
     ap.add_argument("--layouts", nargs="+", default=["contiguous", "zigzag"])
     ap.add_argument("--corr", type=float, default=2.0, help="drift: latent correlation length in blocks")
-    ap.add_argument("--noise", type=float, default=1.0, help="drift: noise std on q and k")
+    ap.add_argument("--noise", type=float, default=0.3, help="recency, drift: noise std on q and k")
+    ap.add_argument("--signal", type=float, default=3.0, help="recency: scale of the positional features")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None, help="also append the markdown to this file")
     args = ap.parse_args()

@@ -29,6 +29,7 @@ ring attention's volume for the same layout. See docs/distributed.md.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import threading
 from dataclasses import dataclass, field
@@ -41,7 +42,8 @@ from . import _core
 from ._core import _C
 
 __all__ = ["Piece", "ShardLayout", "CommStats", "Transport", "TorchTransport", "ThreadTransport",
-           "context_parallel_attn", "moba_attn_varlen_cp", "ring_attention_bytes"]
+           "context_parallel_attn", "moba_attn_varlen_cp", "ring_attention_bytes",
+           "context_parallel"]
 
 
 def _fail(arg: str, expected: str, got: str, exc: type = ValueError):
@@ -823,3 +825,63 @@ def moba_attn_varlen_cp(q: Tensor, k: Tensor, v: Tensor, layout: ShardLayout,
     Keyword arguments as ``context_parallel_attn``."""
     return context_parallel_attn(q, k, v, layout, mode="moba", moba_chunk_size=moba_chunk_size,
                                  moba_topk=moba_topk, **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------
+# HuggingFace: attention registered with moba.register / register_moa, context-parallel
+
+
+class _HFContext(threading.local):
+    current = None
+
+
+_HF = _HFContext()
+
+
+@contextlib.contextmanager
+def context_parallel(layout: ShardLayout, *, group=None, transport: Optional[Transport] = None,
+                     page_size: int = 256, info: Optional[dict] = None):
+    """Inside this block (per thread), HuggingFace models whose ``attn_implementation`` is a
+    name registered by ``moba.register`` / ``register_moa`` attend context-parallel over
+    ``layout``: each rank runs the model on its local tokens only, ``input_ids`` [1, L] and
+    ``position_ids`` [1, L] = the tokens' global positions (``layout.global_index(rank)`` for
+    one sequence; RoPE needs them), no attention mask, no KV cache. Layers the registration
+    keeps full (``full_attention_layers``, ``set_mode("full")``) run full causal attention
+    through the same machinery. ``info`` receives the last layer's selection and the stats.
+
+        with moba.distributed.context_parallel(layout):
+            loss = model(local_ids, position_ids=local_pos).logits.float().square().sum()
+        loss.backward()   # gradients are this rank's part; all-reduce them as in data parallel
+    """
+    prev = _HF.current
+    tp = transport if transport is not None else TorchTransport(group)
+    _HF.current = (layout, tp, page_size, {} if info is None else info)
+    try:
+        yield
+    finally:
+        _HF.current = prev
+
+
+def hf_attention(cfg, module, query: Tensor, key: Tensor, value: Tensor, scaling,
+                 layer_full: bool) -> Optional[Tensor]:
+    """moba.hf's attention under ``context_parallel``: [1, H, L, D] in, [1, L, H, D] out; None
+    when no context-parallel block is active (the caller computes as usual)."""
+    if _HF.current is None:
+        return None
+    layout, tp, page_size, info = _HF.current
+    if query.shape[0] != 1:
+        _fail("query", "batch 1 under moba.distributed.context_parallel (one row of local "
+              "tokens per rank)", f"shape {list(query.shape)}")
+    q, k, v = (x[0].transpose(0, 1) for x in (query, key, value))
+    kw = dict(layout=layout, transport=tp, softmax_scale=scaling, info=info, backend=cfg.backend,
+              page_size=page_size)
+    if layer_full:
+        out = context_parallel_attn(q, k, v, mode="full", **kw)
+    elif cfg.kind == "moa":
+        alphas, betas, sink = cfg.plan.layer(getattr(module, "layer_idx", 0))
+        out = context_parallel_attn(q, k, v, mode="moa", alphas=alphas, betas=betas, sink=sink,
+                                    **kw)
+    else:
+        out = context_parallel_attn(q, k, v, mode="moba", moba_chunk_size=cfg.chunk_size,
+                                    moba_topk=cfg.topk, **kw)
+    return out.unsqueeze(0)
