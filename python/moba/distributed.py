@@ -174,8 +174,13 @@ class ShardLayout:
 
     def owners(self, seq: int) -> List[Tuple[int, Piece]]:
         """(rank, piece) of every piece of sequence ``seq``, by position."""
-        found = [(r, p) for r in range(self.world_size) for p in self._pieces[r] if p.seq == seq]
-        return sorted(found, key=lambda rp: rp[1].start)
+        if not hasattr(self, "_owners"):
+            by_seq: Dict[int, List[Tuple[int, Piece]]] = {}
+            for r in range(self.world_size):
+                for p in self._pieces[r]:
+                    by_seq.setdefault(p.seq, []).append((r, p))
+            self._owners = {s: sorted(v, key=lambda rp: rp[1].start) for s, v in by_seq.items()}
+        return self._owners.get(seq, [])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -599,10 +604,12 @@ class _RankState:
         rows = len(self.pieces)
         pps = max(1, -(-max([p.end for p in self.pieces] + [1]) // C))
         table = torch.full((max(rows, 1), hkv, pps), -1, dtype=torch.int32)
+        rows_of_seq: Dict[int, List[int]] = {}
+        for i, p in enumerate(self.pieces):
+            rows_of_seq.setdefault(p.seq, []).append(i)
         for (seq, g, j), page in self.page_of.items():
-            for i, p in enumerate(self.pieces):
-                if p.seq == seq and j < pps:
-                    table[i, g, j] = page
+            for i in rows_of_seq.get(seq, ()):
+                table[i, g, j] = page
         seq_lens = torch.tensor([p.end for p in self.pieces] or [0], dtype=torch.int32)
         return table, seq_lens
 
