@@ -135,3 +135,14 @@ def test_errors_are_named():
             mdist.moba_attn_varlen_cp(q, q, q, lay1, 16, 2)
         else:  # pragma: no cover
             raise RuntimeError("init_process_group")
+
+
+def test_more_ranks_than_tokens():
+    """Ranks holding no token still take part in every collective; tiny sequences, one block."""
+    for c in (dc.Case("tiny", seqlens=[3], block=2, topk=2),
+              dc.Case("tiny full", mode="full", seqlens=[2, 0, 1], block=4),
+              dc.Case("tiny moa", mode="moa", seqlens=[5], alphas=[1.0, 2.0], betas=[0.0, 0.5],
+                      sink=1, block=2),
+              dc.Case("one block", seqlens=[16], block=64, topk=3)):
+        for world in (4, 6):
+            _threads(world, lambda r, tp: dc.check_case(c, r, world, "cpu", tp))
