@@ -232,6 +232,13 @@ class Transport:
         self.stats.add(kind, sum(_nbytes(t) for t in send), sum(_nbytes(t) for t in recv))
         return recv
 
+    def all_to_all_start(self, send: List[Tensor], kind: str):
+        """Starts ``all_to_all`` and returns a function that waits for it and returns what it
+        received, so the caller can compute meanwhile. Transports that cannot overlap finish
+        here and the function returns at once."""
+        recv = self.all_to_all(send, kind)
+        return lambda: recv
+
     def all_reduce_sum(self, t: Tensor, kind: str) -> Tensor:
         out = self._all_reduce(t)
         # A ring all-reduce sends and receives 2 (P - 1) / P of the buffer per rank.
@@ -261,26 +268,52 @@ class TorchTransport(Transport):
         self.rank = dist.get_rank(group)
         self.world_size = dist.get_world_size(group)
 
+    def all_to_all_start(self, send: List[Tensor], kind: str):
+        send = list(send)
+        send[self.rank] = send[self.rank][:0]
+        if self.world_size == 1 or send[0].device.type == "meta":
+            return super().all_to_all_start(send, kind)
+        out, rc, work = self._launch(send, async_op=True)
+        self.stats.add(kind, sum(_nbytes(t) for t in send), _nbytes(out))
+
+        def finish():
+            work.wait()
+            return list(out.split(rc))
+        return finish
+
     def _all_to_all(self, send: List[Tensor]) -> List[Tensor]:
-        dist, P = self._dist, self.world_size
-        dev, dtype = send[0].device, send[0].dtype
-        meta = dev.type == "meta"
-        if meta:  # sizes travel on the backend's device (gloo: CPU; NCCL: this rank's GPU)
-            dev = torch.device("cuda", torch.cuda.current_device()) \
-                if dist.get_backend(self.group) == "nccl" else torch.device("cpu")
+        if send[0].device.type == "meta" or self.world_size == 1:
+            return self._sizes_only(send)
+        out, rc, _ = self._launch(send, async_op=False)
+        return list(out.split(rc))
+
+    def _exchange_counts(self, send: List[Tensor], dev) -> List[int]:
         counts = torch.tensor([t.numel() for t in send], dtype=torch.int64, device=dev)
         recv_counts = torch.empty_like(counts)
-        dist.all_to_all_single(recv_counts, counts, group=self.group)  # 8 (P-1) bytes, counted as-is
-        rc = recv_counts.tolist()
-        self.stats.add("sizes", 8 * (P - 1), 8 * (P - 1))
-        if meta:
-            return [torch.empty(n, dtype=dtype, device="meta") for n in rc]
-        flat = torch.cat([t.reshape(-1) for t in send]) if P > 1 else send[0].reshape(-1)
+        self._dist.all_to_all_single(recv_counts, counts, group=self.group)
+        self.stats.add("sizes", 8 * (self.world_size - 1), 8 * (self.world_size - 1))
+        return recv_counts.tolist()
+
+    def _launch(self, send: List[Tensor], async_op: bool):
+        dev, dtype = send[0].device, send[0].dtype
+        rc = self._exchange_counts(send, dev)
+        flat = torch.cat([t.reshape(-1) for t in send])
         out = torch.empty(sum(rc), dtype=dtype, device=dev)
-        if P > 1:
-            dist.all_to_all_single(out, flat, output_split_sizes=rc,
-                                   input_split_sizes=[t.numel() for t in send], group=self.group)
-        return list(out.split(rc))
+        work = self._dist.all_to_all_single(out, flat, output_split_sizes=rc,
+                                            input_split_sizes=[t.numel() for t in send],
+                                            group=self.group, async_op=async_op)
+        return out, rc, work
+
+    def _sizes_only(self, send: List[Tensor]) -> List[Tensor]:
+        """World size 1 (nothing to send) or a dry run (meta tensors): only sizes travel."""
+        dtype = send[0].dtype
+        if self.world_size == 1:
+            return [send[0][:0]]
+        # sizes travel on the backend's device (gloo: CPU; NCCL: this rank's GPU)
+        dev = torch.device("cuda", torch.cuda.current_device()) \
+            if self._dist.get_backend(self.group) == "nccl" else torch.device("cpu")
+        rc = self._exchange_counts(send, dev)
+        return [torch.empty(n, dtype=dtype, device="meta") for n in rc]
 
     def _all_reduce(self, t: Tensor) -> Tensor:
         if self.world_size > 1:
@@ -582,22 +615,27 @@ class _RankState:
                        for s in self.served]
         else:
             send_kv = [kv_local[s.to(dev)].reshape(-1) for s in self.served]
-        got_kv = self.tp.all_to_all(send_kv, "kv")
+        wait_kv = self.tp.all_to_all_start(send_kv, "kv")
         if dry_run:
-            return None, None
+            wait_kv()
+            return None, None, None
         k_pages = torch.zeros((max(npages, 1) * C, D), dtype=k.dtype, device=dev)
         v_pages = torch.zeros_like(k_pages)
         if self.local_src.numel():
             src = kv_local[self.local_src.to(dev)]
             k_pages[self.local_dst.to(dev)] = src[:, 0]
             v_pages[self.local_dst.to(dev)] = src[:, 1]
-        for r in range(P):
-            if self.fetched_dst[r].numel():
-                x = got_kv[r].reshape(-1, 2, D)
-                k_pages[self.fetched_dst[r].to(dev)] = x[:, 0]
-                v_pages[self.fetched_dst[r].to(dev)] = x[:, 1]
         shape = (max(npages, 1), C, D)
-        return k_pages.reshape(shape), v_pages.reshape(shape)
+
+        def complete():
+            """Waits for the fetch and places the remote positions into the pages."""
+            got_kv = wait_kv()
+            for r in range(P):
+                if self.fetched_dst[r].numel():
+                    x = got_kv[r].reshape(-1, 2, D)
+                    k_pages[self.fetched_dst[r].to(dev)] = x[:, 0]
+                    v_pages[self.fetched_dst[r].to(dev)] = x[:, 1]
+        return k_pages.reshape(shape), v_pages.reshape(shape), complete
 
     def page_table(self, hkv: int) -> Tuple[Tensor, Tensor]:
         C = self.prm.block_size
@@ -612,6 +650,101 @@ class _RankState:
                 table[i, g, j] = page
         seq_lens = torch.tensor([p.end for p in self.pieces] or [0], dtype=torch.int32)
         return table, seq_lens
+
+    # -- MoBA forward overlapped with the K/V fetch ---------------------------------------------
+
+    def moba_overlapped(self, q: Tensor, sel: Tensor, k_pages: Tensor, v_pages: Tensor,
+                        complete, table: Tensor, cdev) -> Tuple[Tensor, Tensor]:
+        """out, lse of every local row, computing while the K/V fetch is in flight.
+
+        Each piece is cut at its first block boundary: "head" rows (own block begun on another
+        rank) and "body" rows (own block local). While the fetch runs, body rows attend to their
+        own block and the selected blocks held entirely here (call A); once it has landed, to
+        the other selected blocks (call B, no own block); A and B are merged by log-sum-exp in
+        fp32 and rounded once. Head rows attend to everything in one call (C) after the fetch.
+        A and B run on fp32 copies, so the merge adds no rounding of the input dtype.
+        """
+        B, L, hq, D = self.prm.block_size, self.L, q.shape[1], q.shape[2]
+        hkv = table.shape[1]
+        # Sub-rows: (piece, start, end) with the page table row of the piece.
+        head, body = [], []
+        local_block = {}
+        for i, p in enumerate(self.pieces):
+            cut = min(p.end, -(-p.start // B) * B)
+            if cut > p.start:
+                head.append((i, p.start, cut))
+            if p.end > cut:
+                body.append((i, cut, p.end))
+            first, last = -(-p.start // B), p.end // B  # blocks entirely inside the piece
+            local_block.setdefault(p.seq, set()).update(range(first, last))
+
+        def rows(parts):
+            toks, cu = [], [0]
+            for i, a, b in parts:
+                p = self.pieces[i]
+                toks.append(torch.arange(p.offset + a - p.start, p.offset + b - p.start))
+                cu.append(cu[-1] + b - a)
+            sub_table = table[[i for i, _, _ in parts]].contiguous()
+            lens = torch.tensor([b for _, _, b in parts], dtype=torch.int32)
+            return (torch.cat(toks), torch.tensor(cu, dtype=torch.int32), sub_table, lens)
+
+        kernel, opts = self.prm.kernel(), _run_options(q, self.prm.backend)
+
+        def call(qg, cu, kp, vp, sub_table, lens, sg, own, out, lse):
+            _C.paged_forward(_d("q", qg), _d("cu_seqlens", cu), _d("k_pages", kp),
+                             _d("v_pages", vp), _d("page_table", sub_table), _d("seq_lens", lens),
+                             _d("selection", sg), None, own, _d("out", out), _d("lse", lse),
+                             **kernel, **opts)
+
+        out = torch.zeros((L, hq, D), dtype=q.dtype, device=cdev)
+        lse = torch.full((hq, L), -math.inf, dtype=torch.float32, device=cdev)
+        if body:
+            toks, cu, sub_table, lens = rows(body)
+            qb = q[toks].float().contiguous()
+            sb = sel[toks]
+            # Which selected blocks are held entirely by this rank.
+            is_local = torch.zeros(sb.shape, dtype=torch.bool)
+            at = 0
+            for i, a, b in body:
+                n, mine = b - a, local_block.get(self.pieces[i].seq, set())
+                if mine and sb.shape[2]:
+                    chunk = sb[at:at + n].long()
+                    lookup = torch.zeros(self.layout.seqlens[self.pieces[i].seq] // B + 1,
+                                         dtype=torch.bool)
+                    lookup[torch.tensor(sorted(mine), dtype=torch.long)] = True
+                    is_local[at:at + n] = (chunk >= 0) & lookup[chunk.clamp(min=0)]
+                at += n
+            sel_local = torch.where(is_local, sb, torch.full_like(sb, -1)).contiguous()
+            sel_remote = torch.where(is_local, torch.full_like(sb, -1), sb).contiguous()
+            n = toks.numel()
+            out_a = torch.empty((n, hq, D), dtype=torch.float32)
+            lse_a = torch.empty((hq, n), dtype=torch.float32)
+            kp32, vp32 = k_pages.to(cdev, torch.float32), v_pages.to(cdev, torch.float32)
+            call(qb, cu, kp32, vp32, sub_table, lens, sel_local, True, out_a, lse_a)  # overlapped
+            complete()
+            kp32, vp32 = k_pages.to(cdev, torch.float32), v_pages.to(cdev, torch.float32)
+            out_b = torch.empty_like(out_a)
+            lse_b = torch.empty_like(lse_a)
+            call(qb, cu, kp32, vp32, sub_table, lens, sel_remote, False, out_b, lse_b)
+            m = torch.maximum(lse_a, lse_b)
+            wa = torch.where(lse_a == -math.inf, 0.0, torch.exp(lse_a - m))
+            wb = torch.where(lse_b == -math.inf, 0.0, torch.exp(lse_b - m))
+            tot = wa + wb
+            merged = (out_a * wa.t()[:, :, None] + out_b * wb.t()[:, :, None]) / tot.t()[:, :, None]
+            out[toks] = merged.to(q.dtype)
+            lse[:, toks] = m + torch.log(tot)
+        else:
+            complete()
+        if head:
+            toks, cu, sub_table, lens = rows(head)
+            qh, sh = q[toks].contiguous(), sel[toks].contiguous()
+            out_h = torch.empty((toks.numel(), hq, D), dtype=q.dtype)
+            lse_h = torch.empty((hq, toks.numel()), dtype=torch.float32)
+            call(qh, cu, k_pages.to(cdev), v_pages.to(cdev), sub_table, lens, sh, True, out_h, lse_h)
+            out[toks] = out_h
+            lse[:, toks] = lse_h
+        del hkv
+        return out, lse
 
     # -- calls of the paged kernels: one per group of pieces with the same MoA windows --------
 
@@ -664,7 +797,7 @@ class _CPAttention(torch.autograd.Function):
             means = st.block_means(k)
             sel = st.gate(q, means, hkv)
         need = st.needed(sel, hq, hkv)
-        k_pages, v_pages = st.build_pages(need, k, v, hkv, dry_run)
+        k_pages, v_pages, complete = st.build_pages(need, k, v, hkv, dry_run)
         info["selection"] = sel
         info["stats"] = transport.stats
         if dry_run:
@@ -674,10 +807,20 @@ class _CPAttention(torch.autograd.Function):
         cdev = _compute_device(q)
         table, seq_lens = st.page_table(hkv)
         qc = _core.last_dim_contiguous(q.detach().to(cdev))
+        if prm.mode == "moba" and st.pieces:
+            out, lse = st.moba_overlapped(qc, sel, k_pages, v_pages, complete, table, cdev)
+            groups = []
+        else:
+            complete()
+            groups = st.groups(hq)
         kp, vp = k_pages.to(cdev), v_pages.to(cdev)
-        out = torch.zeros(q.shape, dtype=q.dtype, device=cdev)
-        lse = torch.full((hq, st.L), -math.inf, dtype=torch.float32, device=cdev)
-        for idx, window in st.groups(hq):
+        if groups:
+            out = torch.zeros(q.shape, dtype=q.dtype, device=cdev)
+            lse = torch.full((hq, st.L), -math.inf, dtype=torch.float32, device=cdev)
+        elif not st.pieces:
+            out = torch.zeros(q.shape, dtype=q.dtype, device=cdev)
+            lse = torch.full((hq, st.L), -math.inf, dtype=torch.float32, device=cdev)
+        for idx, window in groups:
             toks, cu_g, slots = st.group_rows(idx)
             if toks.numel() == 0:
                 continue
