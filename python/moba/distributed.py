@@ -12,8 +12,10 @@ queries select. One forward on rank ``r``:
 3. **Fetch.** The K/V positions the rank's queries see but another rank holds (selected
    blocks, the head of an own block that straddles a shard boundary) are requested from their
    owners in one all-to-all, deduplicated per (sequence, KV head, block).
-4. **Attention** over the rank's own pages plus the fetched pages in one ``paged_attention``
-   call with the external selection: one exact softmax over the whole key set.
+4. **Attention** over the rank's own pages plus the fetched pages with the external
+   selection (``paged_attention``). MoBA overlaps it with the fetch: rows whose own block is
+   local first attend to their own block and the locally held selected blocks while the K/V
+   all-to-all is in flight, then to the fetched blocks; the fp32 partials merge by log-sum-exp.
 
 The backward runs ``paged_attention_backward`` over the same pages: dq stays local, dK/dV of the
 rank's own positions are accumulated locally and those of fetched positions go back to their
