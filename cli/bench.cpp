@@ -9,6 +9,7 @@
 #include <fmt/format.h>
 
 #include "backend_choice.hpp"
+#include "bench_decode.hpp"
 #include "bench_report.hpp"
 #include "cli_error.hpp"
 #include "commands.hpp"
@@ -36,7 +37,33 @@ struct BenchOptions {
   double time_budget = 90;
   std::string plot, csv;
   bool no_progress = false;
+  bool decode = false;  // --decode: bench_decode.cpp
+  std::vector<int> contexts, batches{1, 8};
+  int page_size = 16;
 };
+
+int run_decode(const BenchOptions& o, const CLI::App& cmd) {
+  DecodeBenchOptions d;
+  d.backend = o.backend;
+  d.contexts = o.contexts;
+  d.batches = o.batches;
+  d.kv_heads = o.kv_heads > 0 ? o.kv_heads : o.heads;
+  d.heads = o.heads;
+  if (cmd.count("--heads") == 0) d.heads = 32, d.kv_heads = o.kv_heads > 0 ? o.kv_heads : 8;
+  d.head_dim = o.head_dim;
+  d.dtype = o.dtype;
+  d.block_count = o.block_count;
+  d.topk = o.topk;
+  d.moa_alpha = o.moa_alpha;
+  d.moa_beta = cmd.count("--moa-beta") ? o.moa_beta : 0.5f;  // MoA at ~50% density by default
+  d.sink = o.sink;
+  d.modes = o.modes;
+  d.page_size = o.page_size;
+  d.repeats = std::max(o.repeats, 5);
+  d.threads = o.threads;
+  d.csv = o.csv;
+  return run_decode_bench(d);
+}
 
 using Clock = std::chrono::steady_clock;
 
@@ -270,7 +297,12 @@ CommandRun add_bench_command(CLI::App& app) {
   cmd->add_option("--plot", o->plot, "Draw time vs N and speedup into this PNG (needs gnuplot)");
   cmd->add_option("--csv", o->csv, "Write the results to this CSV file");
   cmd->add_flag("--no-progress", o->no_progress, "No progress bar on stderr (it shows only on a terminal)");
-  return [o] { return run_bench(*o); };
+  cmd->add_flag("--decode", o->decode, "Time one decode step over a paged KV cache instead (see --contexts, --batches)");
+  cmd->add_option("--contexts", o->contexts, "--decode: cached tokens per sequence (default: cpu 4096,16384; cuda 32768,131072)")
+      ->check(CLI::Range(1, 1 << 24))->delimiter(',');
+  cmd->add_option("--batches", o->batches, "--decode: sequences per step")->check(CLI::Range(1, 4096))->delimiter(',')->capture_default_str();
+  cmd->add_option("--page-size", o->page_size, "--decode: positions per KV-cache page")->check(CLI::Range(1, 4096))->capture_default_str();
+  return [o, cmd] { return o->decode ? run_decode(*o, *cmd) : run_bench(*o); };
 }
 
 }  // namespace moba::cli

@@ -78,6 +78,13 @@ class PagedKVCache {
               const TensorView& cu_seqlens_new, const std::vector<int>& slots,
               const RunOptions& options = {});
 
+  // The bookkeeping half of append, for callers that launch kv_append themselves (the torch
+  // op, a CUDA graph): checks, frees and assigns pages for new_tokens[b] tokens of row
+  // slots[b] and publishes the page table. kv_append(..., slots) must follow with exactly
+  // these counts (it advances seq_lens); the host lengths already count them.
+  void reserve(const std::vector<int>& new_tokens, const std::vector<int>& slots,
+               const RunOptions& options = {});
+
   // Decode / chunked prefill: query sequence b holds the last n_b tokens of row slots[b]
   // (appended before). Computes out/lse as the one-shot prefill of the row's tokens would for
   // those rows; MoBA writes its selection (int32 [total_q, num_q_heads, topk - 1]); pass an

@@ -41,7 +41,7 @@ struct PagedAttentionArgs {
   // MoBA: the selection to use, int32 [total_q, num_q_heads, topk - 1] (past block indices,
   // ascending or not, -1 = unused slot), e.g. from paged_moba_gate or from another rank.
   // A selected block must be a completed past block of the row (index < own block) and its
-  // pages resident.
+  // pages resident; a block named in several slots counts once.
   TensorView selection;
   // MoBA: include the row's own block causally (iB .. t). Off, a row sees only its selected
   // blocks; a row that sees no key gets out = 0 and lse = -inf, so partial results from

@@ -11,6 +11,7 @@ See docs/python.md and docs/semantics.md.
 
 from . import _core
 from ._core import OutOfMemoryError
+from .kv_cache import PagedKVCache, merge_attention_states, paged_attention
 from .ops import flash_attn_varlen, moa_attn, moba_attn_varlen, moba_gate
 from .plan import MoaPlan
 
@@ -18,7 +19,7 @@ __version__ = _core._C.__version__
 
 # The HuggingFace integration imports transformers only when used.
 _HF_NAMES = {"register", "register_moa", "unregister", "set_mode", "get_mode", "attention_mode",
-             "get_config", "MoBAConfig", "register_moba", "HFAttentionConfig"}
+             "get_config", "MoBAConfig", "register_moba", "HFAttentionConfig", "PagedCache"}
 
 
 def __getattr__(name):
@@ -44,4 +45,5 @@ def build_info() -> str:
 
 
 __all__ = sorted({"moba_attn_varlen", "flash_attn_varlen", "moa_attn", "moba_gate", "MoaPlan",
-                  "OutOfMemoryError", "backends", "build_info", "__version__"} | _HF_NAMES)
+                  "OutOfMemoryError", "backends", "build_info", "__version__",
+                  "PagedKVCache", "paged_attention", "merge_attention_states"} | _HF_NAMES)

@@ -35,6 +35,7 @@ _DTYPES = {
     torch.float16: "f16",
     torch.bfloat16: "bf16",
     torch.int32: "i32",
+    torch.float64: "f64",  # the paged KV cache's exact running key sums
 }
 
 BACKENDS = ("auto", "reference", "cpu", "cuda")

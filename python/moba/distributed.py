@@ -693,10 +693,10 @@ class _RankState:
         kernel, opts = self.prm.kernel(), _run_options(q, self.prm.backend)
 
         def call(qg, cu, kp, vp, sub_table, lens, sg, own, out, lse):
-            _C.paged_forward(_d("q", qg), _d("cu_seqlens", cu), _d("k_pages", kp),
-                             _d("v_pages", vp), _d("page_table", sub_table), _d("seq_lens", lens),
-                             _d("selection", sg), None, own, _d("out", out), _d("lse", lse),
-                             **kernel, **opts)
+            _C.paged_attention(_d("q", qg), _d("cu_seqlens", cu), None, _d("k_pages", kp),
+                               _d("v_pages", vp), _d("page_table", sub_table),
+                               _d("seq_lens", lens), None, _d("selection", sg), False, own,
+                               _d("out", out), _d("lse", lse), **kernel, **opts)
 
         out = torch.zeros((L, hq, D), dtype=q.dtype, device=cdev)
         lse = torch.full((hq, L), -math.inf, dtype=torch.float32, device=cdev)
@@ -831,10 +831,11 @@ class _CPAttention(torch.autograd.Function):
             og = out if whole else torch.empty_like(qg)
             lg = lse if whole else torch.empty((hq, toks.numel()), dtype=torch.float32)
             sg = sel if (sel is None or whole) else sel[toks].contiguous()
-            _C.paged_forward(_d("q", qg), _d("cu_seqlens", cu_g), _d("k_pages", kp),
-                             _d("v_pages", vp), _d("page_table", table), _d("seq_lens", seq_lens),
-                             _d("selection", sg), _d("slots", slots), True, _d("out", og),
-                             _d("lse", lg), **prm.kernel(window), **_run_options(qg, prm.backend))
+            _C.paged_attention(_d("q", qg), _d("cu_seqlens", cu_g), _d("slots", slots),
+                               _d("k_pages", kp), _d("v_pages", vp), _d("page_table", table),
+                               _d("seq_lens", seq_lens), None, _d("selection", sg), False, True,
+                               _d("out", og), _d("lse", lg), **prm.kernel(window),
+                               **_run_options(qg, prm.backend))
             if not whole:
                 out[toks] = og
                 lse[:, toks] = lg

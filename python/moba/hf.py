@@ -13,9 +13,10 @@ function receives either no mask or the 2-D padding mask. The function converts 
 equal lengths; packed sequences from ``cu_seq_lens_q`` kwargs or restarting ``position_ids``
 with batch 1), calls the moba op and returns [batch, seq, heads, dim] and no weights.
 
-With a KV cache, steps whose queries are fewer than the keys (decoding) run full causal
-attention over the cache (plain PyTorch SDPA), as MoBA's public integration does: MoBA applies
-to the prefill, where queries and keys are the same tokens.
+With ``past_key_values=moba.PagedCache(model.config)`` (moba.hf_cache), prefill and every
+decoding step run MoBA/MoA (full on full_attention_layers) over moba's paged KV cache. With
+another transformers cache, steps whose queries are fewer than the keys (decoding) run full
+causal attention over the cache (plain PyTorch SDPA), as MoBA's public integration does.
 """
 
 from __future__ import annotations
@@ -33,8 +34,16 @@ from .plan import MoaPlan
 
 __all__ = [
     "register", "register_moa", "unregister", "set_mode", "get_mode", "attention_mode",
-    "get_config", "MoBAConfig", "register_moba", "HFAttentionConfig",
+    "get_config", "MoBAConfig", "register_moba", "HFAttentionConfig", "PagedCache",
 ]
+
+
+def __getattr__(name):
+    if name in ("PagedCache", "PagedCacheLayer"):
+        from . import hf_cache
+
+        return getattr(hf_cache, name)
+    raise AttributeError(f"module 'moba.hf' has no attribute {name!r}")
 
 MODES = ("moba", "full")
 # Process-wide (a plain global, so torch.compile guards on it instead of breaking the graph).
@@ -81,6 +90,11 @@ class HFAttentionConfig:
     full_attention_layers: Tuple[int, ...] = ()
     plan: Optional[MoaPlan] = None
     backend: str = "auto"
+
+    def layer_index_is_full(self, idx: int, num_layers: int) -> bool:
+        """Whether layer `idx` of a model with `num_layers` layers keeps full attention."""
+        return any((want + num_layers if want < 0 else want) == idx
+                   for want in self.full_attention_layers)
 
     def layer_is_full(self, module: torch.nn.Module) -> bool:
         if not self.full_attention_layers:
@@ -283,6 +297,14 @@ def _context_parallel_attention(cfg, module, query, key, value, attention_mask, 
     return cp.hf_attention(cfg, module, query, key, value, scaling, layer_full)
 
 
+def _take_paged(key):
+    """The PagedCache layer that just returned `key` from its update, if any."""
+    import sys
+
+    hf_cache = sys.modules.get(__package__ + ".hf_cache")
+    return hf_cache.take_pending(key) if hf_cache is not None else None
+
+
 def _attention(cfg: HFAttentionConfig, module, query, key, value, attention_mask,
                dropout: float = 0.0, scaling: Optional[float] = None, *,
                sliding_window=None, softcap=None, is_causal=None, position_ids=None,
@@ -306,6 +328,10 @@ def _attention(cfg: HFAttentionConfig, module, query, key, value, attention_mask
                          f"{list(query.shape)}")
     b, hq, sq, d = query.shape
     skv = key.shape[2]
+    paged = _take_paged(key)
+    if paged is not None:  # moba.PagedCache: append, then this layer's attention over the pages
+        mode, prm = paged.owner.layer_attention(paged.layer_idx)
+        return paged.step(module, query, key, value, attention_mask, scaling, mode, prm), None
     if key.dtype != query.dtype:
         key = key.to(query.dtype)
     if value.dtype != query.dtype:

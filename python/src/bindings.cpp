@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "bindings_common.hpp"
 #include "moba/moba.hpp"
 
 namespace py = pybind11;
@@ -35,7 +36,8 @@ moba::DType parse_dtype(const std::string& name, const std::string& s) {
   if (s == "f16") return moba::DType::f16;
   if (s == "bf16") return moba::DType::bf16;
   if (s == "i32") return moba::DType::i32;
-  bad(name, "dtype f32, f16, bf16 or i32", s);
+  if (s == "f64") return moba::DType::f64;
+  bad(name, "dtype f32, f16, bf16, i32 or f64", s);
 }
 
 moba::TensorView to_view(const py::handle& obj) {
@@ -159,77 +161,22 @@ void gate(py::handle q, py::handle k, py::handle cu, py::handle selection,
   moba::moba_gate(qv, kv, cv, params, sv, options);
 }
 
-// ---- paged attention (context parallelism, python/moba/distributed.py) -------------------
-
-moba::PagedKV make_paged_kv(py::handle k_pages, py::handle v_pages, py::handle page_table,
-                            py::handle seq_lens, py::handle block_means) {
-  moba::PagedKV kv;
-  kv.k_pages = to_view(k_pages);
-  kv.v_pages = to_view(v_pages);
-  kv.page_table = to_view(page_table);
-  kv.seq_lens = to_view(seq_lens);
-  kv.block_means = to_view(block_means);
-  return kv;
-}
-
-void paged_gate(py::handle q, py::handle cu, py::handle k_pages, py::handle v_pages,
-                py::handle page_table, py::handle seq_lens, py::handle block_means,
-                py::handle selection, py::handle slots, const std::string& mode, int block_size,
-                int topk, double scale, std::vector<float> alpha, std::vector<float> beta,
-                int sink, const std::string& backend, std::uintptr_t stream, bool deterministic,
-                int num_threads) {
-  const auto qv = to_view(q), cv = to_view(cu), sv = to_view(selection), slv = to_view(slots);
-  const auto kv = make_paged_kv(k_pages, v_pages, page_table, seq_lens, block_means);
-  const auto params = make_params(mode, block_size, topk, scale, std::move(alpha),
-                                  std::move(beta), sink);
-  const auto options = make_options(backend, stream, deterministic, num_threads);
-  py::gil_scoped_release nogil;
-  moba::paged_moba_gate(qv, cv, kv, params, sv, slv, options);
-}
-
-void paged_forward(py::handle q, py::handle cu, py::handle k_pages, py::handle v_pages,
-                   py::handle page_table, py::handle seq_lens, py::handle selection,
-                   py::handle slots, bool include_own_block, py::handle out, py::handle lse,
-                   const std::string& mode, int block_size, int topk, double scale,
-                   std::vector<float> alpha, std::vector<float> beta, int sink,
-                   const std::string& backend, std::uintptr_t stream, bool deterministic,
-                   int num_threads) {
-  const auto qv = to_view(q), cv = to_view(cu), ov = to_view(out), lv = to_view(lse);
-  const auto kv = make_paged_kv(k_pages, v_pages, page_table, seq_lens, py::none());
-  moba::PagedAttentionArgs args;
-  args.selection = to_view(selection);
-  args.slots = to_view(slots);
-  args.include_own_block = include_own_block;
-  const auto params = make_params(mode, block_size, topk, scale, std::move(alpha),
-                                  std::move(beta), sink);
-  const auto options = make_options(backend, stream, deterministic, num_threads);
-  py::gil_scoped_release nogil;
-  moba::paged_attention(qv, cv, kv, params, args, ov, lv, options);
-}
-
-void paged_backward(py::handle q, py::handle cu, py::handle k_pages, py::handle v_pages,
-                    py::handle page_table, py::handle seq_lens, py::handle selection,
-                    py::handle slots, bool include_own_block, py::handle out, py::handle lse,
-                    py::handle dout, py::handle dq, py::handle dk_pages, py::handle dv_pages,
-                    const std::string& mode, int block_size, int topk, double scale,
-                    std::vector<float> alpha, std::vector<float> beta, int sink,
-                    const std::string& backend, std::uintptr_t stream, bool deterministic,
-                    int num_threads) {
-  const auto qv = to_view(q), cv = to_view(cu), ov = to_view(out), lv = to_view(lse);
-  const auto dov = to_view(dout), dqv = to_view(dq), dkv = to_view(dk_pages), dvv = to_view(dv_pages);
-  const auto kv = make_paged_kv(k_pages, v_pages, page_table, seq_lens, py::none());
-  moba::PagedAttentionArgs args;
-  args.selection = to_view(selection);
-  args.slots = to_view(slots);
-  args.include_own_block = include_own_block;
-  const auto params = make_params(mode, block_size, topk, scale, std::move(alpha),
-                                  std::move(beta), sink);
-  const auto options = make_options(backend, stream, deterministic, num_threads);
-  py::gil_scoped_release nogil;
-  moba::paged_attention_backward(qv, cv, kv, params, args, ov, lv, dov, dqv, dkv, dvv, options);
-}
-
 }  // namespace
+
+// The helpers above, for the other binding files (bindings_common.hpp).
+namespace moba_py {
+moba::TensorView to_view(const py::handle& obj) { return ::to_view(obj); }
+moba::DType parse_dtype(const std::string& name, const std::string& s) { return ::parse_dtype(name, s); }
+moba::AttentionParams make_params(const std::string& mode, int block_size, int topk,
+                                  double softmax_scale, std::vector<float> alpha,
+                                  std::vector<float> beta, int sink) {
+  return ::make_params(mode, block_size, topk, softmax_scale, std::move(alpha), std::move(beta), sink);
+}
+moba::RunOptions make_options(const std::string& backend, std::uintptr_t stream,
+                              bool deterministic, int num_threads) {
+  return ::make_options(backend, stream, deterministic, num_threads);
+}
+}  // namespace moba_py
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "moba C++ core (raw pointers in, no torch types); use the moba package instead";
@@ -276,21 +223,6 @@ PYBIND11_MODULE(_C, m) {
   m.def("gate", &gate, py::arg("q"), py::arg("k"), py::arg("cu_seqlens"), py::arg("selection"),
         MOBA_PARAM_ARGS, "moba::moba_gate: the MoBA block selection alone.");
 
-  m.def("paged_gate", &paged_gate, py::arg("q"), py::arg("cu_seqlens_q"), py::arg("k_pages"),
-        py::arg("v_pages"), py::arg("page_table"), py::arg("seq_lens"), py::arg("block_means"),
-        py::arg("selection"), py::arg("slots"), MOBA_PARAM_ARGS,
-        "moba::paged_moba_gate: MoBA selection of query rows over cached block means.");
-  m.def("paged_forward", &paged_forward, py::arg("q"), py::arg("cu_seqlens_q"),
-        py::arg("k_pages"), py::arg("v_pages"), py::arg("page_table"), py::arg("seq_lens"),
-        py::arg("selection"), py::arg("slots"), py::arg("include_own_block"), py::arg("out"),
-        py::arg("lse"), MOBA_PARAM_ARGS,
-        "moba::paged_attention with an external selection, on caller-allocated out/lse.");
-  m.def("paged_backward", &paged_backward, py::arg("q"), py::arg("cu_seqlens_q"),
-        py::arg("k_pages"), py::arg("v_pages"), py::arg("page_table"), py::arg("seq_lens"),
-        py::arg("selection"), py::arg("slots"), py::arg("include_own_block"), py::arg("out"),
-        py::arg("lse"), py::arg("dout"), py::arg("dq"), py::arg("dk_pages"), py::arg("dv_pages"),
-        MOBA_PARAM_ARGS, "moba::paged_attention_backward on caller-allocated gradients.");
-
   m.def("backends", [] {
     py::list out;
     for (const auto& b : moba::backends()) {
@@ -304,6 +236,8 @@ PYBIND11_MODULE(_C, m) {
     return out;
   });
   m.def("build_info", &moba::build_info);
+  moba_py::bind_paged(m);  // paged KV cache, decode / chunked prefill (bindings_paged.cpp)
+  moba_py::bind_context_parallel(m);  // paged gate / backward for moba.distributed (bindings_cp.cpp)
   m.attr("__version__") = MOBA_VERSION_STRING;
 
   py::class_<moba::MoaPlan>(m, "MoaPlan")

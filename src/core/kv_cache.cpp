@@ -165,6 +165,27 @@ void PagedKVCache::append(const TensorView& k_new, const TensorView& v_new,
     cuda_copy_to_host(cu.data(), cu_seqlens_new.data, cu.size() * sizeof(std::int32_t), options.cuda_stream);
   if (cu[0] != 0 || cu.back() != k_new.shape[0])
     invalid("cu_seqlens_new", "0 first and new_tokens = " + num(k_new.shape[0]) + " last", "[" + num(cu[0]) + " .. " + num(cu.back()) + "]");
+  std::vector<int> counts(slots.size());
+  for (std::size_t b = 0; b < slots.size(); ++b) {
+    counts[b] = cu[b + 1] - cu[b];
+    if (counts[b] < 0) invalid("cu_seqlens_new", "non-decreasing values", "a decrease at " + num(b + 1));
+  }
+  reserve(counts, slots, options);
+  std::vector<std::int32_t> slot_ids(slots.begin(), slots.end());
+  const TensorView slot_view = TensorView::contiguous(slot_ids.data(), DType::i32, Device::cpu(), {std::int64_t(slot_ids.size())});
+  const TensorView cu_view = TensorView::contiguous(cu.data(), DType::i32, Device::cpu(), {std::int64_t(cu.size())});
+  kv_append(k_new, v_new, cu_view, tensors_, config_.block_size, slot_view, options);
+}
+
+void PagedKVCache::reserve(const std::vector<int>& new_tokens, const std::vector<int>& slots,
+                           const RunOptions& options) {
+  if (new_tokens.size() != slots.size())
+    invalid("new_tokens", "one count per slot (" + num(slots.size()) + ")", num(new_tokens.size()) + " counts");
+  std::vector<std::int32_t> cu(slots.size() + 1, 0);
+  for (std::size_t b = 0; b < slots.size(); ++b) {
+    if (new_tokens[b] < 0) invalid("new_tokens[" + num(b) + "]", "a count >= 0", num(new_tokens[b]));
+    cu[b + 1] = cu[b] + new_tokens[b];
+  }
   std::vector<char> seen(config_.max_rows, 0);
   for (std::size_t b = 0; b < slots.size(); ++b) {
     const int r = slots[b];
@@ -172,7 +193,6 @@ void PagedKVCache::append(const TensorView& k_new, const TensorView& v_new,
       invalid("slots[" + num(b) + "]", "a cache row in [0, " + num(config_.max_rows) + ")", num(r));
     if (seen[r]++) invalid("slots[" + num(b) + "]", "distinct cache rows", "row " + num(r) + " twice");
     const int n = cu[b + 1] - cu[b];
-    if (n < 0) invalid("cu_seqlens_new", "non-decreasing values", "a decrease at " + num(b + 1));
     if (std::int64_t(lens_[r]) + n > config_.max_seqlen)
       invalid("slots[" + num(b) + "]", "room for " + num(n) + " more tokens in row " + num(r) + " (length " +
                                            num(lens_[r]) + ", max_seqlen " + num(config_.max_seqlen) + ")",
@@ -227,10 +247,6 @@ void PagedKVCache::append(const TensorView& k_new, const TensorView& v_new,
     free_.pop_back();
   }
   publish(options);
-  std::vector<std::int32_t> slot_ids(slots.begin(), slots.end());
-  const TensorView slot_view = TensorView::contiguous(slot_ids.data(), DType::i32, Device::cpu(), {std::int64_t(slot_ids.size())});
-  const TensorView cu_view = TensorView::contiguous(cu.data(), DType::i32, Device::cpu(), {std::int64_t(cu.size())});
-  kv_append(k_new, v_new, cu_view, tensors_, config_.block_size, slot_view, options);
   for (std::size_t b = 0; b < slots.size(); ++b) lens_[slots[b]] += cu[b + 1] - cu[b];
 }
 

@@ -123,8 +123,10 @@ Problem query_problem(const TensorView& q, const TensorView& cu_seqlens_q, int h
 
 Backend pick_backend(const Problem& p, const RunOptions& o) {
   RunOptions ro = o;
-  if (ro.backend == Backend::reference) ro.backend = Backend::cpu;  // the CPU path is fp32-exact
-  return resolve_backend(p, ro);
+  if (ro.backend == Backend::reference) ro.backend = Backend::cpu;  // no fp64 paged path
+  Problem device_only = p;  // the paged kernels take any MoBA block size
+  device_only.mode = Mode::full;
+  return resolve_backend(device_only, ro);
 }
 
 PagedProblem make_paged(const TensorView& q, const TensorView& cu_seqlens_q, const PagedKV& kv,

@@ -124,6 +124,7 @@ bool visible_ranges(const PagedProblem& p, int N, int t, int h, const std::int32
               "-1 or a completed past block in [0, " + num(own) + ")", num(j));
       return false;
     }
+    if (std::find(sel, sel + s, j) != sel + s) continue;  // a repeated slot counts once
     out.push_back({j * B, (j + 1) * B});
   }
   if (p.include_own_block) out.push_back({own * B, t + 1});

@@ -14,35 +14,10 @@
 #include <memory>
 #include <numeric>
 
-#include "cpu_check.hpp"
+#include "paged_check.hpp"
 
 namespace moba::testing {
 namespace {
-
-constexpr double kFloorForward = 1e-5;
-
-// Tokens [from, from + n) of every sequence, packed (rows of a [T, H, D] host tensor).
-HostTensor gather_rows(const HostTensor& x, const std::vector<int>& cu, const std::vector<int>& from,
-                       const std::vector<int>& n) {
-  const std::int64_t row = x.shape[1] * x.shape[2];
-  const std::size_t es = dtype_size(x.dtype);
-  const std::int64_t total = std::accumulate(n.begin(), n.end(), std::int64_t(0));
-  HostTensor y(x.dtype, {total, x.shape[1], x.shape[2]});
-  std::int64_t at = 0;
-  for (std::size_t b = 0; b < n.size(); ++b) {
-    std::memcpy(&y.bytes[at * row * es], &x.bytes[(cu[b] + from[b]) * row * es], n[b] * row * es);
-    at += n[b];
-  }
-  return y;
-}
-
-struct Fed {
-  HostTensor out;                     // [T, hq, D] in the shape's packed layout
-  std::vector<float> lse;             // [hq, T]
-  std::vector<std::int32_t> selection;  // [T, hq, topk - 1]
-  std::vector<int> chunk_end;         // per token: the sequence length after its chunk
-  int max_used_pages = 0;
-};
 
 // The host storage of one cache.
 struct CacheStorage {
@@ -70,41 +45,6 @@ struct CacheStorage {
     }
   }
 };
-
-struct FeedPlan {
-  int page_size = 16;
-  bool moa_evict = false;
-  int max_chunk = 1;
-  std::vector<std::vector<int>> chunks;  // per sequence: chunk sizes summing to its length
-  int threads = 1;
-};
-
-FeedPlan random_plan(std::mt19937& rng, const Shape& s) {
-  auto uni = [&](int lo, int hi) { return std::uniform_int_distribution<int>(lo, hi)(rng); };
-  FeedPlan f;
-  f.page_size = std::vector<int>{1, 3, 16, 64}[uni(0, 3)];
-  f.moa_evict = s.params.mode == Mode::moa && uni(0, 1) == 1;
-  f.max_chunk = uni(1, 8);
-  f.threads = uni(0, 3) == 0 ? 3 : 1;
-  for (int len : s.seqlens) {
-    std::vector<int> c;
-    int left = len;
-    while (left > 0) {
-      int n;
-      const int r = uni(0, 9);
-      if (c.empty() && r < 5) n = uni(1, left);       // a prompt
-      else if (r < 6) n = 0;                           // this sequence sits out a step
-      else if (r < 9 || f.moa_evict) n = 1;            // decode
-      else n = uni(1, left);                           // another chunk
-      if (f.moa_evict && !c.empty()) n = std::min(n, f.max_chunk);
-      n = std::min(n, left);
-      c.push_back(n);
-      left -= n;
-    }
-    f.chunks.push_back(c);
-  }
-  return f;
-}
 
 Fed feed(const Shape& s, const Inputs& in, const FeedPlan& plan) {
   const int batch = static_cast<int>(s.seqlens.size()), T = s.total(), K = std::max(s.params.topk - 1, 0);
@@ -196,79 +136,6 @@ Fed feed(const Shape& s, const Inputs& in, const FeedPlan& plan) {
             EXPECT_EQ(storage.means.get(at), mean) << s.str() << " block " << j;
           }
   return r;
-}
-
-// Truth for each token: the one-shot prefill (fp64) of its sequence up to its chunk's end, on
-// the selection the cache's gate made (MoBA). Sequences of the truth problem are those prefixes.
-void check_against_prefill(const Shape& s, Inputs& in, const Fed& fed, int& near_ties, double& worst) {
-  Shape ps = s;
-  ps.seqlens.clear();
-  std::vector<int> src_seq, src_from, src_len;  // per prefix: source sequence, rows [from, len)
-  for (std::size_t b = 0; b < s.seqlens.size(); ++b) {
-    const int len = s.seqlens[b];
-    if (s.params.mode != Mode::moa) {
-      ps.seqlens.push_back(len);
-      src_seq.push_back(int(b)), src_from.push_back(0), src_len.push_back(len);
-      continue;
-    }
-    for (int t = 0; t < len;) {  // one prefix per chunk
-      const int end = fed.chunk_end[in.cu[b] + t];
-      ps.seqlens.push_back(end);
-      src_seq.push_back(int(b)), src_from.push_back(t), src_len.push_back(end);
-      t = end;
-    }
-  }
-  const int K = std::max(s.params.topk - 1, 0);
-  Inputs pin;
-  pin.cu = ps.cu_seqlens();
-  std::vector<int> zeros(ps.seqlens.size(), 0), starts;
-  for (int b : src_seq) starts.push_back(in.cu[b]);
-  pin.q = gather_rows(in.q, starts, zeros, ps.seqlens);
-  pin.k = gather_rows(in.k, starts, zeros, ps.seqlens);
-  pin.v = gather_rows(in.v, starts, zeros, ps.seqlens);
-  const int PT = ps.total();
-  std::vector<std::int32_t> sel(std::size_t(PT) * s.hq * K, -1);
-  auto src_token = [&](std::size_t i, int t) { return in.cu[src_seq[i]] + t; };
-  if (K > 0) {
-    for (std::size_t i = 0; i < ps.seqlens.size(); ++i)
-      for (int t = 0; t < ps.seqlens[i]; ++t)
-        std::copy_n(&fed.selection[std::size_t(src_token(i, t)) * s.hq * K], s.hq * K,
-                    &sel[std::size_t(pin.cu[i] + t) * s.hq * K]);
-    // The gate's choice against the reference gate: equal except at fp32 near-ties.
-    const std::vector<std::int32_t> ref = reference_selection(ps, pin);
-    for (std::size_t i = 0; i < ps.seqlens.size(); ++i)
-      for (int t = src_from[i]; t < src_len[i]; ++t)
-        for (int h = 0; h < s.hq; ++h) {
-          const std::size_t at = (std::size_t(pin.cu[i] + t) * s.hq + h) * K;
-          if (std::equal(sel.begin() + at, sel.begin() + at + K, ref.begin() + at)) continue;
-          ++near_ties;
-          EXPECT_TRUE(selection_within_near_tie(block_scores(ps, pin, int(i), t, h), sel.data() + at, K))
-              << s.str() << " token " << t << " head " << h;
-        }
-  }
-  std::vector<double> out, lse;
-  exact_forward(ps, pin, sel, out, lse);
-  // Compare the rows each prefix stands for.
-  std::vector<double> fast_rows, true_rows;
-  double lse_err = 0, lse_max = 0;
-  const std::size_t row = std::size_t(s.hq) * s.d;
-  for (std::size_t i = 0; i < ps.seqlens.size(); ++i)
-    for (int t = src_from[i]; t < src_len[i]; ++t) {
-      const std::int64_t pt = pin.cu[i] + t, st = src_token(i, t);
-      for (std::size_t e = 0; e < row; ++e) {
-        fast_rows.push_back(fed.out.get(st * row + e));
-        true_rows.push_back(out[pt * row + e]);
-      }
-      for (int h = 0; h < s.hq; ++h) {
-        lse_err = std::max(lse_err, std::fabs(double(fed.lse[std::size_t(h) * s.total() + st]) - lse[std::size_t(h) * PT + pt]));
-        lse_max = std::max(lse_max, std::fabs(lse[std::size_t(h) * PT + pt]));
-      }
-    }
-  const double err = rel_l2(fast_rows, true_rows);
-  const double allowed = 2 * rel_l2(rounded(true_rows, s.dtype), true_rows) + kFloorForward;
-  EXPECT_LE(err, allowed) << s.str();
-  EXPECT_LE(lse_err, 2e-5 * (1 + lse_max)) << s.str();
-  worst = std::max(worst, err / allowed);
 }
 
 TEST(CpuPaged, ChunkedDecodeMatchesOneShotPrefill) {

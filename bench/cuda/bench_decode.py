@@ -1,0 +1,229 @@
+#!/usr/bin/env python3
+"""Decode step on the GPU over moba's paged KV cache, against torch SDPA on contiguous K/V and
+the bandwidth bound, in one run (issue 13's table).
+
+For each context N and batch b (as memory allows): one decode query per sequence, Hq=32, Hkv=8,
+D=128, bf16 (a Llama-3-8B layer). Rows:
+  full      our split-KV decode over every cached page
+  moba64    MoBA with 64 blocks (block N/64), top-3: gate over the cached means + 3 blocks
+  moba128   MoBA with block 128, top-8
+  moa50     MoA at 50% density (window 0.5 N + sink 64), same kernel, only window pages read
+  sdpa      torch SDPA (enable_gqa) on contiguous [b, Hkv, N, D] K/V
+  bound     bytes a step must read (K/V it attends to + means) / HBM bandwidth measured here
+Each step is captured in a CUDA graph when possible (device cu_seqlens/slots; no host sync).
+Then MoA's serving claim: cache memory of a per-head MoA cache vs full, and tokens/s at the
+largest batch that fits a fixed memory budget.
+
+Run: python3 bench/cuda/bench_decode.py [--contexts 32768,131072,1048576] [--batches 1,8,64]
+     [--budget-gib 100] [--out results.md]
+"""
+import argparse
+import datetime
+import math
+import subprocess
+import sys
+
+import torch
+import torch.nn.functional as F
+
+import moba
+
+HQ, HKV, D = 32, 8, 128
+DT = torch.bfloat16
+K = 1024
+
+
+def measure_bandwidth():
+    """GB/s of a large device-to-device copy (read + write counted)."""
+    n = 2 << 30
+    a = torch.empty(n, dtype=torch.uint8, device="cuda")
+    b = torch.empty_like(a)
+    for _ in range(3):
+        b.copy_(a)
+    torch.cuda.synchronize()
+    s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    s.record()
+    for _ in range(10):
+        b.copy_(a)
+    e.record()
+    torch.cuda.synchronize()
+    ms = s.elapsed_time(e) / 10
+    del a, b
+    return 2 * n / (ms * 1e-3) / 1e9
+
+
+def time_ms(fn, iters=10):
+    """Median ms of fn, replayed from a CUDA graph when capture works (eager otherwise)."""
+    fn()
+    torch.cuda.synchronize()
+    run = fn
+    try:
+        g = torch.cuda.CUDAGraph()
+        s = torch.cuda.Stream()
+        s.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(s):
+            fn()
+            with torch.cuda.graph(g, stream=s):
+                fn()
+        torch.cuda.current_stream().wait_stream(s)
+        run = g.replay
+    except Exception as e:  # noqa: BLE001 - report and time eagerly
+        print(f"  (graph capture failed: {str(e)[:80]}; timing eagerly)", file=sys.stderr)
+    times = []
+    for _ in range(iters):
+        st, en = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        st.record()
+        run()
+        en.record()
+        torch.cuda.synchronize()
+        times.append(st.elapsed_time(en))
+    times.sort()
+    return times[len(times) // 2]
+
+
+def filled_cache(batch, n, block_size, moa=None, chunk=65536, page_size=16):
+    """A cache of `batch` sequences of n random tokens (appended in chunks). A MoA cache's pool
+    holds only what its windows keep (plus a chunk in flight), as a server would size it."""
+    max_chunk = chunk if moa is not None else 1
+    num_pages = None
+    if moa is not None:
+        keep = int(max(moa[1]) * (n + 1 + chunk)) + moa[2] + 2 * chunk + 2 * page_size
+        num_pages = batch * HKV * (keep // page_size + 2)
+    cache = moba.PagedKVCache(HKV, D, n + 16, max_batch=batch, page_size=page_size, dtype=DT,
+                              device="cuda", block_size=block_size, num_q_heads=HQ, moa=moa,
+                              max_chunk=max_chunk, num_pages=num_pages)
+    done = 0
+    while done < n:
+        c = min(chunk, n - done)
+        k = torch.randn(batch * c, HKV, D, dtype=DT, device="cuda")
+        cu = torch.arange(0, batch * c + 1, c, dtype=torch.int32)
+        cache.append(k, k, cu)
+        done += c
+    return cache
+
+
+def step_fn(cache, q, mode, **kw):
+    b = q.shape[0]
+    cu = torch.arange(0, b + 1, dtype=torch.int32, device="cuda")
+    slots = torch.arange(0, b, dtype=torch.int32, device="cuda")
+    alphas = kw.get("alphas", [])
+    betas = kw.get("betas", [])
+
+    def fn():
+        torch.ops.moba.paged_attention(q, cu, slots, cache.k_pages, cache.v_pages, cache.page_table,
+                                       cache.seq_lens, cache.block_means, None, mode,
+                                       kw.get("block_size", 0), kw.get("topk", 0), 0.0, alphas,
+                                       betas, kw.get("sink", 64), True, "auto")
+    return fn
+
+
+def row(name, ms, bytes_read, bw, full_ms=None):
+    bound = bytes_read / (bw * 1e9) * 1e3
+    frac = bound / ms if ms else float("nan")
+    speed = f"{full_ms / ms:.1f}x" if full_ms else ""
+    return f"| {name} | {ms:.3f} | {bound:.3f} | {100 * frac:.0f}% | {speed} |"
+
+
+def run_point(n, batch, bw, lines):
+    kv_bytes = 2 * n * HKV * D * 2  # K and V of one sequence
+    q = torch.randn(batch, HQ, D, dtype=DT, device="cuda")
+    lines.append(f"\n### N = {n // K}K, batch {batch}\n")
+    lines.append("| kernel | step ms | bound ms | % of bound | vs full |")
+    lines.append("|---|---|---|---|---|")
+    cache = filled_cache(batch, n, 128)
+    full_ms = time_ms(step_fn(cache, q, "full"))
+    lines.append(row("full (ours)", full_ms, batch * kv_bytes, bw))
+    nb = n // 128
+    sel_bytes = batch * (8 * 128 * HKV * D * 2 * 2 + nb * HKV * D * 2)
+    ms = time_ms(step_fn(cache, q, "moba", block_size=128, topk=8))
+    lines.append(row("MoBA block 128 top-8", ms, sel_bytes, bw, full_ms))
+    w = n // 2 + 64
+    ms = time_ms(step_fn(cache, q, "moa", alphas=[0.0] * HQ, betas=[0.5] * HQ, sink=64))
+    lines.append(row("MoA 50%", ms, batch * w * HKV * D * 4, bw, full_ms))
+    del cache
+    torch.cuda.empty_cache()
+    blk = n // 64
+    cache = filled_cache(batch, n, blk)
+    ms = time_ms(step_fn(cache, q, "moba", block_size=blk, topk=3))
+    lines.append(row(f"MoBA 64 blocks ({blk}) top-3", ms,
+                     batch * (3 * blk * HKV * D * 4 + 64 * HKV * D * 2), bw, full_ms))
+    del cache
+    torch.cuda.empty_cache()
+    try:
+        k = torch.randn(batch, HKV, n, D, dtype=DT, device="cuda")
+        qq = q.view(batch, HQ, 1, D)
+        ms = time_ms(lambda: F.scaled_dot_product_attention(qq, k, k, enable_gqa=True), iters=10)
+        lines.append(row("torch SDPA (contiguous)", ms, batch * kv_bytes, bw, full_ms))
+        del k
+    except torch.OutOfMemoryError:
+        lines.append("| torch SDPA (contiguous) | OOM | | | |")
+    torch.cuda.empty_cache()
+
+
+def moa_serving(n, budget_gib, bw, lines):
+    """MoA 50% vs full: cache memory and tokens/s at the largest batch within the budget."""
+    per_full = 2 * n * HKV * D * 2
+    moa = ([0.0] * HQ, [0.5] * HQ, 64)
+    probe = filled_cache(1, n, 0, moa=moa, chunk=2048)
+    probe.append(torch.randn(1, HKV, D, dtype=DT, device="cuda"),
+                 torch.randn(1, HKV, D, dtype=DT, device="cuda"))  # frees what left the windows
+    per_moa = probe.memory_bytes()
+    del probe
+    torch.cuda.empty_cache()
+    budget = budget_gib * (1 << 30)
+    b_full, b_moa = max(1, budget // per_full), max(1, budget // per_moa)
+    q_full = torch.randn(b_full, HQ, D, dtype=DT, device="cuda")
+    cache = filled_cache(b_full, n, 0)
+    full_ms = time_ms(step_fn(cache, q_full, "full"))
+    del cache
+    torch.cuda.empty_cache()
+    q_moa = torch.randn(b_moa, HQ, D, dtype=DT, device="cuda")
+    cache = filled_cache(b_moa, n, 0, moa=moa, chunk=2048)
+    moa_ms = time_ms(step_fn(cache, q_moa, "moa", alphas=moa[0], betas=moa[1], sink=64))
+    del cache
+    torch.cuda.empty_cache()
+    lines.append(f"\n### MoA 50% serving at N = {n // K}K, {budget_gib} GiB of K/V\n")
+    lines.append("| cache | bytes / sequence | batch in budget | step ms | tokens/s |")
+    lines.append("|---|---|---|---|---|")
+    lines.append(f"| full | {per_full / 2**20:.0f} MiB | {b_full} | {full_ms:.3f} | {b_full / full_ms * 1e3:.0f} |")
+    lines.append(f"| MoA 50% (per-head) | {per_moa / 2**20:.0f} MiB ({per_moa / per_full:.2f}x) | {b_moa} | "
+                 f"{moa_ms:.3f} | {b_moa / moa_ms * 1e3:.0f} ({(b_moa / moa_ms) / (b_full / full_ms):.2f}x) |")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--contexts", default="32768,131072,1048576")
+    ap.add_argument("--batches", default="1,8,64")
+    ap.add_argument("--budget-gib", type=float, default=100.0, help="K/V memory a point may use")
+    ap.add_argument("--moa-context", type=int, default=131072)
+    ap.add_argument("--moa-budget-gib", type=int, default=32)
+    ap.add_argument("--out", default="")
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                                text=True).stdout.strip()
+    except OSError:
+        commit = "?"
+    bw = measure_bandwidth()
+    lines = [f"# Decode step, {torch.cuda.get_device_name()}, {datetime.date.today()}, commit {commit}",
+             "", f"Hq={HQ}, Hkv={HKV}, D={D}, bf16; page 16; measured copy bandwidth {bw:.0f} GB/s. "
+             "Times are medians of CUDA-graph replays of one decode step (attention incl. the MoBA gate)."]
+    for n in [int(x) for x in args.contexts.split(",")]:
+        for b in [int(x) for x in args.batches.split(",")]:
+            need = 2 * (2 * n * HKV * D * 2) * b  # cache + contiguous copy for SDPA
+            if need > args.budget_gib * (1 << 30):
+                lines.append(f"\n(N = {n // K}K, batch {b}: {need / 2**30:.0f} GiB > budget, skipped)")
+                continue
+            run_point(n, b, bw, lines)
+            print("\n".join(lines[-8:]), flush=True)
+    moa_serving(args.moa_context, args.moa_budget_gib, bw, lines)
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,356 @@
+// CUDA paged decode / chunked prefill (src/cuda/decode) against the one-shot prefill in fp64:
+// the same random shapes, chunk plans and checks as tests/cpu/test_cpu_paged.cpp, with the cache
+// in GPU memory. Also: the block means the GPU maintains equal the recomputed ones exactly, a
+// decode step (append + gate + attention) captured in a CUDA graph replays to the eager result,
+// and a long context exercises the split-KV merge. Skips without a GPU.
+// MOBA_CUDA_DECODE_SHAPES=<n> sets the number of random shapes (default 80).
+#include <cuda_runtime.h>
+#include <gtest/gtest.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <memory>
+
+#include "../cpu/paged_check.hpp"
+#include "cuda_test_util.hpp"
+
+namespace moba::testing {
+namespace {
+
+int shape_count() {
+  const char* e = std::getenv("MOBA_CUDA_DECODE_SHAPES");
+  return e ? std::max(1, std::atoi(e)) : 80;
+}
+
+// A cache whose storage lives on the GPU.
+struct GpuCache {
+  KVCacheConfig c;
+  KVCacheShapes shapes;
+  std::unique_ptr<DevBuf> k, v, table, lens, means, sums;
+  PagedKV view;
+  std::unique_ptr<PagedKVCache> cache;
+
+  explicit GpuCache(const KVCacheConfig& cfg) : c(cfg), shapes(kv_cache_shapes(cfg)) {
+    auto numel = [](const std::vector<std::int64_t>& s) {
+      std::int64_t n = 1;
+      for (auto x : s) n *= x;
+      return s.empty() ? std::int64_t(0) : n;
+    };
+    const std::size_t es = dtype_size(c.dtype);
+    k = std::make_unique<DevBuf>(numel(shapes.k_pages) * es);
+    v = std::make_unique<DevBuf>(numel(shapes.v_pages) * es);
+    table = std::make_unique<DevBuf>(numel(shapes.page_table) * 4);
+    lens = std::make_unique<DevBuf>(numel(shapes.seq_lens) * 4);
+    auto view_of = [](void* p, DType t, const std::vector<std::int64_t>& s) {
+      TensorView x;
+      x.data = p;
+      x.dtype = t;
+      x.device = Device::cuda(0);
+      x.ndim = int(s.size());
+      std::int64_t st = 1;
+      for (int d = x.ndim - 1; d >= 0; --d) {
+        x.shape[d] = s[d];
+        x.stride[d] = st;
+        st *= s[d];
+      }
+      return x;
+    };
+    view.k_pages = view_of(k->p, c.dtype, shapes.k_pages);
+    view.v_pages = view_of(v->p, c.dtype, shapes.v_pages);
+    view.page_table = view_of(table->p, DType::i32, shapes.page_table);
+    view.seq_lens = view_of(lens->p, DType::i32, shapes.seq_lens);
+    if (c.block_size > 0) {
+      means = std::make_unique<DevBuf>(numel(shapes.block_means) * es);
+      sums = std::make_unique<DevBuf>(numel(shapes.block_sums) * 8);
+      view.block_means = view_of(means->p, c.dtype, shapes.block_means);
+      view.block_sums = view_of(sums->p, DType::f64, shapes.block_sums);
+    }
+    cache = std::make_unique<PagedKVCache>(c, view);
+  }
+};
+
+Fed gpu_feed(const Shape& s, const Inputs& in, const FeedPlan& plan, std::vector<double>* means_out = nullptr) {
+  const int batch = static_cast<int>(s.seqlens.size()), T = s.total(), K = std::max(s.params.topk - 1, 0);
+  KVCacheConfig c;
+  c.dtype = s.dtype;
+  c.num_q_heads = s.hq;
+  c.num_kv_heads = s.hkv;
+  c.head_dim = s.d;
+  c.page_size = plan.page_size;
+  c.max_rows = 2 * batch + 1;
+  c.max_seqlen = std::max(1, *std::max_element(s.seqlens.begin(), s.seqlens.end())) + plan.max_seqlen_extra;
+  c.num_pages = 0;
+  for (int len : s.seqlens) c.num_pages += (len + c.page_size - 1) / c.page_size * s.hkv;
+  c.num_pages = std::max(c.num_pages, 1);
+  c.block_size = s.params.mode == Mode::moba ? s.params.block_size : 0;
+  c.moa_evict = plan.moa_evict;
+  c.moa = s.params.moa;
+  c.max_chunk = plan.max_chunk;
+  GpuCache gc(c);
+  std::vector<int> slot(batch);
+  for (int b = 0; b < batch; ++b) slot[b] = c.max_rows - 1 - 2 * b;
+  Fed r;
+  r.out = HostTensor(s.dtype, {T, s.hq, s.d});
+  r.lse.assign(std::size_t(s.hq) * T, 0.f);
+  r.selection.assign(std::size_t(T) * s.hq * K, -5);
+  r.chunk_end.assign(T, 0);
+  RunOptions o;
+  o.backend = Backend::cuda;
+  std::size_t steps = 0;
+  for (const auto& ch : plan.chunks) steps = std::max(steps, ch.size());
+  std::vector<int> done(batch, 0);
+  const std::size_t es = dtype_size(s.dtype);
+  for (std::size_t step = 0; step < steps; ++step) {
+    std::vector<int> from, n, slots, seqs, cu{0};
+    for (int b = 0; b < batch; ++b) {
+      if (step >= plan.chunks[b].size()) continue;
+      seqs.push_back(b);
+      from.push_back(done[b]);
+      n.push_back(plan.chunks[b][step]);
+      slots.push_back(slot[b]);
+      cu.push_back(cu.back() + n.back());
+    }
+    if (seqs.empty()) continue;
+    std::vector<int> src;
+    for (int b : seqs) src.push_back(in.cu[b]);
+    const HostTensor k = gather_rows(in.k, src, from, n), v = gather_rows(in.v, src, from, n),
+                     q = gather_rows(in.q, src, from, n);
+    const std::int64_t tq = cu.back();
+    DevBuf dk(k.bytes.size()), dv(v.bytes.size()), dq(q.bytes.size()), dout(q.bytes.size());
+    DevBuf dl(std::size_t(s.hq) * tq * 4), ds(std::size_t(tq) * s.hq * K * 4);
+    dk.up(k.bytes.data());
+    dv.up(v.bytes.data());
+    dq.up(q.bytes.data());
+    TensorView cu_view = TensorView::contiguous(cu.data(), DType::i32, Device::cpu(), {std::int64_t(cu.size())});
+    gc.cache->append(dev_view(dk.p, s.dtype, {tq, s.hkv, s.d}), dev_view(dv.p, s.dtype, {tq, s.hkv, s.d}), cu_view, slots, o);
+    TensorView sel_view = s.params.mode == Mode::moba ? dev_view(ds.p, DType::i32, {tq, s.hq, K}) : TensorView{};
+    gc.cache->attend(dev_view(dq.p, s.dtype, {tq, s.hq, s.d}), cu_view, slots, s.params,
+                     dev_view(dout.p, s.dtype, {tq, s.hq, s.d}), dev_view(dl.p, DType::f32, {s.hq, tq}), sel_view, o);
+    if (cudaDeviceSynchronize() != cudaSuccess) throw std::runtime_error("decode kernels failed");
+    HostTensor out(s.dtype, {tq, s.hq, s.d});
+    std::vector<float> lse(std::size_t(s.hq) * tq);
+    std::vector<std::int32_t> sel(std::size_t(tq) * s.hq * K);
+    dout.down(out.bytes.data());
+    dl.down(lse.data());
+    if (K > 0) ds.down(sel.data());
+    const std::size_t row = std::size_t(s.hq) * s.d;
+    for (std::size_t i = 0; i < seqs.size(); ++i) {
+      const int b = seqs[i];
+      for (int j = 0; j < n[i]; ++j) {
+        const std::int64_t sidx = cu[i] + j, didx = in.cu[b] + from[i] + j;
+        std::memcpy(&r.out.bytes[didx * row * es], &out.bytes[sidx * row * es], row * es);
+        for (int h = 0; h < s.hq; ++h) r.lse[std::size_t(h) * T + didx] = lse[std::size_t(h) * tq + sidx];
+        if (K > 0) std::copy_n(&sel[sidx * s.hq * K], s.hq * K, &r.selection[didx * s.hq * K]);
+        r.chunk_end[didx] = from[i] + n[i];
+      }
+      done[b] += n[i];
+    }
+    r.max_used_pages = std::max(r.max_used_pages, gc.cache->used_pages());
+  }
+  if (means_out && c.block_size > 0) {  // the means of the rows, in the packed order of slots
+    HostTensor m(s.dtype, gc.shapes.block_means);
+    gc.means->down(m.bytes.data());
+    means_out->clear();
+    for (int b = 0; b < batch; ++b)
+      for (int g = 0; g < s.hkv; ++g)
+        for (int j = 0; j < s.seqlens[b] / c.block_size; ++j)
+          for (int d = 0; d < s.d; ++d)
+            means_out->push_back(m.get(((std::int64_t(slot[b]) * s.hkv + g) * gc.shapes.block_means[2] + j) * s.d + d));
+  }
+  return r;
+}
+
+TEST(CudaDecode, ChunkedDecodeMatchesOneShotPrefill) {
+  MOBA_SKIP_WITHOUT_GPU();
+  std::mt19937 rng(77);
+  RandomShapeOptions opt;
+  opt.max_len = 300;
+  opt.dtypes = {DType::bf16, DType::f16};
+  int near_ties = 0, shapes = 0;
+  double worst = 0;
+  for (int iter = 0; iter < shape_count(); ++iter) {
+    const Shape s = random_shape(rng, opt);
+    Inputs in = make_inputs(s, 900 + iter);
+    FeedPlan plan = random_plan(rng, s);
+    plan.max_seqlen_extra = iter % 3 == 0 ? 8192 : 0;  // more splits than keys: empty splits
+    std::vector<double> means;
+    const Fed fed = gpu_feed(s, in, plan, &means);
+    check_against_prefill(s, in, fed, near_ties, worst);
+    if (s.params.mode == Mode::moba) {  // exact incremental means
+      std::size_t at = 0;
+      const int B = s.params.block_size;
+      for (std::size_t b = 0; b < s.seqlens.size(); ++b)
+        for (int g = 0; g < s.hkv; ++g)
+          for (int j = 0; j < s.seqlens[b] / B; ++j)
+            for (int d = 0; d < s.d; ++d, ++at) {
+              double sum = 0;
+              for (int x = j * B; x < (j + 1) * B; ++x) sum += in.k.get((std::int64_t(in.cu[b] + x) * s.hkv + g) * s.d + d);
+              ASSERT_EQ(means[at], detail::round_to(s.dtype, float(sum) / float(B))) << s.str();
+            }
+    }
+    ++shapes;
+    if (::testing::Test::HasFailure()) {
+      std::printf("failing shape %s page %d evict %d\n", s.str().c_str(), plan.page_size, plan.moa_evict);
+      break;
+    }
+  }
+  std::printf("[ cuda paged ] %d shapes, worst err/allowed %.3f, near-tie selection differences %d\n",
+              shapes, worst, near_ties);
+}
+
+// Decode steps of long contexts (split-KV across many CTAs, LSE combine) against fp64 truth for
+// the decode rows (the prompts are covered by the random shapes above).
+TEST(CudaDecode, LongContextDecodeRows) {
+  MOBA_SKIP_WITHOUT_GPU();
+  for (Mode mode : {Mode::full, Mode::moba, Mode::moa}) {
+    Shape s;
+    s.seqlens = {20000, 7001};
+    s.hq = 8, s.hkv = 2, s.d = 128, s.dtype = DType::bf16;
+    if (mode == Mode::full) s.params = AttentionParams::full();
+    if (mode == Mode::moba) s.params = AttentionParams::moba_blocks(512, 4);
+    if (mode == Mode::moa) s.params = AttentionParams::moa_heads(MoaHeads{{1000, 64}, {0.1f, 0.5f}, 64});
+    Inputs in = make_inputs(s, 5);
+    FeedPlan plan;
+    plan.page_size = 16;
+    plan.chunks = {{19990, 1, 9}, {7000, 1}};
+    const Fed fed = gpu_feed(s, in, plan);
+    const detail::Problem p = key_set_problem(s);
+    const int K = p.past_k();
+    const std::vector<double> q = in.q.as_double(), k = in.k.as_double(), v = in.v.as_double();
+    std::vector<double> got, want;
+    double lse_err = 0;
+    for (int b = 0; b < 2; ++b)
+      for (int t = plan.chunks[b][0]; t < s.seqlens[b]; ++t)
+        for (int h = 0; h < s.hq; ++h) {
+          const std::int64_t tok = in.cu[b] + t, row = tok * s.hq + h;
+          const std::int32_t* sel = K > 0 ? fed.selection.data() + row * K : nullptr;
+          if (K > 0)
+            EXPECT_TRUE(selection_within_near_tie(block_scores(s, in, b, t, h), sel, K)) << "token " << t;
+          const int g = h / (s.hq / s.hkv);
+          std::vector<int> keys;
+          detail::for_each_visible_range(p, fed.chunk_end[tok], t, h, sel, [&](int lo, int hi) {
+            for (int j = lo; j < hi; ++j) keys.push_back(in.cu[b] + j);
+          });
+          std::vector<double> w(keys.size());
+          double mx = -INFINITY, sum = 0;
+          for (std::size_t i = 0; i < keys.size(); ++i) {
+            double dot = 0;
+            for (int d = 0; d < s.d; ++d) dot += q[row * s.d + d] * k[(std::size_t(keys[i]) * s.hkv + g) * s.d + d];
+            mx = std::max(mx, w[i] = dot * p.scale);
+          }
+          for (double& x : w) sum += (x = std::exp(x - mx));
+          for (int d = 0; d < s.d; ++d) {
+            double o = 0;
+            for (std::size_t i = 0; i < keys.size(); ++i) o += w[i] / sum * v[(std::size_t(keys[i]) * s.hkv + g) * s.d + d];
+            want.push_back(o);
+            got.push_back(fed.out.get(row * s.d + d));
+          }
+          lse_err = std::max(lse_err, std::fabs(fed.lse[std::size_t(h) * s.total() + tok] - (mx + std::log(sum))));
+        }
+    const double err = rel_l2(got, want);
+    const double allowed = 2 * rel_l2(rounded(want, s.dtype), want) + 1e-5;
+    EXPECT_LE(err, allowed) << "mode " << int(mode);
+    EXPECT_LE(lse_err, 1e-3) << "mode " << int(mode);
+    std::printf("[ long context, mode %d ] err/allowed %.3f, lse err %.2e\n", int(mode), err / allowed, lse_err);
+  }
+}
+
+// append + gate + attention of a decode step captured in a CUDA graph (device cu_seqlens and
+// slots): the capture fails if anything synchronises with the host; replays give the eager
+// results.
+TEST(CudaDecode, DecodeStepIsGraphCapturable) {
+  MOBA_SKIP_WITHOUT_GPU();
+  const int hq = 4, hkv = 2, D = 64, B = 32, prompt = 100, steps = 6;
+  KVCacheConfig c;
+  c.dtype = DType::bf16;
+  c.num_q_heads = hq;
+  c.num_kv_heads = hkv;
+  c.head_dim = D;
+  c.page_size = 16;
+  c.max_rows = 2;
+  c.max_seqlen = 256;
+  c.num_pages = 2 * hkv * 16;
+  c.block_size = B;
+  std::mt19937 rng(3);
+  HostTensor k(DType::bf16, {2 * (prompt + steps), hkv, D}), v(k.dtype, k.shape), q(DType::bf16, {2 * steps, hq, D});
+  k.fill_normal(rng);
+  v.fill_normal(rng);
+  q.fill_normal(rng);
+  const AttentionParams params = AttentionParams::moba_blocks(B, 3);
+  auto run = [&](bool graph) {
+    GpuCache gc(c);
+    RunOptions o;
+    o.backend = Backend::cuda;
+    cudaStream_t stream;
+    cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking);
+    o.cuda_stream = stream;
+    // The prompts, eagerly.
+    DevBuf pk(std::size_t(2) * prompt * hkv * D * 2), pv(pk.bytes);
+    std::vector<std::uint8_t> hk(pk.bytes), hv(pk.bytes);
+    for (int b = 0; b < 2; ++b) {
+      std::memcpy(&hk[std::size_t(b) * prompt * hkv * D * 2], &k.bytes[std::size_t(b) * (prompt + steps) * hkv * D * 2], std::size_t(prompt) * hkv * D * 2);
+      std::memcpy(&hv[std::size_t(b) * prompt * hkv * D * 2], &v.bytes[std::size_t(b) * (prompt + steps) * hkv * D * 2], std::size_t(prompt) * hkv * D * 2);
+    }
+    pk.up(hk.data());
+    pv.up(hv.data());
+    std::vector<int> cu_p{0, prompt, 2 * prompt};
+    gc.cache->append(dev_view(pk.p, DType::bf16, {2 * prompt, hkv, D}), dev_view(pv.p, DType::bf16, {2 * prompt, hkv, D}),
+                     TensorView::contiguous(cu_p.data(), DType::i32, Device::cpu(), {3}), {0, 1}, o);
+    // Decode buffers with device cu_seqlens / slots.
+    std::vector<int> cu{0, 1, 2}, slots{0, 1};
+    DevBuf dcu(12), dslots(8), dk(2 * hkv * D * 2), dv(dk.bytes), dq(2 * hq * D * 2), dout(dq.bytes), dl(2 * hq * 4), ds(2 * hq * 2 * 4);
+    dcu.up(cu.data());
+    dslots.up(slots.data());
+    const TensorView cuv = dev_view(dcu.p, DType::i32, {3}), slotv = dev_view(dslots.p, DType::i32, {2});
+    std::vector<std::uint8_t> outs;
+    cudaGraphExec_t exec = nullptr;
+    for (int t = 0; t < steps; ++t) {
+      std::vector<std::uint8_t> sk(dk.bytes), sv(dk.bytes), sq(dq.bytes);
+      for (int b = 0; b < 2; ++b) {
+        std::memcpy(&sk[std::size_t(b) * hkv * D * 2], &k.bytes[(std::size_t(b) * (prompt + steps) + prompt + t) * hkv * D * 2], hkv * D * 2);
+        std::memcpy(&sv[std::size_t(b) * hkv * D * 2], &v.bytes[(std::size_t(b) * (prompt + steps) + prompt + t) * hkv * D * 2], hkv * D * 2);
+        std::memcpy(&sq[std::size_t(b) * hq * D * 2], &q.bytes[(std::size_t(b) * steps + t) * hq * D * 2], hq * D * 2);
+      }
+      dk.up(sk.data());
+      dv.up(sv.data());
+      dq.up(sq.data());
+      gc.cache->reserve({1, 1}, {0, 1}, o);  // host bookkeeping, outside the graph
+      auto step = [&] {
+        kv_append(dev_view(dk.p, DType::bf16, {2, hkv, D}), dev_view(dv.p, DType::bf16, {2, hkv, D}), cuv, gc.view, B, slotv, o);
+        const TensorView selv = dev_view(ds.p, DType::i32, {2, hq, 2});
+        paged_moba_gate(dev_view(dq.p, DType::bf16, {2, hq, D}), cuv, gc.view, params, selv, slotv, o);
+        PagedAttentionArgs args;
+        args.slots = slotv;
+        args.selection = selv;
+        paged_attention(dev_view(dq.p, DType::bf16, {2, hq, D}), cuv, gc.view, params, args,
+                        dev_view(dout.p, DType::bf16, {2, hq, D}), dev_view(dl.p, DType::f32, {hq, 2}), o);
+      };
+      if (!graph) {
+        step();
+      } else {
+        if (!exec) {
+          cudaGraph_t g;
+          EXPECT_EQ(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal), cudaSuccess);
+          step();
+          EXPECT_EQ(cudaStreamEndCapture(stream, &g), cudaSuccess);
+          EXPECT_EQ(cudaGraphInstantiate(&exec, g, 0), cudaSuccess);
+          cudaGraphDestroy(g);
+        }
+        EXPECT_EQ(cudaGraphLaunch(exec, stream), cudaSuccess);
+      }
+      EXPECT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+      std::vector<std::uint8_t> o_host(dout.bytes);
+      dout.down(o_host.data());
+      outs.insert(outs.end(), o_host.begin(), o_host.end());
+    }
+    if (exec) cudaGraphExecDestroy(exec);
+    cudaStreamDestroy(stream);
+    return outs;
+  };
+  const auto eager = run(false);
+  const auto graphed = run(true);
+  EXPECT_EQ(eager, graphed);
+}
+
+}  // namespace
+}  // namespace moba::testing
