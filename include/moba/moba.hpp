@@ -8,6 +8,7 @@
 #include "moba/kv_cache.hpp"
 #include "moba/moa_plan.hpp"
 #include "moba/paged_attention.hpp"
+#include "moba/paged_attention_backward.hpp"
 #include "moba/params.hpp"
 #include "moba/tensor.hpp"
 #include "moba/version.hpp"

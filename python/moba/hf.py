@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import sys
 from typing import Callable, Dict, Iterable, Optional, Tuple
 
 import torch
@@ -284,6 +285,18 @@ def _full_with_cache(module, query, key, value, attention_mask, scale):
     return out.transpose(1, 2)
 
 
+def _context_parallel_attention(cfg, module, query, key, value, attention_mask, scaling):
+    """moba.distributed.context_parallel's path, or None outside it (never imports it)."""
+    cp = sys.modules.get(__package__ + ".distributed")
+    if cp is None or cp._HF.current is None:
+        return None
+    if attention_mask is not None and not bool(attention_mask.all()):
+        raise ValueError("moba: attention_mask: expected no padding under "
+                         "moba.distributed.context_parallel (local tokens of one sequence row)")
+    layer_full = get_mode() == "full" or cfg.layer_is_full(module)
+    return cp.hf_attention(cfg, module, query, key, value, scaling, layer_full)
+
+
 def _take_paged(key):
     """The PagedCache layer that just returned `key` from its update, if any."""
     import sys
@@ -348,6 +361,10 @@ def _attention(cfg: HFAttentionConfig, module, query, key, value, attention_mask
     if sq != skv:  # a KV cache holds earlier tokens: full attention over it
         out = _full_with_cache(module, query, key, value, attention_mask, scaling)
         return out, None
+
+    cp = _context_parallel_attention(cfg, module, query, key, value, attention_mask, scaling)
+    if cp is not None:  # inside moba.distributed.context_parallel
+        return cp, None
 
     # Sequences of the varlen layout.
     q, k, v = _to_varlen(query), _to_varlen(key), _to_varlen(value)

@@ -272,6 +272,7 @@ PYBIND11_MODULE(_C, m) {
   });
   m.def("build_info", &moba::build_info);
   moba_py::bind_paged(m);  // paged KV cache, decode / chunked prefill (bindings_paged.cpp)
+  moba_py::bind_context_parallel(m);  // paged gate / backward for moba.distributed (bindings_cp.cpp)
   m.attr("__version__") = MOBA_VERSION_STRING;
 
   py::class_<moba::MoaPlan>(m, "MoaPlan")

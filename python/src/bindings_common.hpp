@@ -19,6 +19,7 @@ moba::AttentionParams make_params(const std::string& mode, int block_size, int t
 moba::RunOptions make_options(const std::string& backend, std::uintptr_t stream,
                               bool deterministic, int num_threads);
 void bind_paged(pybind11::module_& m);
+void bind_context_parallel(pybind11::module_& m);
 
 }  // namespace moba_py
 
