@@ -27,8 +27,7 @@ struct Problem {
   int hq = 0, hkv = 0, head_dim = 0;
   int group() const { return hq / hkv; }  // query heads per KV head
 
-  std::vector<int> cu_seqlens;          // host copy, batch + 1 entries
-  const int* cu_seqlens_dev = nullptr;  // the caller's pointer when it lives on a GPU
+  std::vector<int> cu_seqlens;  // host copy, batch + 1 entries
 
   Mode mode = Mode::full;
   int block_size = 0;  // MoBA

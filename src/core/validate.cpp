@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
+#include <new>
 #include <sstream>
 
 #include "core/backends.hpp"
@@ -75,6 +77,8 @@ Problem make_problem(const TensorView& q, const TensorView& k, const TensorView&
             std::to_string(k.shape[1]) + " heads");
   if (q.shape[0] >= (std::int64_t(1) << 31))
     invalid("q", "fewer than 2^31 tokens", std::to_string(q.shape[0]));
+  if (q.shape[1] >= (std::int64_t(1) << 31) || q.shape[2] >= (std::int64_t(1) << 31))
+    invalid("q", "fewer than 2^31 heads and head_dim", "shape " + q.shape_str());
 
   Problem p;
   p.dtype = q.dtype;
@@ -91,13 +95,19 @@ Problem make_problem(const TensorView& q, const TensorView& k, const TensorView&
   if (!cu_seqlens.is_contiguous()) invalid("cu_seqlens", "a contiguous tensor", "stride " + std::to_string(cu_seqlens.stride[0]));
   if (cu_seqlens.device.type != DeviceType::cpu && cu_seqlens.device != q.device)
     invalid("cu_seqlens", "device cpu or " + device_name(q.device), device_name(cu_seqlens.device));
+  if (cu_seqlens.shape[0] - 1 > std::numeric_limits<int>::max() - 1)
+    invalid("cu_seqlens", "fewer than 2^31 - 1 sequences", "shape " + cu_seqlens.shape_str());
   p.batch = static_cast<int>(cu_seqlens.shape[0] - 1);
-  p.cu_seqlens.resize(p.batch + 1);
+  try {
+    p.cu_seqlens.resize(std::size_t(p.batch) + 1);
+  } catch (const std::bad_alloc&) {
+    fail(ErrorKind::out_of_memory, "cu_seqlens: no host memory for a copy of " +
+                                       std::to_string(p.batch + 1LL) + " entries");
+  }
   if (cu_seqlens.device.type == DeviceType::cpu) {
     const auto* c = static_cast<const std::int32_t*>(cu_seqlens.data);
     p.cu_seqlens.assign(c, c + p.batch + 1);
   } else {
-    p.cu_seqlens_dev = static_cast<const int*>(cu_seqlens.data);
     cuda_copy_to_host(p.cu_seqlens.data(), cu_seqlens.data, sizeof(int) * (p.batch + 1), cuda_stream);
   }
   if (p.cu_seqlens[0] != 0) invalid("cu_seqlens", "cu_seqlens[0] == 0", std::to_string(p.cu_seqlens[0]));
