@@ -85,7 +85,7 @@ Problem make_problem(const BenchOptions& o, const BenchSetup& s, Backend backend
   p.seqlens.assign(std::size_t(s.batch), n);
   p.hq = s.heads;
   p.hkv = s.kv_heads;
-  p.head_dim = s.head_dim;
+  p.d = s.head_dim;
   p.dtype = s.dtype;
   switch (mode) {
     case Mode::full: p.params = AttentionParams::full(); break;
@@ -193,7 +193,7 @@ int run_bench(const BenchOptions& o) {
     for (Mode m : modes) {
       const Problem p = make_problem(o, setup, backend, n, m, rounded_block);
       progress.show(fmt::format("N={} {}", n, mode_name(m)));
-      const Inputs in = random_inputs(p, 1234u + static_cast<unsigned>(n));
+      const Inputs in = verify::make_inputs(p, 1234u + static_cast<unsigned>(n));
       Session s(p, in, backend, run);
       const double f_flops = forward_flops(p), b_flops = backward_flops(p);
 

@@ -8,7 +8,7 @@
 #include <fmt/format.h>
 
 #include "cli_error.hpp"
-#include "problem.hpp"
+#include "verify_types.hpp"
 
 namespace moba::cli {
 

@@ -10,9 +10,6 @@
 
 #include "backend_choice.hpp"
 #include "commands.hpp"
-#include "compare.hpp"
-#include "random_problem.hpp"
-#include "selection_check.hpp"
 #include "session.hpp"
 #include "table.hpp"
 
@@ -33,10 +30,9 @@ struct CheckOptions {
 };
 
 struct CaseResult {
-  std::vector<Verdict> verdicts;  // out, lse, then dq, dk, dv when the backward ran
-  SelectionReport selection;
-  std::int64_t masked_rows = 0;  // forward rows left out (selection differs, see below)
-  std::string unsupported;       // what the backend said it does not support (not a failure)
+  std::vector<verify::Verdict> verdicts;  // out, lse, then dq, dk, dv when the backward ran
+  verify::SelectionReport selection;
+  std::string unsupported;  // what the backend said it does not support (not a failure)
   bool ok() const {
     for (const auto& v : verdicts)
       if (!v.ok()) return false;
@@ -46,99 +42,24 @@ struct CaseResult {
 
 // Multiplies one row of a [T, H, D] result by 1.01: a small wrong answer the check must catch.
 void perturb_last_row(HostTensor& x) {
-  const auto& s = x.shape();
+  const auto& s = x.shape;
   if (s.size() != 3 || s[0] == 0) return;
   const std::int64_t row = ((s[0] - 1) * s[1]) * s[2];
   for (std::int64_t d = 0; d < s[2]; ++d) x.set(row + d, x.get(row + d) * 1.01);
 }
 
-// Forward rows (token, head) whose result is compared: for MoBA, those where the backend, the
-// same-dtype reference and the f32 truth all chose the same blocks (a near-tie choice gives a
-// different, equally valid key set; the backward below is compared on the backend's choice).
-std::vector<char> forward_row_mask(const Problem& p, const ForwardResult& got,
-                                   const ForwardResult& ref, const ForwardResult& truth,
-                                   std::int64_t& masked) {
-  const std::int64_t rows = std::int64_t(p.total()) * p.hq;
-  std::vector<char> keep(std::size_t(rows), 1);
-  masked = 0;
-  if (p.selection_slots() == 0) return keep;
-  const auto a = rows_differ(got.selection, ref.selection, p.selection_slots());
-  const auto b = rows_differ(truth.selection, ref.selection, p.selection_slots());
-  for (std::int64_t r = 0; r < rows; ++r)
-    if (a[std::size_t(r)] || b[std::size_t(r)]) {
-      keep[std::size_t(r)] = 0;
-      ++masked;
-    }
-  return keep;
-}
-
-// Row mask [T, H] expanded to elements of [T, H, D] and to the lse layout [H, T].
-std::vector<char> expand_rows(const std::vector<char>& rows, int d) {
-  std::vector<char> out;
-  out.reserve(rows.size() * std::size_t(d));
-  for (char r : rows) out.insert(out.end(), std::size_t(d), r);
-  return out;
-}
-std::vector<char> transpose_rows(const std::vector<char>& rows, int tokens, int heads) {
-  std::vector<char> out(rows.size());
-  for (int t = 0; t < tokens; ++t)
-    for (int h = 0; h < heads; ++h)
-      out[std::size_t(h) * tokens + t] = rows[std::size_t(t) * heads + h];
-  return out;
-}
-
-// The backward's D_t = <dout_t, out_t> uses the forward's out as stored in the dtype (as
-// docs/semantics.md says fast backends do). That moves dS = P (dP - D) by -P dD_t, with
-// dD_t = <dout_t, out_t - out_truth_t>, so dq_t moves by -scale dD_t sum_j P_tj k_j and dk_j by
-// -scale sum_t P_tj dD_t q_t, exactly. Both come from the reference: sum_j P_tj k_j is the
-// forward with v := k, sum_t P_tj x_t is the backward's dv with dout := x. `out_rounded` is the
-// correctly rounded out (the same-dtype reference's), so a wrong forward out cannot widen the
-// backward's tolerance. With f32 inputs the shift is fp32 noise and is left out.
-struct GradientAllowance {
-  std::vector<double> dq, dk;
-};
-
-GradientAllowance rounded_out_allowance(const Problem& p32, const Inputs& in32,
-                                        const HostTensor& out_rounded, const ForwardResult& truth,
-                                        const HostTensor& selection, const RunOptions& run) {
-  const int T = p32.total(), H = p32.hq, D = p32.head_dim;
-  const double scale = p32.params.softmax_scale != 0.f ? p32.params.softmax_scale : 1.0 / std::sqrt(double(D));
-  std::vector<double> dD(std::size_t(T) * H, 0.0);
-  HostTensor shifted_dout(DType::f32, {T, H, D});
-  for (std::int64_t r = 0; r < std::int64_t(T) * H; ++r) {
-    double s = 0;
-    for (int d = 0; d < D; ++d)
-      s += in32.dout.get(r * D + d) * (out_rounded.get(r * D + d) - truth.out.get(r * D + d));
-    dD[std::size_t(r)] = s;
-    for (int d = 0; d < D; ++d) shifted_dout.set(r * D + d, s * in32.q.get(r * D + d));
-  }
-
-  GradientAllowance a;
-  Session kbar_run(p32, Inputs{in32.q, in32.k, in32.k, in32.dout}, Backend::reference, run);
-  kbar_run.forward();
-  const HostTensor kbar = kbar_run.forward_result().out;
-  a.dq.resize(std::size_t(kbar.numel()));
-  for (std::int64_t i = 0; i < kbar.numel(); ++i)
-    a.dq[std::size_t(i)] = std::fabs(scale * dD[std::size_t(i / D)] * kbar.get(i));
-
-  Session spread(p32, Inputs{in32.q, in32.k, in32.v, shifted_dout}, Backend::reference, run);
-  spread.set_forward_state({truth.out, truth.lse, selection});
-  spread.backward();
-  const HostTensor dv = spread.backward_result().dv;
-  a.dk.resize(std::size_t(dv.numel()));
-  for (std::int64_t i = 0; i < dv.numel(); ++i) a.dk[std::size_t(i)] = std::fabs(scale * dv.get(i));
-  return a;
-}
-
-CaseResult run_case(const RandomCase& c, Backend backend, const CheckOptions& o) {
+// The backend under test against the fp64 truth (verify/check.hpp: the same rules as the test
+// suites). The forward is judged on the key sets of the backend's own selection, which must
+// equal the reference gate's except at near ties; the backward on that selection too.
+CaseResult run_case(const verify::RandomCase& c, Backend backend, const CheckOptions& o) {
   const Problem& p = c.problem;
   RunOptions run;
   run.num_threads = o.threads;
   run.deterministic = o.deterministic;
-  const Inputs in = random_inputs(p, c.input_seed, c.q_stddev);
+  Inputs in = verify::make_inputs(p, c.input_seed, c.q_stddev);
 
-  // The backend under test. A part it reports as unsupported (ErrorKind::unsupported) is left
-  // out and reported; every other error stops the check.
+  // A part the backend reports as unsupported (ErrorKind::unsupported) is left out and
+  // reported; every other error stops the check.
   CaseResult r;
   Session tested(p, in, backend, run);
   ForwardResult fwd;
@@ -165,57 +86,16 @@ CaseResult run_case(const RandomCase& c, Backend backend, const CheckOptions& o)
     perturb_last_row(bwd.dq);
   }
 
-  // The reference on the same inputs in their dtype: the semantic selection, and the error
-  // that rounding outputs to the dtype costs.
-  Session reference(p, in, Backend::reference, run);
-  reference.forward();
-  const ForwardResult fwd_ref = reference.forward_result();
-
-  // The truth: the reference on f32 copies (identical to the above for f32 inputs).
-  Problem p32 = p;
-  p32.dtype = DType::f32;
-  const bool same = p.dtype == DType::f32;
-  std::unique_ptr<Session> truth_session;
-  const Inputs in32 = same ? Inputs{} : convert_inputs(in, DType::f32);
-  if (!same) truth_session = std::make_unique<Session>(p32, in32, Backend::reference, run);
-  Session& truth = same ? reference : *truth_session;
-  if (!same) truth.forward();
-  const ForwardResult fwd_truth = same ? fwd_ref : truth.forward_result();
-
-  if (p.params.mode == Mode::moba)
-    r.selection = compare_selection(p, in.q, in.k, fwd.selection, fwd_ref.selection);
-  const std::vector<char> rows = forward_row_mask(p, fwd, fwd_ref, fwd_truth, r.masked_rows);
-  r.verdicts.push_back(judge("out", p.dtype, Quantity::output, fwd.out.to_double(),
-                             fwd_ref.out.to_double(), fwd_truth.out.to_double(),
-                             expand_rows(rows, p.head_dim)));
-  r.verdicts.push_back(judge("lse", p.dtype, Quantity::lse, fwd.lse.to_double(),
-                             fwd_ref.lse.to_double(), fwd_truth.lse.to_double(),
-                             transpose_rows(rows, p.total(), p.hq)));
-
+  const verify::ForwardCheck f = verify::check_forward(p, in, fwd);
+  r.selection = f.selection;
+  r.verdicts = {f.out, f.lse};
   if (!have_backward) return r;
-
-  // Backward on the backend's own selection (gradients hold the selection fixed).
-  reference.set_forward_state({fwd_ref.out, fwd_ref.lse, fwd.selection});
-  reference.backward();
-  const BackwardResult bwd_ref = reference.backward_result();
-  BackwardResult bwd_truth = bwd_ref;
-  GradientAllowance allow;
-  if (!same) {
-    truth.set_forward_state({fwd_truth.out, fwd_truth.lse, fwd.selection});
-    truth.backward();
-    bwd_truth = truth.backward_result();
-    allow = rounded_out_allowance(p32, in32, fwd_ref.out, fwd_truth, fwd.selection, run);
-  }
-  r.verdicts.push_back(judge("dq", p.dtype, Quantity::output, bwd.dq.to_double(),
-                             bwd_ref.dq.to_double(), bwd_truth.dq.to_double(), {}, allow.dq));
-  r.verdicts.push_back(judge("dk", p.dtype, Quantity::output, bwd.dk.to_double(),
-                             bwd_ref.dk.to_double(), bwd_truth.dk.to_double(), {}, allow.dk));
-  r.verdicts.push_back(judge("dv", p.dtype, Quantity::output, bwd.dv.to_double(),
-                             bwd_ref.dv.to_double(), bwd_truth.dv.to_double()));
+  const verify::BackwardCheck b = verify::check_backward(p, in, fwd, f.truth, bwd, run);
+  r.verdicts.insert(r.verdicts.end(), {b.dq, b.dk, b.dv});
   return r;
 }
 
-std::string error_cell(const Verdict& v) {
+std::string error_cell(const verify::Verdict& v) {
   return fmt::format("{:.1e}{}", v.error.rel_l2, v.ok() ? " " : "!");
 }
 
@@ -225,7 +105,10 @@ std::string shorten(const std::string& s, std::size_t n) {
 
 int run_check(const CheckOptions& o) {
   const Backend backend = choose_backend(o.backend);
-  RandomProblemOptions gen;
+  verify::RandomProblemOptions gen;
+  gen.max_len = 256;
+  gen.block_sizes = {16, 32, 50, 64};
+  gen.max_work = 3e7;  // keeps the fp64 truth of a case to about a second
   switch (backend) {
     case Backend::cuda:  // bf16/f16 kernels, blocks of 64
       gen.dtypes = {DType::f16, DType::bf16};
@@ -246,8 +129,8 @@ int run_check(const CheckOptions& o) {
 
   const int first = o.only_case >= 0 ? o.only_case : 0;
   const int last = o.only_case >= 0 ? o.only_case + 1 : o.cases;
-  fmt::print("moba check: {} backend against the fp64 reference (truth: the reference on f32 "
-             "copies), cases {}..{}, seed {}, max-len {}{}\n",
+  fmt::print("moba check: {} backend against the fp64 truth (on the inputs' values, over the "
+             "backend's own MoBA selection), cases {}..{}, seed {}, max-len {}{}\n",
              backend_name(backend), first, last - 1, o.seed, gen.max_len,
              o.inject_fault ? ", INJECTED FAULT" : "");
   fmt::print("errors: rel_l2 vs the truth; '!' = over tolerance (2 x same-dtype reference error "
@@ -263,13 +146,13 @@ int run_check(const CheckOptions& o) {
   std::int64_t sel_rows = 0, sel_ties = 0;
   std::vector<std::string> failures;
   for (int i = first; i < last; ++i) {
-    const RandomCase c = random_case(i, o.seed, gen);
+    const verify::RandomCase c = verify::random_case(i, o.seed, gen);
     CaseResult r;
     try {
       r = run_case(c, backend, o);
     } catch (const Error&) {
       std::fflush(stdout);
-      fmt::print(stderr, "moba check: case {} ({}) stopped with an error:\n", i, c.problem.detail_str());
+      fmt::print(stderr, "moba check: case {} ({}) stopped with an error:\n", i, c.problem.str());
       throw;
     }
     (r.ok() ? passed : failed) += 1;
@@ -292,13 +175,13 @@ int run_check(const CheckOptions& o) {
     cells.push_back(r.ok() ? (r.unsupported.empty() ? "PASS" : "PASS*") : "FAIL");
     fmt::print("{}\n", table.row(cells));
     if (o.verbose) {
-      fmt::print("      {}\n      rel_l2/tol:", c.problem.detail_str());
+      fmt::print("      {}\n      rel_l2/tol:", c.problem.str());
       for (const auto& v : r.verdicts)
         fmt::print(" {} {:.2e}/{:.2e}", v.name, v.error.rel_l2, v.tol.rel_l2);
       fmt::print("; rel_max/tol:");
       for (const auto& v : r.verdicts)
         fmt::print(" {} {:.2e}/{:.2e}", v.name, v.error.rel_max, v.tol.rel_max);
-      fmt::print("; forward rows left out (selection differs): {}\n", r.masked_rows);
+      fmt::print("\n");
     }
     std::fflush(stdout);
     if (!r.ok()) {
@@ -309,7 +192,7 @@ int run_check(const CheckOptions& o) {
         why += fmt::format("\n    selection: {} rows differ beyond near ties, first: {}",
                            r.selection.differ - r.selection.near_ties, r.selection.first_error);
       failures.push_back(fmt::format("case {}: {}{}\n    reproduce: moba check --backend {} --seed {} --case {}",
-                                     i, c.problem.detail_str(), why, backend_name(backend), o.seed, i));
+                                     i, c.problem.str(), why, backend_name(backend), o.seed, i));
     }
   }
   const double seconds =
@@ -341,7 +224,9 @@ CommandRun add_check_command(CLI::App& app) {
       "f32/f16/bf16 and draw GQA/MQA head ratios, varlen batches (empty, length-1 and odd "
       "sequences), MoBA block sizes and topk (1 up to beyond the number of blocks), MoA "
       "windows and sinks, custom softmax scales and sharp softmaxes.\n"
-      "Truth: the reference on f32 copies of the inputs. A result passes when its rel_l2 and "
+      "Truth: fp64 attention on the inputs' values over the key sets of the backend's own MoBA "
+      "selection (the same rules as the test suites, verify/check.hpp). A result passes when "
+      "its rel_l2 and "
       "rel_max errors are within 2x the error of the reference run in the same dtype plus a "
       "floor (f32 5e-5, f16 6e-5, bf16 5e-4 rel_l2; lse 1e-5), plus for f16/bf16 dq and dk the "
       "exact shift from taking D = <dout, out> with out rounded to the dtype. MoBA selections "
@@ -361,7 +246,8 @@ CommandRun add_check_command(CLI::App& app) {
   cmd->add_flag("--inject-fault", o->inject_fault,
                 "Scale one row of the backend's out and dq by 1.01 before comparing, to see "
                 "the check fail (exit status 1)");
-  cmd->add_flag("-v,--verbose", o->verbose, "Print every case's full shape and parameters");
+  cmd->add_flag("-v,--verbose", o->verbose, "Print every case's full shape and parameters, and each error next to its "
+                "tolerance (rel_l2 and rel_max)");
   return [o] { return run_check(*o); };
 }
 

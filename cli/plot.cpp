@@ -12,7 +12,7 @@
 
 #include "bench_report.hpp"
 #include "cli_error.hpp"
-#include "problem.hpp"
+#include "verify_types.hpp"
 
 namespace moba::cli {
 

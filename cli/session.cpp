@@ -1,26 +1,8 @@
 #include "session.hpp"
 
 #include <cmath>
-#include <random>
 
 namespace moba::cli {
-
-Inputs random_inputs(const Problem& p, unsigned seed, double q_stddev) {
-  std::mt19937 rng(seed);
-  const std::int64_t T = p.total();
-  Inputs in{HostTensor(p.dtype, {T, p.hq, p.head_dim}), HostTensor(p.dtype, {T, p.hkv, p.head_dim}),
-            HostTensor(p.dtype, {T, p.hkv, p.head_dim}), HostTensor(p.dtype, {T, p.hq, p.head_dim})};
-  in.q.fill_normal(rng, q_stddev);
-  in.k.fill_normal(rng, 1.0);
-  in.v.fill_normal(rng, 1.0);
-  in.dout.fill_normal(rng, 1.0);
-  return in;
-}
-
-Inputs convert_inputs(const Inputs& in, DType dtype) {
-  return {in.q.converted(dtype), in.k.converted(dtype), in.v.converted(dtype),
-          in.dout.converted(dtype)};
-}
 
 Session::Session(const Problem& p, const Inputs& in, Backend backend, const RunOptions& options)
     : problem_(p), backend_(backend), options_(options), on_cuda_(backend == Backend::cuda) {
@@ -30,9 +12,8 @@ Session::Session(const Problem& p, const Inputs& in, Backend backend, const RunO
   k_ = stage(in.k);
   v_ = stage(in.v);
   dout_ = stage(in.dout);
-  const std::vector<std::int32_t> cu = p.cu_seqlens();
-  HostTensor cu_host(DType::i32, {std::int64_t(cu.size())});
-  for (std::size_t i = 0; i < cu.size(); ++i) cu_host.set(std::int64_t(i), cu[i]);
+  HostTensor cu_host(DType::i32, {std::int64_t(in.cu.size())});
+  for (std::size_t i = 0; i < in.cu.size(); ++i) cu_host.set(std::int64_t(i), in.cu[i]);
   cu_ = stage(std::move(cu_host));
 
   // Outputs start poisoned, so an element a backend forgets to write shows up as an error.
@@ -41,12 +22,12 @@ Session::Session(const Problem& p, const Inputs& in, Backend backend, const RunO
     x.fill(value);
     return x;
   };
-  out_ = stage(poisoned(p.dtype, {T, p.hq, p.head_dim}, NAN));
+  out_ = stage(poisoned(p.dtype, {T, p.hq, p.d}, NAN));
   lse_ = stage(poisoned(DType::f32, {p.hq, T}, NAN));
   selection_ = stage(poisoned(DType::i32, {T, p.hq, p.selection_slots()}, -7));
-  dq_ = stage(poisoned(p.dtype, {T, p.hq, p.head_dim}, NAN));
-  dk_ = stage(poisoned(p.dtype, {T, p.hkv, p.head_dim}, NAN));
-  dv_ = stage(poisoned(p.dtype, {T, p.hkv, p.head_dim}, NAN));
+  dq_ = stage(poisoned(p.dtype, {T, p.hq, p.d}, NAN));
+  dk_ = stage(poisoned(p.dtype, {T, p.hkv, p.d}, NAN));
+  dv_ = stage(poisoned(p.dtype, {T, p.hkv, p.d}, NAN));
 }
 
 Session::Slot Session::stage(HostTensor host) {
@@ -54,8 +35,8 @@ Session::Slot Session::stage(HostTensor host) {
   s.host = std::move(host);
   s.view = s.host.view();
   if (on_cuda_) {
-    s.device = DeviceBuffer(s.host.bytes());
-    s.device.upload(s.host.data(), s.host.bytes());
+    s.device = DeviceBuffer(s.host.bytes.size());
+    s.device.upload(s.host.data(), s.host.bytes.size());
     s.view.data = s.device.get();
     s.view.device = Device::cuda(0);
   }
@@ -63,13 +44,13 @@ Session::Slot Session::stage(HostTensor host) {
 }
 
 void Session::fetch(Slot& s) {
-  if (on_cuda_) s.device.download(s.host.data(), s.host.bytes());
+  if (on_cuda_) s.device.download(s.host.data(), s.host.bytes.size());
 }
 
 void Session::store(Slot& s, const HostTensor& value) {
   s.host = value;
   if (on_cuda_)
-    s.device.upload(s.host.data(), s.host.bytes());
+    s.device.upload(s.host.data(), s.host.bytes.size());
   else
     s.view = s.host.view();  // the copy may have moved the storage
 }
@@ -92,8 +73,12 @@ void Session::synchronize() {
 
 void Session::set_forward_state(const ForwardResult& state) {
   store(out_, state.out.converted(problem_.dtype));
-  store(lse_, state.lse);
-  store(selection_, state.selection);
+  HostTensor lse = lse_.host, selection = selection_.host;
+  for (std::size_t i = 0; i < state.lse.size(); ++i) lse.set(std::int64_t(i), state.lse[i]);
+  for (std::size_t i = 0; i < state.selection.size(); ++i)
+    selection.set(std::int64_t(i), state.selection[i]);
+  store(lse_, lse);
+  store(selection_, selection);
 }
 
 ForwardResult Session::forward_result() {
@@ -101,7 +86,12 @@ ForwardResult Session::forward_result() {
   fetch(out_);
   fetch(lse_);
   fetch(selection_);
-  return {out_.host, lse_.host, selection_.host};
+  ForwardResult r;
+  r.out = out_.host;
+  for (std::int64_t i = 0; i < lse_.host.numel(); ++i) r.lse.push_back(float(lse_.host.get(i)));
+  for (std::int64_t i = 0; i < selection_.host.numel(); ++i)
+    r.selection.push_back(std::int32_t(selection_.host.get(i)));
+  return r;
 }
 
 BackwardResult Session::backward_result() {

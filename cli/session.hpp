@@ -6,28 +6,10 @@
 #include <vector>
 
 #include "device.hpp"
-#include "host_tensor.hpp"
 #include "moba/moba.hpp"
-#include "problem.hpp"
+#include "verify_types.hpp"
 
 namespace moba::cli {
-
-struct Inputs {
-  HostTensor q, k, v, dout;  // [T, hq, D], [T, hkv, D] x2, [T, hq, D], all in one dtype
-};
-// Normal(0, 1) values (q scaled by q_stddev) in the problem's dtype.
-Inputs random_inputs(const Problem& p, unsigned seed, double q_stddev = 1.0);
-Inputs convert_inputs(const Inputs& in, DType dtype);
-
-struct ForwardResult {
-  HostTensor out;        // like q
-  HostTensor lse;        // f32 [hq, T]
-  HostTensor selection;  // i32 [T, hq, topk - 1] (MoBA)
-};
-
-struct BackwardResult {
-  HostTensor dq, dk, dv;
-};
 
 class Session {
  public:

@@ -54,7 +54,7 @@ double visible_pairs(const Problem& p) {
   return pairs;
 }
 
-double forward_flops(const Problem& p) { return 4.0 * p.head_dim * visible_pairs(p); }
+double forward_flops(const Problem& p) { return 4.0 * p.d * visible_pairs(p); }
 double backward_flops(const Problem& p) { return 2.5 * forward_flops(p); }
 
 }  // namespace moba::cli

@@ -4,7 +4,7 @@
 // whichever they are), so it is exact without running the gate.
 #pragma once
 
-#include "problem.hpp"
+#include "verify_types.hpp"
 
 namespace moba::cli {
 

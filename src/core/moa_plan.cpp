@@ -1,9 +1,11 @@
 // MoA plans: validation and JSON I/O (nlohmann::json stays private to this file).
 #include "moba/moa_plan.hpp"
 
-#include <cmath>
 #include <fstream>
 #include <sstream>
+
+#include <cmath>
+#include <limits>
 
 #include <nlohmann/json.hpp>
 
@@ -46,8 +48,16 @@ MoaHeads MoaPlan::layer(int l) const {
 
 namespace {
 
+// A JSON number as a float; values beyond float's range would convert to an undefined value.
+float to_float(const json& x, const std::string& what) {
+  const double v = x.get<double>();
+  if (std::fabs(v) > double(std::numeric_limits<float>::max()))
+    invalid(what, "numbers within float range", std::to_string(v));
+  return static_cast<float>(v);
+}
+
 std::vector<float> floats(const json& j, const std::string& what) {
-  if (j.is_number()) return {j.get<float>()};
+  if (j.is_number()) return {to_float(j, what)};
   if (!j.is_array()) invalid(what, "a list of numbers", j.type_name());
   std::vector<float> out;
   for (const auto& x : j) {
@@ -56,7 +66,7 @@ std::vector<float> floats(const json& j, const std::string& what) {
       continue;
     }
     if (!x.is_number()) invalid(what, "numbers", x.type_name());
-    out.push_back(x.get<float>());
+    out.push_back(to_float(x, what));
   }
   return out;
 }
@@ -80,7 +90,7 @@ MoaPlan MoaPlan::from_json(const std::string& text) {
   json j;
   try {
     j = json::parse(text);
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {  // parse_error, or out_of_range for e.g. 1e999
     invalid("plan", "valid JSON", e.what());
   }
   MoaPlan plan;
@@ -102,7 +112,13 @@ MoaPlan MoaPlan::from_json(const std::string& text) {
     if (!a || !b) invalid("plan", "keys \"alphas\" and \"betas\"", j.dump().substr(0, 80));
     plan.alphas = layers(*a, "plan.alphas");
     plan.betas = layers(*b, "plan.betas");
-    if (const json* s = find_key(j, {"sink", "sink_size"})) plan.sink = s->get<int>();
+    if (const json* s = find_key(j, {"sink", "sink_size"})) {
+      const bool integral = s->is_number_integer() ||
+                            (s->is_number_float() && std::trunc(s->get<double>()) == s->get<double>());
+      if (!integral || s->get<double>() < 0 || s->get<double>() > std::numeric_limits<int>::max())
+        invalid("plan.sink", "an integer >= 0", s->dump().substr(0, 80));
+      plan.sink = static_cast<int>(s->get<double>());
+    }
   } else {
     invalid("plan", "a JSON object or list", j.type_name());
   }

@@ -1,5 +1,8 @@
 #include "moba/tensor.hpp"
 
+#include <algorithm>
+#include <limits>
+
 #include <sstream>
 
 namespace moba {
@@ -47,18 +50,35 @@ TensorView TensorView::contiguous(void* data, DType dtype, Device device,
   return t;
 }
 
+namespace {
+
+// The dimensions a view may hold: a caller's ndim outside [0, kMaxDims] is reported by the
+// validation, which must not read beyond the arrays while doing so.
+int dims(const TensorView& t) { return std::clamp(t.ndim, 0, TensorView::kMaxDims); }
+
+// a * b, saturated to the int64 range instead of overflowing (sizes come from callers).
+std::int64_t saturating_mul(std::int64_t a, std::int64_t b) {
+  std::int64_t r;
+  if (__builtin_mul_overflow(a, b, &r))
+    return (a < 0) != (b < 0) ? std::numeric_limits<std::int64_t>::min()
+                              : std::numeric_limits<std::int64_t>::max();
+  return r;
+}
+
+}  // namespace
+
 std::int64_t TensorView::numel() const {
   std::int64_t n = 1;
-  for (int d = 0; d < ndim; ++d) n *= shape[d];
+  for (int d = 0; d < dims(*this); ++d) n = saturating_mul(n, shape[d]);
   return n;
 }
 
 bool TensorView::is_contiguous() const {
   if (numel() == 0) return true;  // no element to misplace; torch gives such views odd strides
   std::int64_t st = 1;
-  for (int d = ndim - 1; d >= 0; --d) {
+  for (int d = dims(*this) - 1; d >= 0; --d) {
     if (shape[d] != 1 && stride[d] != st) return false;
-    st *= shape[d];
+    st = saturating_mul(st, shape[d]);
   }
   return true;
 }
@@ -66,7 +86,8 @@ bool TensorView::is_contiguous() const {
 std::string TensorView::shape_str() const {
   std::ostringstream os;
   os << '[';
-  for (int d = 0; d < ndim; ++d) os << (d ? ", " : "") << shape[d];
+  for (int d = 0; d < dims(*this); ++d) os << (d ? ", " : "") << shape[d];
+  if (ndim != dims(*this)) os << (ndim > 0 ? " (ndim " : "(ndim ") << ndim << ")";
   os << ']';
   return os.str();
 }

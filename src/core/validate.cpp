@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
+#include <new>
 #include <sstream>
 
 #include "core/backends.hpp"
@@ -119,6 +121,8 @@ Problem make_problem(const TensorView& q, const TensorView& k, const TensorView&
             std::to_string(k.shape[1]) + " heads");
   if (q.shape[0] >= (std::int64_t(1) << 31))
     invalid("q", "fewer than 2^31 tokens", std::to_string(q.shape[0]));
+  if (q.shape[1] >= (std::int64_t(1) << 31) || q.shape[2] >= (std::int64_t(1) << 31))
+    invalid("q", "fewer than 2^31 heads and head_dim", "shape " + q.shape_str());
 
   Problem p;
   p.dtype = q.dtype;
@@ -135,12 +139,19 @@ Problem make_problem(const TensorView& q, const TensorView& k, const TensorView&
   if (!cu_seqlens.is_contiguous()) invalid("cu_seqlens", "a contiguous tensor", "stride " + std::to_string(cu_seqlens.stride[0]));
   if (cu_seqlens.device.type != DeviceType::cpu && cu_seqlens.device != q.device)
     invalid("cu_seqlens", "device cpu or " + device_name(q.device), device_name(cu_seqlens.device));
+  if (cu_seqlens.shape[0] - 1 > std::numeric_limits<int>::max() - 1)
+    invalid("cu_seqlens", "fewer than 2^31 - 1 sequences", "shape " + cu_seqlens.shape_str());
   p.batch = static_cast<int>(cu_seqlens.shape[0] - 1);
   if (cu_seqlens.device.type != DeviceType::cpu && !read_device_cu_seqlens) {
     p.cu_seqlens_dev = static_cast<const int*>(cu_seqlens.data);
     p.max_seqlen = p.total;  // a bound: the lengths stay on the device
   } else {
-    p.cu_seqlens.resize(p.batch + 1);
+    try {
+      p.cu_seqlens.resize(std::size_t(p.batch) + 1);
+    } catch (const std::bad_alloc&) {
+      fail(ErrorKind::out_of_memory, "cu_seqlens: no host memory for a copy of " +
+                                         std::to_string(p.batch + 1LL) + " entries");
+    }
     read_cu_seqlens(p, cu_seqlens, cuda_stream);
   }
   check_params(p, params);

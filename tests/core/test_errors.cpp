@@ -142,13 +142,28 @@ TEST(Errors, GateNeedsMobaMode) {
   expect_error([&] { moba_gate(c.q, c.k, c.cu, c.params, c.selv, c.opts); }, {"params.mode", "Mode::moba"});
 }
 
+// Each message reads "moba: ARG: expected ..., got ...", and a call that throws nothing fails.
 TEST(Errors, MessagesStartWithLibraryName) {
-  Call c;
-  c.params.topk = -3;
-  try {
-    c.forward();
-  } catch (const Error& e) {
-    EXPECT_EQ(std::string(e.what()).rfind("moba: topk: expected", 0), 0u) << e.what();
+  const std::function<void(Call&)> breakers[] = {
+      [](Call& c) { c.params.topk = -3; },
+      [](Call& c) { c.q.ndim = 2; },
+      [](Call& c) { c.l.dtype = DType::bf16; },
+      [](Call& c) { c.in.cu = {0, 5, 13}; },
+  };
+  const char* prefixes[] = {"moba: topk: expected", "moba: q: expected", "moba: lse: expected",
+                            "moba: cu_seqlens: expected"};
+  for (int i = 0; i < 4; ++i) {
+    Call c;
+    breakers[i](c);
+    bool thrown = false;
+    try {
+      c.forward();
+    } catch (const Error& e) {
+      thrown = true;
+      EXPECT_EQ(std::string(e.what()).rfind(prefixes[i], 0), 0u) << e.what();
+      EXPECT_NE(std::string(e.what()).find(", got "), std::string::npos) << e.what();
+    }
+    EXPECT_TRUE(thrown) << "no moba::Error for the call expected to fail with " << prefixes[i];
   }
 }
 

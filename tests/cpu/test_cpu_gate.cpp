@@ -1,23 +1,13 @@
 // The CPU MoBA gate against a brute-force selection, and the tie rule on constructed ties.
 #include <gtest/gtest.h>
 
-#include "cpu_check.hpp"
+#include "test_support.hpp"
 
 namespace moba::testing {
 namespace {
 
 std::vector<std::int32_t> cpu_selection(const Shape& s, Inputs& in, int threads = 0) {
-  const std::int64_t T = s.total();
-  const int K = std::max(s.params.topk - 1, 0);
-  std::vector<std::int32_t> sel(std::size_t(T) * s.hq * K + 1, -7);
-  RunOptions o;
-  o.backend = Backend::cpu;
-  o.num_threads = threads;
-  moba_gate(in.q.view(), in.k.view(),
-            TensorView::contiguous(in.cu.data(), DType::i32, Device::cpu(), {std::int64_t(in.cu.size())}),
-            s.params, TensorView::contiguous(sel.data(), DType::i32, Device::cpu(), {T, s.hq, K}), o);
-  sel.pop_back();
-  return sel;
+  return run_gate(s, in, on(Backend::cpu, threads));
 }
 
 // Brute force on the fp64 scores: block j is kept iff fewer than K blocks beat it, where x beats
@@ -35,22 +25,26 @@ std::vector<std::int32_t> brute_force(const std::vector<double>& score, int K) {
   return out;
 }
 
-// Compares every (token, head) of a shape; mismatches must be near-ties of the fp64 scores.
-void compare_to_brute_force(const Shape& s, Inputs& in, const std::vector<std::int32_t>& sel,
-                            int& rows, int& near_ties, bool allow_near_ties) {
+// The brute-force selection of every (token, head) of a shape.
+std::vector<std::int32_t> brute_force_selection(const Shape& s, const Inputs& in) {
   const int K = s.params.topk - 1;
+  std::vector<std::int32_t> sel(std::size_t(s.total()) * s.hq * K);
   for (std::size_t b = 0; b + 1 < in.cu.size(); ++b)
     for (int t = 0; t < in.cu[b + 1] - in.cu[b]; ++t)
       for (int h = 0; h < s.hq; ++h) {
-        const BlockScores sc = block_scores(s, in, int(b), t, h);
-        const std::vector<std::int32_t> want = brute_force(sc.score, K);
-        const std::int32_t* got = sel.data() + (std::size_t(in.cu[b] + t) * s.hq + h) * K;
-        ++rows;
-        if (std::equal(want.begin(), want.end(), got)) continue;
-        ++near_ties;
-        EXPECT_TRUE(allow_near_ties && selection_within_near_tie(sc, got, K))
-            << s.str() << " token " << t << " head " << h;
+        const std::vector<std::int32_t> want = brute_force(block_scores(s, in, int(b), t, h).score, K);
+        std::copy(want.begin(), want.end(), sel.begin() + (std::size_t(in.cu[b] + t) * s.hq + h) * K);
       }
+  return sel;
+}
+
+// Compares every (token, head) of a shape; mismatches must be near-ties of the fp64 scores.
+void compare_to_brute_force(const Shape& s, Inputs& in, const std::vector<std::int32_t>& sel,
+                            std::int64_t& rows, std::int64_t& near_ties, bool allow_near_ties) {
+  const SelectionReport r = compare_selection(s, in, sel, brute_force_selection(s, in), allow_near_ties);
+  EXPECT_TRUE(r.ok()) << s.str() << ": " << r.first_error;
+  rows += r.rows;
+  near_ties += r.near_ties;
 }
 
 TEST(CpuGate, MatchesBruteForceOnRandomShapes) {
@@ -59,7 +53,7 @@ TEST(CpuGate, MatchesBruteForceOnRandomShapes) {
   opt.modes = {Mode::moba};
   opt.block_sizes = {1, 3, 16, 32, 50, 64};
   opt.max_len = 200;
-  int rows = 0, near_ties = 0;
+  std::int64_t rows = 0, near_ties = 0;
   for (int iter = 0; iter < 120; ++iter) {
     Shape s = random_shape(rng, opt);
     if (iter % 3 == 0) s.params.topk = 2 + iter % 5;  // few blocks kept of many: real choices
@@ -67,7 +61,8 @@ TEST(CpuGate, MatchesBruteForceOnRandomShapes) {
     if (s.params.topk < 2) continue;
     compare_to_brute_force(s, in, cpu_selection(s, in, iter % 2 ? 1 : 3), rows, near_ties, true);
   }
-  std::printf("[ gate     ] %d rows, %d near-tie differences from the fp64 brute force\n", rows, near_ties);
+  std::printf("[ gate     ] %lld rows, %lld near-tie differences from the fp64 brute force\n",
+              static_cast<long long>(rows), static_cast<long long>(near_ties));
 }
 
 // Exact ties: every key block is a copy of one of a few blocks, so many blocks have identical
@@ -89,7 +84,7 @@ TEST(CpuGate, TiesGoToTheEarlierBlock) {
                 in.k.set((std::int64_t(in.cu[b] + t) * s.hkv + g) * D + d,
                          in.k.get((std::int64_t(in.cu[b] + src) * s.hkv + g) * D + d));
               }
-        int rows = 0, near_ties = 0;
+        std::int64_t rows = 0, near_ties = 0;
         compare_to_brute_force(s, in, cpu_selection(s, in), rows, near_ties, false);
         const std::vector<std::int32_t> sel = cpu_selection(s, in);
         // Block 12 of sequence 0 has 12 past blocks in 3 classes of 4 equal scores: the 3 kept

@@ -1,6 +1,7 @@
-// Helpers for the CUDA backend tests: GPU presence, device buffers, a forward/gate run through
-// the public API with device tensors (outputs poisoned first), and an fp64 forward that takes a
-// given selection (so the attention is checked on the GPU's own choice of blocks).
+// Helpers for the CUDA backend tests: GPU presence, device buffers, forward and gate runs through
+// the public API with device tensors (outputs poisoned first). The fp64 truth, the comparisons
+// and the selection check are the verification library's (verify/, via test_support.hpp), the
+// same as the CPU tests' and `moba check`'s.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -15,7 +16,6 @@
 #include <vector>
 
 #include "core/dtype.hpp"
-#include "core/problem.hpp"
 #include "core/visibility.hpp"
 #include "test_support.hpp"
 
@@ -192,98 +192,38 @@ inline detail::Problem problem_of(const Shape& s) {
   return p;
 }
 
-struct Truth {
-  std::vector<double> out;  // [T, hq, D]
-  std::vector<double> lse;  // [hq, T]
-};
-
-// fp64 forward over the keys `selection` (the GPU's) implies; multithreaded over tokens.
-inline Truth truth_forward(const Shape& s, const Inputs& in, const std::vector<std::int32_t>& sel) {
-  const detail::Problem p = problem_of(s);
-  const int T = s.total(), D = s.d, past = p.past_k();
-  const std::vector<double> q = in.q.as_double(), k = in.k.as_double(), v = in.v.as_double();
-  Truth t;
-  t.out.assign(std::size_t(T) * s.hq * D, 0.0);
-  t.lse.assign(std::size_t(T) * s.hq, 0.0);
-  std::vector<int> seq_of(T);
-  for (std::size_t b = 0; b + 1 < in.cu.size(); ++b)
-    for (int x = in.cu[b]; x < in.cu[b + 1]; ++x) seq_of[x] = int(b);
-  const int nth = std::max(1u, std::min(32u, std::thread::hardware_concurrency()));
-  std::vector<std::thread> pool;
-  for (int w = 0; w < nth; ++w)
-    pool.emplace_back([&, w]() {
-      std::vector<double> sc;
-      std::vector<int> keys;
-      for (int tok = w; tok < T; tok += nth) {
-        const int b = seq_of[tok], begin = in.cu[b], len = in.cu[b + 1] - begin;
-        for (int h = 0; h < s.hq; ++h) {
-          const int hk = h / (s.hq / s.hkv);
-          keys.clear();
-          const std::int32_t* sp = past ? sel.data() + (std::size_t(tok) * s.hq + h) * past : nullptr;
-          detail::for_each_visible_range(p, len, tok - begin, h, sp, [&](int kb, int ke) {
-            for (int j = kb; j < ke; ++j) keys.push_back(begin + j);
-          });
-          sc.resize(keys.size());
-          double mx = -INFINITY;
-          const double* qr = &q[(std::size_t(tok) * s.hq + h) * D];
-          for (std::size_t i = 0; i < keys.size(); ++i) {
-            const double* kr = &k[(std::size_t(keys[i]) * s.hkv + hk) * D];
-            double acc = 0;
-            for (int d = 0; d < D; ++d) acc += qr[d] * kr[d];
-            sc[i] = acc * p.scale;
-            mx = std::max(mx, sc[i]);
-          }
-          double sum = 0;
-          for (double& x : sc) sum += (x = std::exp(x - mx));
-          double* orow = &t.out[(std::size_t(tok) * s.hq + h) * D];
-          for (std::size_t i = 0; i < keys.size(); ++i) {
-            const double* vr = &v[(std::size_t(keys[i]) * s.hkv + hk) * D];
-            const double pr = sc[i] / sum;
-            for (int d = 0; d < D; ++d) orow[d] += pr * vr[d];
-          }
-          t.lse[std::size_t(h) * T + tok] = mx + std::log(sum);
-        }
-      }
-    });
-  for (auto& th : pool) th.join();
-  return t;
+// The GPU forward as the verification library's result type.
+inline ForwardResult as_forward_result(const GpuRun& g) {
+  ForwardResult r;
+  r.out = g.out;
+  r.lse = g.lse;
+  r.selection = g.sel;
+  return r;
 }
 
-// fp64 gate scores of block j for (tok, h), with the reference's block means.
-struct GateScores {
-  const Shape& s;
-  const Inputs& in;
-  std::vector<double> means;  // [gb][hkv][D]
-  std::vector<int> blk_off;
-  GateScores(const Shape& sh, const Inputs& inp) : s(sh), in(inp) {
-    const int B = s.params.block_size, D = s.d;
-    blk_off.push_back(0);
-    for (std::size_t b = 0; b + 1 < in.cu.size(); ++b)
-      blk_off.push_back(blk_off.back() + (in.cu[b + 1] - in.cu[b]) / B);
-    means.assign(std::size_t(blk_off.back()) * s.hkv * D, 0.0);
-    for (std::size_t b = 0; b + 1 < in.cu.size(); ++b)
-      for (int j = 0; j < blk_off[b + 1] - blk_off[b]; ++j)
-        for (int hk = 0; hk < s.hkv; ++hk)
-          for (int d = 0; d < D; ++d) {
-            double sum = 0;
-            for (int x = 0; x < B; ++x)
-              sum += in.k.get((std::int64_t(in.cu[b] + j * B + x) * s.hkv + hk) * D + d);
-            means[(std::size_t(blk_off[b] + j) * s.hkv + hk) * D + d] =
-                detail::round_to(s.dtype, static_cast<float>(sum) / static_cast<float>(B));
-          }
-  }
-  // score and sum of |terms| (the fp32 error scale)
-  void score(int seq, int tok, int h, int j, double& sc, double& mag) const {
-    const int D = s.d, hk = h / (s.hq / s.hkv);
-    const double* m = &means[(std::size_t(blk_off[seq] + j) * s.hkv + hk) * D];
-    sc = 0;
-    mag = 0;
-    for (int d = 0; d < D; ++d) {
-      const double x = in.q.get((std::int64_t(tok) * s.hq + h) * D + d) * m[d];
-      sc += x;
-      mag += std::fabs(x);
-    }
-  }
-};
+// The MoBA gate alone on the GPU through the public API ([T, hq, topk - 1], poisoned first).
+inline std::vector<std::int32_t> gpu_gate(const Shape& s, const Inputs& in, bool cu_on_device = false) {
+  const std::int64_t T = s.total();
+  const int past = s.selection_slots();
+  DevBuf q(in.q.bytes.size()), k(in.k.bytes.size()), sl(std::size_t(T) * s.hq * past * 4);
+  DevBuf cu(in.cu.size() * 4);
+  q.up(in.q.bytes.data());
+  k.up(in.k.bytes.data());
+  cu.up(in.cu.data());
+  std::vector<std::int32_t> sel(std::size_t(T) * s.hq * past, -7);
+  sl.up(sel.data());
+  std::vector<int> cu_host = in.cu;
+  TensorView cuv = cu_on_device
+                       ? dev_view(cu.p, DType::i32, {std::int64_t(in.cu.size())})
+                       : TensorView::contiguous(cu_host.data(), DType::i32, Device::cpu(),
+                                                {std::int64_t(in.cu.size())});
+  RunOptions opt;
+  opt.backend = Backend::cuda;
+  moba_gate(dev_view(q.p, s.dtype, {T, s.hq, s.d}), dev_view(k.p, s.dtype, {T, s.hkv, s.d}), cuv,
+            s.params, dev_view(sl.p, DType::i32, {T, s.hq, past}), opt);
+  if (cudaDeviceSynchronize() != cudaSuccess) throw std::runtime_error("gate kernel failed");
+  sl.down(sel.data());
+  return sel;
+}
 
 }  // namespace moba::testing

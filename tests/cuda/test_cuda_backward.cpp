@@ -163,15 +163,8 @@ struct Case {
 // on f32 copies of everything; it recomputes P and ignores out/lse) and the emulated bf16/f16
 // backward whose error the GPU may double.
 void set_yardsticks(Case& c) {
-  const Shape& s = c.shape;
-  Shape s32 = s;
-  s32.dtype = DType::f32;
-  Inputs in32 = convert(c.in, DType::f32);
-  ForwardResult f32 = c.fwd;
-  f32.out = HostTensor(DType::f32, c.fwd.out.shape);
-  for (std::int64_t i = 0; i < f32.out.numel(); ++i) f32.out.set(i, c.fwd.out.get(i));
-  c.truth = run_backward(s32, in32, f32, Backend::reference);
-  c.emul = emulated_backward(s, c.in, c.fwd);
+  c.truth = truth_backward(c.shape, c.in, c.fwd);
+  c.emul = emulated_backward(c.shape, c.in, c.fwd);
 }
 
 Case make_case(const Shape& s, std::uint32_t seed) {

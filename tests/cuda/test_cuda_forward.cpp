@@ -1,15 +1,9 @@
-// CUDA gate + forward against fp64 truth on hundreds of random shapes.
-//
-// Tolerance. The truth is an fp64 forward over the key sets the GPU's own selection implies
-// (selection differences are checked separately, below). A kernel that computes in fp32 and
-// rounds only `out` to the input dtype has error e_round = rel_l2(round_dtype(truth), truth).
-// The GPU also rounds P to the input dtype before P.V (as every flash kernel does): each p_j
-// gets an independent relative error of the same unit roundoff, which adds a second error term
-// of about the same size, so rel_l2(gpu, truth) ~ sqrt(2) * e_round. We allow 2 * e_round + 1e-5
-// (the floor covers fp32 accumulation, ~1e-6). LSE is computed from fp32 scores: |diff| <=
-// 2e-3 + 1e-4 * |lse|. Selection: identical, except where the fp64 scores of the swapped blocks
-// differ by less than the fp32 accumulation bound 2 * D * 2^-24 * sum|q_d mean_d| (counted and
-// printed).
+// CUDA gate + forward against the fp64 truth on hundreds of random shapes, by the rules of the
+// CPU tests and `moba check` (verify/check.hpp): the truth is fp64 over the key sets of the
+// GPU's own selection; out and lse within 2x the error of the reference run in the same dtype
+// (the truth rounded once) plus the dtype's floor, in rel_l2 and rel_max (verify/compare.hpp);
+// the selection identical to the reference gate's except where the swapped blocks' fp64 scores
+// are within fp32 rounding (verify/selection_check.hpp; counted and printed).
 #include <cstdlib>
 
 #include "cuda_test_util.hpp"
@@ -18,92 +12,30 @@ namespace moba::testing {
 namespace {
 
 struct Stats {
-  int shapes = 0, rows_checked = 0, near_ties = 0;
+  int shapes = 0;
+  std::int64_t rows_checked = 0, near_ties = 0;
 };
 
-void check_selection(const Shape& s, Inputs& in, const std::vector<std::int32_t>& gpu, Stats& st) {
-  const int T = s.total(), past = std::max(s.params.topk - 1, 0);
-  if (past == 0) return;
-  std::vector<std::int32_t> ref(std::size_t(T) * s.hq * past, -7);
-  RunOptions o;
-  o.backend = Backend::reference;
-  std::vector<int> cu = in.cu;
-  moba_gate(in.q.view(), in.k.view(),
-            TensorView::contiguous(cu.data(), DType::i32, Device::cpu(), {std::int64_t(cu.size())}),
-            s.params, TensorView::contiguous(ref.data(), DType::i32, Device::cpu(), {T, s.hq, past}), o);
-  GateScores gs(s, in);
-  for (std::size_t b = 0; b + 1 < in.cu.size(); ++b)
-    for (int tok = in.cu[b]; tok < in.cu[b + 1]; ++tok)
-      for (int h = 0; h < s.hq; ++h) {
-        const std::int32_t* g = &gpu[(std::size_t(tok) * s.hq + h) * past];
-        const std::int32_t* r = &ref[(std::size_t(tok) * s.hq + h) * past];
-        ++st.rows_checked;
-        if (std::equal(g, g + past, r)) continue;
-        // Same count, ascending, -1 padded, valid blocks; swapped blocks must be near-ties.
-        const int own = (tok - in.cu[b]) / s.params.block_size;
-        std::vector<int> gv, rv;
-        for (int x = 0; x < past; ++x) {
-          if (g[x] >= 0) gv.push_back(g[x]);
-          if (r[x] >= 0) rv.push_back(r[x]);
-          if (x > 0 && g[x] >= 0) ASSERT_GT(g[x], g[x - 1]) << s.str() << " tok " << tok << " h " << h;
-          if (g[x] < 0) ASSERT_EQ(g[x], -1) << s.str();
-        }
-        ASSERT_EQ(gv.size(), rv.size()) << s.str() << " tok " << tok << " h " << h;
-        for (int a : gv) ASSERT_LT(a, own) << s.str();
-        for (int a : gv)
-          for (int c : rv) {
-            if (std::find(rv.begin(), rv.end(), a) != rv.end()) continue;  // a is in both
-            if (std::find(gv.begin(), gv.end(), c) != gv.end()) continue;
-            double sa, ma, sc, mc;
-            gs.score(int(b), tok, h, a, sa, ma);
-            gs.score(int(b), tok, h, c, sc, mc);
-            const double tol = 2.0 * s.d * std::ldexp(1.0, -24) * std::max(ma, mc);
-            ASSERT_LE(sc - sa, tol) << s.str() << " tok " << tok << " h " << h << ": GPU chose block "
-                                    << a << " (score " << sa << ") over block " << c << " (score "
-                                    << sc << ")";
-          }
-        ++st.near_ties;
-      }
-}
-
-void check_against_truth(const GpuRun& g, const Truth& t, double e_round);
-
-// Every forward kernel of this device (forward_kernels()) on the shape, against one fp64 truth
-// (the gate runs before the kernel choice, so every run must select the same blocks).
-void check_forward(const Shape& s, Inputs& in, bool cu_on_device, Stats& st) {
+// Every forward kernel of this device (forward_kernels()) on the shape, each checked by the
+// verification library against the fp64 truth. The gate runs before the kernel choice, so every
+// kernel must report the same selection.
+void check_gpu_forward(const Shape& s, Inputs& in, bool cu_on_device, Stats& st) {
   SCOPED_TRACE(s.str());
   const std::vector<CudaOptions::ForwardKernel> kernels = forward_kernels();
-  const GpuRun first = gpu_forward(s, in, cu_on_device, kernels[0]);
-  if (s.params.mode == Mode::moba) {
-    check_selection(s, in, first.sel, st);
-    if (::testing::Test::HasFatalFailure()) return;
-  }
-  const Truth t = truth_forward(s, in, first.sel);
-  std::vector<double> rounded(t.out.size());
-  for (std::size_t i = 0; i < t.out.size(); ++i) rounded[i] = detail::round_to(s.dtype, float(t.out[i]));
-  const double e_round = rel_l2(rounded, t.out);
+  std::vector<std::int32_t> first_sel;
   for (std::size_t i = 0; i < kernels.size(); ++i) {
     SCOPED_TRACE(kernel_name(kernels[i]));
-    const GpuRun g = i == 0 ? first : gpu_forward(s, in, cu_on_device, kernels[i]);
-    EXPECT_EQ(g.sel, first.sel) << "the kernel choice changed the gate's selection";
-    check_against_truth(g, t, e_round);
-  }
-  ++st.shapes;
-}
-
-void check_against_truth(const GpuRun& g, const Truth& t, double e_round) {
-  const double err = rel_l2(g.out.as_double(), t.out);
-  EXPECT_LE(err, 2.0 * e_round + 1e-5) << "rel_l2(gpu, truth) " << err << ", same-precision " << e_round;
-  double worst = 0;
-  std::size_t worst_i = 0;
-  for (std::size_t i = 0; i < t.lse.size(); ++i) {
-    const double d = std::fabs(double(g.lse[i]) - t.lse[i]) / (2e-3 + 1e-4 * std::fabs(t.lse[i]));
-    if (!(d <= worst)) {
-      worst = std::isnan(d) ? INFINITY : d;
-      worst_i = i;
+    const GpuRun g = gpu_forward(s, in, cu_on_device, kernels[i]);
+    if (i == 0) first_sel = g.sel;
+    else EXPECT_EQ(g.sel, first_sel) << "the kernel choice changed the gate's selection";
+    const ForwardCheck c = check_forward(s, in, as_forward_result(g));
+    MOBA_EXPECT_CHECK_OK(c, s);
+    if (i == 0) {
+      st.rows_checked += c.selection.rows;
+      st.near_ties += c.selection.near_ties;
     }
   }
-  EXPECT_LE(worst, 1.0) << "lse[" << worst_i << "] gpu " << g.lse[worst_i] << " truth " << t.lse[worst_i];
+  ++st.shapes;
 }
 
 int env_int(const char* name, int dflt) {
@@ -151,12 +83,13 @@ TEST(CudaForward, RandomShapesMatchFp64Truth) {
     Shape s = random_shape(rng, opt);
     while (!affordable(s)) s = random_shape(rng, opt);
     Inputs in = make_inputs(s, 1000 + i);
-    check_forward(s, in, i % 3 == 0, st);
+    check_gpu_forward(s, in, i % 3 == 0, st);
     ++by_mode[int(s.params.mode)];
     if (HasFailure()) break;
   }
-  std::printf("checked %d shapes (full %d, moba %d, moa %d); selection rows %d, near-ties %d\n",
-              st.shapes, by_mode[0], by_mode[1], by_mode[2], st.rows_checked, st.near_ties);
+  std::printf("checked %d shapes (full %d, moba %d, moa %d); selection rows %lld, near-ties %lld\n",
+              st.shapes, by_mode[0], by_mode[1], by_mode[2], static_cast<long long>(st.rows_checked),
+              static_cast<long long>(st.near_ties));
 }
 
 TEST(CudaForward, LongSequencesAndLargeTopk) {
@@ -189,9 +122,10 @@ TEST(CudaForward, LongSequencesAndLargeTopk) {
     s.dtype = c.t;
     s.params = AttentionParams::moba_blocks(c.block, c.topk);
     Inputs in = make_inputs(s, 77 + i++);
-    check_forward(s, in, false, st);
+    check_gpu_forward(s, in, false, st);
   }
-  std::printf("selection rows %d, near-ties %d\n", st.rows_checked, st.near_ties);
+  std::printf("selection rows %lld, near-ties %lld\n", static_cast<long long>(st.rows_checked),
+              static_cast<long long>(st.near_ties));
 }
 
 // q, k, v as views into one packed [T, hq + 2 hkv, D] tensor (flash-attn's qkv layout), on
