@@ -12,11 +12,57 @@
 #include <random>
 #include <vector>
 
-#include "cpu_check.hpp"
+#include "core/dtype.hpp"
+#include "test_support.hpp"
 
 namespace moba::testing {
 
 constexpr double kFloorForward = 1e-5;
+
+// Relative size of a near-tie: fp32 accumulation of D products can move a gate score by about
+// D * 2^-24 * sum|terms| in the worst case (7.6e-6 relative for D = 128); both sides of a
+// comparison may err, so 2e-5 * sum|terms| bounds every legitimate disagreement.
+constexpr double kNearTie = 2e-5;
+
+// True when `chosen` (a fast backend's ascending slots, -1 padded) is a correct top-k of the fp64
+// scores (verify::block_scores) up to near-ties: right count, and no unchosen block beats a
+// chosen one by more than the fp32 tolerance.
+inline bool selection_within_near_tie(const BlockScores& sc, const std::int32_t* chosen, int slots) {
+  const int own = static_cast<int>(sc.score.size());
+  const int keep = std::min(slots, own);
+  std::vector<bool> in(own, false);
+  for (int i = 0; i < slots; ++i) {
+    const int j = chosen[i];
+    if (i < keep) {
+      if (j < 0 || j >= own || in[j] || (i > 0 && j <= chosen[i - 1])) return false;
+      in[j] = true;
+    } else if (j != -1) {
+      return false;
+    }
+  }
+  for (int x = 0; x < own; ++x)
+    for (int y = 0; y < own; ++y)
+      if (!in[x] && in[y]) {
+        const double tol = kNearTie * std::max(sc.abs_sum[x], sc.abs_sum[y]);
+        if (sc.score[x] > sc.score[y] + tol) return false;
+      }
+  return true;
+}
+
+// Each value rounded to dtype once: the error of a result that is exact up to its final store.
+inline std::vector<double> rounded(const std::vector<double>& x, DType t) {
+  std::vector<double> r(x.size());
+  for (std::size_t i = 0; i < x.size(); ++i) r[i] = detail::round_to(t, static_cast<float>(x[i]));
+  return r;
+}
+
+// fp64 forward over fixed key sets (MoBA: the given selection): out [T, hq, D], lse [hq, T].
+inline void exact_forward(const Shape& s, const Inputs& in, const std::vector<std::int32_t>& sel,
+                          std::vector<double>& out, std::vector<double>& lse) {
+  Truth t = truth_forward(s, in, sel);
+  out = std::move(t.out);
+  lse = std::move(t.lse);
+}
 
 // Tokens [from, from + n) of every sequence, packed (rows of a [T, H, D] host tensor).
 inline HostTensor gather_rows(const HostTensor& x, const std::vector<int>& cu, const std::vector<int>& from,

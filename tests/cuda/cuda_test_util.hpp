@@ -168,29 +168,6 @@ inline const char* kernel_name(CudaOptions::ForwardKernel k) {
   }
 }
 
-// The Problem fields visibility.hpp needs, built from a test Shape.
-inline detail::Problem problem_of(const Shape& s) {
-  detail::Problem p;
-  p.mode = s.params.mode;
-  p.block_size = s.params.block_size;
-  p.topk = s.params.topk;
-  p.hq = s.hq;
-  p.hkv = s.hkv;
-  p.head_dim = s.d;
-  p.scale = s.params.softmax_scale != 0.f ? s.params.softmax_scale
-                                          : static_cast<float>(1.0 / std::sqrt(double(s.d)));
-  if (p.mode == Mode::moa) {
-    const auto& a = s.params.moa.alpha;
-    const auto& b = s.params.moa.beta;
-    for (int h = 0; h < s.hq; ++h) {
-      const int src = int(a.size()) == s.hq ? h : h / (s.hq / s.hkv);
-      p.moa_alpha.push_back(a[src]);
-      p.moa_beta.push_back(b[src]);
-    }
-    p.moa_sink = s.params.moa.sink;
-  }
-  return p;
-}
 
 // The GPU forward as the verification library's result type.
 inline ForwardResult as_forward_result(const GpuRun& g) {

@@ -214,7 +214,7 @@ TEST(CudaDecode, LongContextDecodeRows) {
     plan.page_size = 16;
     plan.chunks = {{19990, 1, 9}, {7000, 1}};
     const Fed fed = gpu_feed(s, in, plan);
-    const detail::Problem p = key_set_problem(s);
+    const detail::Problem p = problem_of(s);
     const int K = p.past_k();
     const std::vector<double> q = in.q.as_double(), k = in.k.as_double(), v = in.v.as_double();
     std::vector<double> got, want;
