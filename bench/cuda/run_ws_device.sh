@@ -3,17 +3,21 @@
 # its tests alone (so a hang or fault shows alone), all forward paths against one fp64 truth,
 # compute-sanitizer memcheck / racecheck / synccheck on small shapes, then old vs new benchmarks
 # (dense and MoBA (a) at 8K/32K/128K; FlashMoBA's setting (d) at 128K/512K).
-#   $1: folder holding test_cuda_forward and moba_cuda_bench (default: build-cuda paths)
+#   $1: the CMake build folder (default build; its tests/cuda/ and bench/cuda/ hold the
+#       binaries) or a flat folder holding test_cuda_forward and moba_cuda_bench
 #   OUT: log folder (default /tmp/moba-ws-out); SHAPES: random shapes (default 300)
 #   STEPS: which parts, default "test all san bench"
 set -u
-BIN=${1:-}
-T=${BIN:+$BIN/test_cuda_forward}; T=${T:-build-cuda/tests/cuda/test_cuda_forward}
-B=${BIN:+$BIN/moba_cuda_bench}; B=${B:-build-cuda/bench/cuda/moba_cuda_bench}
+BIN=${1:-build}
+if [ -x "$BIN/test_cuda_forward" ]; then
+  T=$BIN/test_cuda_forward; B=$BIN/moba_cuda_bench
+  export LD_LIBRARY_PATH="$BIN${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+else
+  T=$BIN/tests/cuda/test_cuda_forward; B=$BIN/bench/cuda/moba_cuda_bench
+fi
 OUT=${OUT:-/tmp/moba-ws-out}
 STEPS=${STEPS:-test all san bench}
 mkdir -p "$OUT"
-[ -n "$BIN" ] && export LD_LIBRARY_PATH="$BIN${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 WS=sm90_warp_specialized
 summary() { grep -E "^\[  (PASSED|FAILED|  OK|SKIPPED) |FAILED|Failure|Expected|Which is|rel_l2|lse\[|kernel failed|checked|ERROR SUMMARY|RACECHECK SUMMARY|Invalid|Barrier|Race" "$1" | head -${2:-30}; }
 case " $STEPS " in *" test "*)
