@@ -4,7 +4,7 @@
 # racecheck on small filters, then short benchmarks. Run from the repository root after
 #   cmake -S . -B build -G Ninja -DMOBA_CUDA=ON && ninja -C build
 # (and `pip install .` for the Python benchmark). Logs go to $OUT; a summary to stdout.
-#   BUILD=<dir> (default build)  FWD_SHAPES / BWD_SHAPES: random shapes (default 120 / 25)
+#   BUILD=<dir> (default build)  FWD_SHAPES / BWD_SHAPES: random shapes (default 80 / 20)
 #   NO_BENCH=1 skips the benchmarks.
 set -u
 BUILD=${BUILD:-build}
@@ -19,10 +19,10 @@ timeout 120 "$T/test_cuda_graph" > "$OUT/graph.log" 2>&1; echo "rc=$?"; summary 
 echo "== test_cuda_cu_seqlens"
 timeout 60 "$T/test_cuda_cu_seqlens" > "$OUT/cu.log" 2>&1; echo "rc=$?"; summary "$OUT/cu.log" 5
 echo "== test_cuda_forward (both kernels per shape, block sizes 16..4096)"
-MOBA_CUDA_TEST_SHAPES=${FWD_SHAPES:-120} timeout 300 "$T/test_cuda_forward" > "$OUT/fwd.log" 2>&1
+MOBA_CUDA_TEST_SHAPES=${FWD_SHAPES:-80} timeout 300 "$T/test_cuda_forward" > "$OUT/fwd.log" 2>&1
 echo "rc=$?"; summary "$OUT/fwd.log"
 echo "== test_cuda_backward (MoA, any block size, 64-key tiles, all-atomic dQ, deterministic)"
-MOBA_CUDA_BWD_SHAPES=${BWD_SHAPES:-25} timeout 300 "$T/test_cuda_backward" > "$OUT/bwd.log" 2>&1
+MOBA_CUDA_BWD_SHAPES=${BWD_SHAPES:-20} timeout 300 "$T/test_cuda_backward" > "$OUT/bwd.log" 2>&1
 echo "rc=$?"; summary "$OUT/bwd.log"
 
 echo "== memcheck"

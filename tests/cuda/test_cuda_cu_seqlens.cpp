@@ -1,6 +1,6 @@
-// cu_seqlens may live on the GPU: the API copies it on the caller's stream, so a cu_seqlens
-// written on a non-blocking stream just before the call is read correctly, and the result equals
-// the one with cu_seqlens on the host.
+// cu_seqlens may live on the GPU: the forward reads it (plans from it on the device) on the
+// caller's stream, so a cu_seqlens written on a non-blocking stream just before the call is read
+// correctly, and the result equals the one with cu_seqlens on the host.
 #include "cuda_test_util.hpp"
 
 namespace moba::testing {
@@ -23,6 +23,8 @@ TEST(CudaCuSeqlens, DeviceCuSeqlensOnANonBlockingStream) {
   q.up(in.q.bytes.data());
   k.up(in.k.bytes.data());
   v.up(in.v.bytes.data());
+  CUDA_OK(cudaDeviceSynchronize());  // the uploads ran on the legacy stream, which the
+                                     // non-blocking stream below does not wait for
 
   cudaStream_t stream;
   CUDA_OK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));

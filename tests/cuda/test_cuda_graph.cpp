@@ -29,10 +29,21 @@ struct DeviceProblem {
     k.up(in.k.bytes.data());
     v.up(in.v.bytes.data());
     cu.up(in.cu.data());
+    settle();
+  }
+  // The copies and memsets here run on the legacy default stream, which a non-blocking stream
+  // does not wait for: finish them before work on the test's stream reads the buffers.
+  static void settle() {
+    if (cudaDeviceSynchronize() != cudaSuccess) throw std::runtime_error("cudaDeviceSynchronize failed");
+  }
+  void set_cu(const std::vector<int>& c) {
+    cu.up(c.data());
+    settle();
   }
   void poison() {
     for (DevBuf* b : {&out, &lse, &sel})
       if (cudaMemset(b->p, 0xff, b->bytes) != cudaSuccess) throw std::runtime_error("cudaMemset failed");
+    settle();
   }
   void forward(cudaStream_t stream, CudaOptions::ForwardKernel kernel) {
     const std::int64_t T = s.total();
@@ -136,7 +147,7 @@ TEST(CudaGraph, ForwardCaptureReplaysEagerAndReadsNewLengths) {
       std::vector<int> cu2 = dp.in.cu;
       const int batch = int(cu2.size()) - 1;
       for (int b = 1; b < batch; ++b) cu2[b] = int(std::int64_t(b) * s.total() / batch);
-      dp.cu.up(cu2.data());
+      dp.set_cu(cu2);
       dp.poison();
       dp.forward(st.s, kernel);
       CUDA_OK(cudaStreamSynchronize(st.s));
@@ -168,7 +179,7 @@ TEST(CudaGraph, InvalidDeviceCuSeqlensGivesNaN) {
                              mode == Mode::full ? AttentionParams::full() : AttentionParams::moba_blocks(64, 2));
     DeviceProblem dp(s, 3);
     for (const auto& cu : bad) {
-      dp.cu.up(cu.data());
+      dp.set_cu(cu);
       dp.poison();
       CUDA_OK(cudaMemset(dp.out.p, 0, dp.out.bytes));
       CUDA_OK(cudaMemset(dp.lse.p, 0, dp.lse.bytes));

@@ -13,6 +13,7 @@
 #include "cuda/backward/bwd_plan.hpp"
 #include "cuda/common/check.hpp"
 #include "cuda/common/mma.cuh"
+#include "cuda/common/visibility.cuh"
 
 namespace moba::detail::bwd {
 

@@ -171,9 +171,10 @@ __global__ void __launch_bounds__(128, 2) dq_pass_kernel(const DqPassArgs a) {
         float p = cuda::fast_exp2(s[n][e] * a.scale_log2 - lse_r[h]);
         if constexpr (kVis == kVisMoa) {
           const int tok = tok_r[h];
-          if (!(key <= tok && (key < it.seq_begin + a.moa_sink || key > tok - it.moa_w))) p = 0.f;
+          if (!cuda::visibility::moa(key, tok, it.seq_begin + a.moa_sink, it.moa_w)) p = 0.f;
         } else if constexpr (kVis == kVisBlocks) {
           const int tok = tok_r[h];
+          // (visibility::own_block spelled out: the same predicate, one spill fewer here)
           const bool vis = it.head >= 0
                                ? key <= tok && key >= it.seq_begin + (tok - it.seq_begin) / a.block_size * a.block_size
                                : key < it.key_end;

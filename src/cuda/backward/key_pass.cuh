@@ -179,6 +179,7 @@ __global__ void __launch_bounds__(256, 1) key_pass_kernel(const KeyPassArgs a) {
         const int key = kabs0 + (e >> 1) * 8;
         if constexpr (kVis == kVisMoa) {
           const int tok = tok_b[col];
+          // visibility::moa with the row's t - w precomputed (lo_s)
           if (rt < n_impl && !(tok >= key && (key < it.sink_end || key > lo_s[buf * 64 + col])))
             p = 0.f;
         } else if constexpr (kVis == kVisBlocks) {

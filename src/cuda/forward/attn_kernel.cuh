@@ -19,6 +19,7 @@
 
 #include "cuda/common/check.hpp"
 #include "cuda/common/mma.cuh"
+#include "cuda/common/visibility.cuh"
 #include "cuda/forward/attn_params.hpp"
 #include "cuda/forward/epilogue.cuh"
 #include "cuda/forward/work_item.cuh"
@@ -191,8 +192,8 @@ __global__ void __launch_bounds__(128) attn_fwd_kernel(const AttnParams p) {
         for (int e = 0; e < 4; ++e) {
           const int key = kb + n * 8 + 2 * c4 + (e & 1);
           const int t = pos_r[e >> 1];
-          bool vis = key < ke && key <= t && key >= ((e >> 1) ? own1 : own0);
-          if (p.kind == kDenseMoa) vis = vis && (key < p.moa_sink || key > t - moa_w);
+          bool vis = (key < ke) & visibility::own_block(key, t, (e >> 1) ? own1 : own0);
+          if (p.kind == kDenseMoa) vis = vis & visibility::moa(key, t, p.moa_sink, moa_w);
           if (!vis) s[n][e] = -INFINITY;
         }
     }
