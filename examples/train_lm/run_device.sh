@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The training study (issue 15) in one device call, from the repository root:
 #   OUT=/path/to/results bash examples/train_lm/run_device.sh [run_study.py options]
-# Installs the moba package (pip install .) unless an importable moba already has a usable CUDA
-# backend (e.g. a staged build on PYTHONPATH), then runs run_study.py within BUDGET seconds
-# (default 450; the install adds about a minute). Writes OUT/results.md, results.json,
+# With DEV=build-final/dev (staged by bench/stage_device.sh, carried), the package is python/moba
+# plus the staged extension; otherwise it is installed (pip install .) unless an importable moba
+# already has a usable CUDA backend. Then run_study.py runs within BUDGET seconds (default 450;
+# an install adds about a minute). Writes OUT/results.md, results.json,
 # loss_curves.png, needle_heatmap.png and study.log; the full-attention checkpoint goes to CKPT
 # (default /tmp/ckpt-full, outside OUT: it is ~60 MB).
 set -uo pipefail
@@ -23,6 +24,12 @@ except ImportError:
 sys.exit(0 if any(b["name"] == "cuda" and b["available"] for b in moba.backends()) else 1)
 EOF
 }
+if [ -n "${DEV:-}" ]; then
+  rm -rf /tmp/pkg && mkdir -p /tmp/pkg && cp -r python/moba /tmp/pkg/ \
+    && cp "$DEV"/_C.cpython-*.so /tmp/pkg/moba/ || exit 1
+  export PYTHONPATH=/tmp/pkg${PYTHONPATH:+:$PYTHONPATH}
+  export LD_LIBRARY_PATH="$DEV${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+fi
 if ! cuda_ready; then
   t0=$(date +%s)
   python3 -m pip install --no-build-isolation -q . || exit 1

@@ -59,7 +59,7 @@ CPU_SMOKE = dict(device="cpu", model="tiny", seq_len=256, batch_tokens=512, corp
                  vocab=512, tokenizer_mb=0.5, val_windows=4, eval_windows=2, needle_samples=1,
                  needle_depths=[0.0, 0.5, 1.0], throughput_lengths=[256, 512], longest_max=1024,
                  moba_chunk=64, moba_topk=2, full_layers=1, log_every=2, eval_every=2,
-                 throughput_steps=1, eval_tokens=2048, batch_tokens_throughput=512)
+                 throughput_steps=1, eval_tokens=2048)
 
 
 def parse_args(argv=None):
@@ -84,13 +84,16 @@ def parse_args(argv=None):
     p.add_argument("--throughput-attentions", type=lambda s: s.split(","), default=None,
                    help="default: the trained variants")
     p.add_argument("--throughput-steps", type=int, default=3, help="timed steps per row")
-    p.add_argument("--batch-tokens-throughput", type=int, default=32768,
-                   help="tokens per throughput step (batch = this / length, at least 1)")
+    p.add_argument("--batch-tokens-throughput", type=int, default=None,
+                   help="tokens per throughput step (batch = this / length, at least 1; "
+                        "default --batch-tokens, so the training length's row sizes the runs)")
     p.add_argument("--longest-max", type=int, default=1 << 20,
                    help="longest length tried for 'longest that fits' (default 1M; 0: skip)")
     p.add_argument("--max-step-s", type=float, default=4.0,
                    help="longest step the length search may take (default 4 s)")
     p.add_argument("--preset", choices=["gpu", "cpu-smoke"], default="gpu")
+    p.add_argument("--commit", default=None,
+                   help="commit to report (default: git rev-parse in the checkout, if any)")
     train_lm.add_model_args(p)
     train_lm.add_train_args(p)
     train_lm.add_data_args(p)
@@ -100,6 +103,7 @@ def parse_args(argv=None):
         p.set_defaults(**CPU_SMOKE)
     args = p.parse_args(argv)
     args.throughput_attentions = args.throughput_attentions or list(args.variants)
+    args.batch_tokens_throughput = args.batch_tokens_throughput or args.batch_tokens
     for kind in list(args.variants) + list(args.throughput_attentions):
         if kind not in lm.ATTENTIONS or kind == "moa":
             raise SystemExit(f"run_study: attention {kind!r}: expected one of sdpa, moba, "
@@ -128,12 +132,15 @@ class Study:
                 return __import__(mod).__version__
             except Exception:  # noqa: BLE001 - informational only
                 return "-"
-        try:
-            commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                                    text=True, cwd=os.path.dirname(os.path.abspath(__file__)),
-                                    timeout=10).stdout.strip() or "unknown"
-        except Exception:  # noqa: BLE001
-            commit = "unknown"
+        commit = self.args.commit
+        if not commit:
+            try:
+                commit = subprocess.run(
+                    ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                    cwd=os.path.dirname(os.path.abspath(__file__)), timeout=10).stdout.strip()
+            except Exception:  # noqa: BLE001 - informational only
+                commit = ""
+        commit = commit or "unknown"
         device = (torch.cuda.get_device_name() if torch.cuda.is_available()
                   and (self.args.device or "cuda").startswith("cuda") else platform.processor()
                   or platform.machine())

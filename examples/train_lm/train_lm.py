@@ -95,8 +95,9 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("training")
     g.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
     g.add_argument("--seq-len", type=int, default=8192, help="training length (default 8192)")
-    g.add_argument("--batch-tokens", type=int, default=32768,
-                   help="tokens per step; batch = batch_tokens / seq_len (default 32768)")
+    g.add_argument("--batch-tokens", type=int, default=16384,
+                   help="tokens per step; batch = batch_tokens / seq_len (default 16384: two "
+                        "8K sequences, many optimizer steps in a short run)")
     g.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (default 2e-3)")
     g.add_argument("--min-lr-frac", type=float, default=0.1,
                    help="final learning rate as a share of the peak (cosine; default 0.1)")
