@@ -114,7 +114,7 @@ moba::CudaOptions::ForwardKernel parse_cuda_kernel(const std::string& s) {
 
 moba::RunOptions make_options(const std::string& backend, std::uintptr_t stream,
                               bool deterministic, int num_threads,
-                              const std::string& cuda_kernel) {
+                              const std::string& cuda_kernel = "auto") {
   moba::RunOptions o;
   o.backend = parse_backend(backend);
   o.cuda_stream = reinterpret_cast<void*>(stream);
@@ -124,7 +124,9 @@ moba::RunOptions make_options(const std::string& backend, std::uintptr_t stream,
   return o;
 }
 
-// Arguments shared by every compute entry point, keyword-only on the Python side.
+// Arguments shared by this file's compute entry points, keyword-only on the Python side: those
+// of bindings_common.hpp plus the CUDA forward kernel choice.
+#undef MOBA_PARAM_ARGS
 #define MOBA_PARAM_ARGS                                                                         \
   py::kw_only(), py::arg("mode"), py::arg("block_size") = 0, py::arg("topk") = 0,             \
       py::arg("softmax_scale") = 0.0, py::arg("alpha") = std::vector<float>{},                \
