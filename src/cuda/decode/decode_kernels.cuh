@@ -11,6 +11,8 @@
 // cached means (read once for the chunk's heads), then top-(k-1) with ties to the earlier block.
 // append: copy kernel (token x KV head), block-sum kernel (sequence x KV head, exact fp64 sums
 // in token order, a mean written when its block completes), then seq_lens += n.
+// Kernel arguments are __grid_constant__ structs (the MoA windows of every head included): read
+// in place, never copied per thread.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -74,7 +76,7 @@ struct AttnSmem {
 };
 
 template <class T, int D>
-__global__ void __launch_bounds__(kThreads) attention_kernel(const AttentionArgs a) {
+__global__ void __launch_bounds__(kThreads) attention_kernel(const __grid_constant__ AttentionArgs a) {
   using S = AttnSmem<T, D>;
   __shared__ S sm;
   const int row = blockIdx.x;
@@ -301,7 +303,7 @@ __global__ void __launch_bounds__(kThreads) attention_kernel(const AttentionArgs
 
 // Combines the splits of one (row, head) in split order.
 template <class T, int D>
-__global__ void __launch_bounds__(D) combine_kernel(const AttentionArgs a) {
+__global__ void __launch_bounds__(D) combine_kernel(const __grid_constant__ AttentionArgs a) {
   const int row = blockIdx.x, h = blockIdx.y, d = threadIdx.x;
   const std::int64_t stride = std::int64_t(a.rows.total) * a.hq * (D + 2);
   const float* p = a.partial + (std::int64_t(row) * a.hq + h) * (D + 2);
