@@ -62,6 +62,7 @@ int run_decode(const BenchOptions& o, const CLI::App& cmd) {
   d.repeats = std::max(o.repeats, 5);
   d.threads = o.threads;
   d.csv = o.csv;
+  d.plot = o.plot;
   return run_decode_bench(d);
 }
 

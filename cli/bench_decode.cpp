@@ -11,12 +11,15 @@
 #include <memory>
 #include <random>
 
+#include <fmt/ranges.h>
+
 #include <fmt/format.h>
 
 #include "backend_choice.hpp"
 #include "cli_error.hpp"
 #include "device.hpp"
 #include "moba/moba.hpp"
+#include "plot.hpp"
 #include "table.hpp"
 
 namespace moba::cli {
@@ -195,6 +198,41 @@ std::vector<Point> run_point(const DecodeBenchOptions& o, bool cuda, int context
   return points;
 }
 
+// Step time against N (log-log) and speedup over full, one curve per (mode, batch).
+void plot_decode(const std::string& png, const DecodeBenchOptions& o, const std::vector<Point>& points) {
+  std::string script;
+  std::vector<std::string> times, speedups;
+  const char* colors[] = {"#444444", "#d62728", "#1f77b4"};
+  const char* modes[] = {"full", "moba", "moa"};
+  for (int m = 0; m < 3; ++m)
+    for (std::size_t bi = 0; bi < o.batches.size(); ++bi) {
+      const int b = o.batches[bi];
+      std::string block;
+      for (const Point& p : points)
+        if (p.mode == modes[m] && p.batch == b) block += fmt::format("{} {} {}\n", p.context, p.ms, p.speedup);
+      if (block.empty()) continue;
+      const std::string name = fmt::format("{}_b{}", modes[m], b);
+      script += fmt::format("${} << EOD\n{}EOD\n", name, block);
+      const std::string style = fmt::format("with linespoints lw 2 pt {} ps 1.3 lc rgb '{}' title '{} batch {}'",
+                                            5 + 2 * int(bi), colors[m], modes[m], b);
+      times.push_back(fmt::format("${} using 1:2 {}", name, style));
+      if (m > 0) speedups.push_back(fmt::format("${} using 1:3 {}", name, style));
+    }
+  script += "set terminal png size 1400,560 noenhanced\n";
+  script += fmt::format("set output '{}'\n", png);
+  script += "set multiplot layout 1,2 title 'moba bench --decode'\nset grid\nset key top left\n"
+            "set logscale x 2\nset format x '%.0f'\nset xlabel 'cached tokens per sequence N'\n";
+  script += "set logscale y 10\nset ylabel 'decode step (ms)'\nset title 'time per decode step'\n";
+  script += "plot " + fmt::format("{}", fmt::join(times, ", ")) + "\n";
+  script += "unset logscale y\nset yrange [0:*]\nset ylabel 'speedup over full'\nset title 'speedup over full decode'\n";
+  speedups.push_back("1 with lines lc rgb '#999999' dt 3 notitle");
+  script += "plot " + fmt::format("{}", fmt::join(speedups, ", ")) + "\nunset multiplot\n";
+  FILE* gp = popen("gnuplot", "w");
+  if (!gp) throw CliError("could not start gnuplot");
+  std::fwrite(script.data(), 1, script.size(), gp);
+  if (pclose(gp) != 0) throw CliError(fmt::format("gnuplot failed to draw '{}'", png));
+}
+
 }  // namespace
 
 int run_decode_bench(const DecodeBenchOptions& o) {
@@ -202,6 +240,7 @@ int run_decode_bench(const DecodeBenchOptions& o) {
   if (backend == Backend::reference)
     throw CliError("--decode times the cpu or cuda backend (the paged path has no fp64 reference backend)");
   const bool cuda = backend == Backend::cuda;
+  if (!o.plot.empty()) check_plot_possible(o.plot);
   if (o.heads % o.kv_heads != 0)
     throw CliError(fmt::format("--kv-heads {} must divide --heads {}", o.kv_heads, o.heads));
   std::vector<int> contexts = o.contexts;
@@ -237,6 +276,10 @@ int run_decode_bench(const DecodeBenchOptions& o) {
       f << p.context << ',' << p.batch << ',' << p.mode << ',' << p.block_size << ',' << p.ms << ','
         << p.bytes << ',' << p.bytes / (p.ms * 1e6) << ',' << p.speedup << '\n';
     fmt::print("wrote {}\n", o.csv);
+  }
+  if (!o.plot.empty()) {
+    plot_decode(o.plot, o, all);
+    fmt::print("wrote {}\n", o.plot);
   }
   return 0;
 }

@@ -20,7 +20,7 @@ struct DecodeBenchOptions {
   int page_size = 16;
   int repeats = 5;
   int threads = 0;
-  std::string csv;
+  std::string csv, plot;
 };
 
 int run_decode_bench(const DecodeBenchOptions& o);

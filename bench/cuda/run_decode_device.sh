@@ -1,6 +1,6 @@
 #!/bin/bash
 # One device call for the paged decode (issue 13): the CUDA decode tests, compute-sanitizer
-# memcheck on a few shapes, the Python cache/generate tests on the GPU, then the decode table.
+# memcheck and racecheck on a few shapes, the Python cache/generate tests on the GPU, then the decode table.
 # Run from the repository root after `pip install .` (CUDA on) and a C++ build with CUDA at
 # build/ (or BUILD=<dir>). Logs and the table go to $OUT (default /tmp/moba-decode-out).
 # SKIP_BENCH=1: tests only (~3 min); BENCH_ARGS: e.g. "--contexts 32768,131072 --batches 1,8".
@@ -18,6 +18,10 @@ echo "== memcheck"
 MOBA_CUDA_DECODE_SHAPES=4 timeout ${SAN_TIMEOUT:-120} compute-sanitizer --tool memcheck "$BUILD/tests/cuda/test_cuda_decode" \
   --gtest_filter='CudaDecode.ChunkedDecode*:CudaDecode.DecodeStepIsGraphCapturable' > "$OUT/sanitizer.log" 2>&1
 echo "memcheck rc=$?"; grep -E "ERROR SUMMARY|PASSED|FAILED|Invalid|at 0x" "$OUT/sanitizer.log" | head
+echo "== racecheck"
+MOBA_CUDA_DECODE_SHAPES=2 timeout ${SAN_TIMEOUT:-120} compute-sanitizer --tool racecheck "$BUILD/tests/cuda/test_cuda_decode" \
+  --gtest_filter='CudaDecode.ChunkedDecode*' >> "$OUT/sanitizer.log" 2>&1
+echo "racecheck rc=$?"; grep -E "RACECHECK SUMMARY|ERROR SUMMARY" "$OUT/sanitizer.log" | tail -2
 echo "== python (cuda params)"
 timeout ${PY_TIMEOUT:-150} python3 -m pytest -q python/tests/test_kv_cache.py -k "cuda" > "$OUT/pytest.log" 2>&1
 echo "pytest rc=$?"; tail -5 "$OUT/pytest.log"

@@ -110,7 +110,8 @@ class PagedKVCache {
     return table_[(std::size_t(row) * config_.num_kv_heads + head) * pages_per_seq_ + page];
   }
   int first_needed_position(int row, int head, int new_len) const;  // MoA retention
-  void publish(const RunOptions& options);  // host mirror -> page_table / seq_lens views
+  // Host mirror -> page_table (the given rows; empty: all) and seq_lens views.
+  void publish(const RunOptions& options, const std::vector<int>& rows);
 
   KVCacheConfig config_;
   PagedKV tensors_;
@@ -118,7 +119,6 @@ class PagedKVCache {
   std::vector<std::int32_t> table_;
   std::vector<std::int32_t> lens_;
   std::vector<std::int32_t> free_;  // page ids, popped from the back
-  bool publish_all_ = false;        // rows were emptied: zero their running block sums
 };
 
 }  // namespace moba

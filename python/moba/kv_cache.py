@@ -152,6 +152,7 @@ class PagedKVCache:
         self.v_pages = torch.zeros(shapes["v_pages"], dtype=dtype, device=device)
         self.page_table = torch.full(shapes["page_table"], -1, dtype=torch.int32, device=device)
         self.seq_lens = torch.zeros(shapes["seq_lens"], dtype=torch.int32, device=device)
+        self.device = self.k_pages.device  # "cuda" -> "cuda:<current>"
         means = shapes["block_means"] or [0]
         sums = shapes["block_sums"] or [0]
         self.block_means = torch.zeros(means, dtype=dtype, device=device)

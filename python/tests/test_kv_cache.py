@@ -140,6 +140,13 @@ def test_ops_have_fake_implementations():
     args = (q, cu, slots, cache.k_pages, cache.v_pages, cache.page_table, cache.seq_lens,
             cache.block_means, None, "moba", 8, 2, 0.0, [], [], 64, True, "auto")
     torch.library.opcheck(torch.ops.moba.paged_attention.default, args)
+    fresh = moba.PagedKVCache(2, 64, 32, page_size=8, dtype=torch.float32, block_size=8)
+    fresh._impl.reserve([5], [0], 0)
+    torch.library.opcheck(torch.ops.moba.paged_kv_append.default,
+                          (k[:5], k[:5], torch.tensor([0, 5], dtype=torch.int32), slots,
+                           fresh.k_pages, fresh.v_pages, fresh.page_table, fresh.seq_lens,
+                           fresh.block_means, fresh.block_sums, 8, "auto"),
+                          test_utils=("test_schema", "test_faketensor"))
     with torch._subclasses.fake_tensor.FakeTensorMode() as mode:
         fargs = tuple(mode.from_tensor(a) if isinstance(a, torch.Tensor) else a for a in args)
         out, lse, sel = torch.ops.moba.paged_attention(*fargs)

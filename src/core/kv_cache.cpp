@@ -3,6 +3,7 @@
 // change, so a refused append leaves the cache exactly as it was.
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <string>
 
 #include "core/backends.hpp"
@@ -111,8 +112,7 @@ PagedKVCache::PagedKVCache(const KVCacheConfig& config, const PagedKV& tensors)
   lens_.assign(config.max_rows, 0);
   free_.resize(config.num_pages);
   for (int i = 0; i < config.num_pages; ++i) free_[i] = config.num_pages - 1 - i;  // page 0 first
-  publish_all_ = true;
-  publish({});
+  publish({}, {});
 }
 
 int PagedKVCache::seq_len(int slot) const {
@@ -246,7 +246,7 @@ void PagedKVCache::reserve(const std::vector<int>& new_tokens, const std::vector
     table_[e] = free_.back();
     free_.pop_back();
   }
-  publish(options);
+  publish(options, std::vector<int>(slots.begin(), slots.end()));
   for (std::size_t b = 0; b < slots.size(); ++b) lens_[slots[b]] += cu[b + 1] - cu[b];
 }
 
@@ -285,38 +285,44 @@ void PagedKVCache::release(int slot) {
       table_[i] = -1;
     }
   lens_[slot] = 0;
-  publish_all_ = true;
-  publish({});
+  publish({}, {slot});
 }
 
 void PagedKVCache::reset() {
-  for (int r = 0; r < config_.max_rows; ++r) release(r);
+  for (std::size_t i = 0; i < table_.size(); ++i)
+    if (table_[i] >= 0) {
+      free_.push_back(table_[i]);
+      table_[i] = -1;
+    }
+  std::fill(lens_.begin(), lens_.end(), 0);
+  publish({}, {});
 }
 
-// Copies the host page table and lengths into the cache's views (host: plain copies; GPU: a
-// copy on the caller's stream). Block sums of a row restart at zero with the row.
-void PagedKVCache::publish(const RunOptions& options) {
-  const std::size_t table_bytes = table_.size() * sizeof(std::int32_t);
-  const std::size_t lens_bytes = lens_.size() * sizeof(std::int32_t);
-  if (tensors_.page_table.device.type == DeviceType::cpu) {
-    std::copy(table_.begin(), table_.end(), static_cast<std::int32_t*>(tensors_.page_table.data));
-    std::copy(lens_.begin(), lens_.end(), static_cast<std::int32_t*>(tensors_.seq_lens.data));
-  } else {
-    cuda_copy_to_device(tensors_.page_table.data, table_.data(), table_bytes, options.cuda_stream);
-    cuda_copy_to_device(tensors_.seq_lens.data, lens_.data(), lens_bytes, options.cuda_stream);
+// Copies the rows of the host page table that changed (all when `rows` is empty) and the
+// lengths into the cache's views (host: plain copies; GPU: copies ordered on the caller's
+// stream). Rows of length 0 restart their running block sums at zero.
+void PagedKVCache::publish(const RunOptions& options, const std::vector<int>& rows) {
+  std::vector<int> all;
+  if (rows.empty()) {
+    all.resize(config_.max_rows);
+    for (int r = 0; r < config_.max_rows; ++r) all[r] = r;
   }
-  if (publish_all_ && config_.block_size > 0) {
-    // Rows with length 0 start their running sums from zero.
-    const std::size_t per_row = std::size_t(config_.num_kv_heads) * config_.head_dim;
-    std::vector<double> zeros(per_row, 0.0);
-    for (int r = 0; r < config_.max_rows; ++r) {
-      if (lens_[r] != 0) continue;
-      void* dst = static_cast<double*>(tensors_.block_sums.data) + r * per_row;
-      if (tensors_.block_sums.device.type == DeviceType::cpu) std::copy(zeros.begin(), zeros.end(), static_cast<double*>(dst));
-      else cuda_copy_to_device(dst, zeros.data(), per_row * sizeof(double), options.cuda_stream);
-    }
-  }
-  publish_all_ = false;
+  const std::vector<int>& which = rows.empty() ? all : rows;
+  const bool host = tensors_.page_table.device.type == DeviceType::cpu;
+  auto copy = [&](void* dst, const void* src, std::size_t bytes) {
+    if (host) std::memcpy(dst, src, bytes);
+    else cuda_copy_to_device(dst, src, bytes, options.cuda_stream);
+  };
+  const std::size_t row_entries = std::size_t(config_.num_kv_heads) * pages_per_seq_;
+  for (int r : which)
+    copy(static_cast<std::int32_t*>(tensors_.page_table.data) + r * row_entries, table_.data() + r * row_entries,
+         row_entries * sizeof(std::int32_t));
+  copy(tensors_.seq_lens.data, lens_.data(), lens_.size() * sizeof(std::int32_t));
+  if (config_.block_size == 0) return;
+  const std::size_t per_row = std::size_t(config_.num_kv_heads) * config_.head_dim;
+  const std::vector<double> zeros(per_row, 0.0);
+  for (int r : which)
+    if (lens_[r] == 0) copy(static_cast<double*>(tensors_.block_sums.data) + r * per_row, zeros.data(), per_row * sizeof(double));
 }
 
 }  // namespace moba

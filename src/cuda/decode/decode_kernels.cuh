@@ -11,6 +11,8 @@
 // cached means (read once for the chunk's heads), then top-(k-1) with ties to the earlier block.
 // append: copy kernel (token x KV head), block-sum kernel (sequence x KV head, exact fp64 sums
 // in token order, a mean written when its block completes), then seq_lens += n.
+// Kernel arguments are __grid_constant__ structs (the MoA windows of every head included): read
+// in place, never copied per thread.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -74,7 +76,7 @@ struct AttnSmem {
 };
 
 template <class T, int D>
-__global__ void __launch_bounds__(kThreads) attention_kernel(const AttentionArgs a) {
+__global__ void __launch_bounds__(kThreads) attention_kernel(const __grid_constant__ AttentionArgs a) {
   using S = AttnSmem<T, D>;
   __shared__ S sm;
   const int row = blockIdx.x;
@@ -301,7 +303,7 @@ __global__ void __launch_bounds__(kThreads) attention_kernel(const AttentionArgs
 
 // Combines the splits of one (row, head) in split order.
 template <class T, int D>
-__global__ void __launch_bounds__(D) combine_kernel(const AttentionArgs a) {
+__global__ void __launch_bounds__(D) combine_kernel(const __grid_constant__ AttentionArgs a) {
   const int row = blockIdx.x, h = blockIdx.y, d = threadIdx.x;
   const std::int64_t stride = std::int64_t(a.rows.total) * a.hq * (D + 2);
   const float* p = a.partial + (std::int64_t(row) * a.hq + h) * (D + 2);
@@ -329,7 +331,7 @@ __device__ __forceinline__ bool better(float s1, int j1, float s2, int j2) {
 }
 
 template <class T, int D>
-__global__ void __launch_bounds__(kThreads) gate_kernel(const GateArgs a) {
+__global__ void __launch_bounds__(kThreads) gate_kernel(const __grid_constant__ GateArgs a) {
   __shared__ float q[kMaxGroup][D];
   __shared__ float red_s[kThreads / 32];
   __shared__ int red_j[kThreads / 32];
@@ -417,7 +419,7 @@ __global__ void __launch_bounds__(kThreads) gate_kernel(const GateArgs a) {
 // Append
 
 template <class T, int D>
-__global__ void append_copy_kernel(const AppendArgs a) {
+__global__ void append_copy_kernel(const __grid_constant__ AppendArgs a) {
   const int token = blockIdx.x, g = blockIdx.y, d = threadIdx.x;
   const RowInfo ri = locate(a.rows, token);  // t = len - n + i with len before the append
   const int pos = ri.len + ri.i;
@@ -430,7 +432,7 @@ __global__ void append_copy_kernel(const AppendArgs a) {
 }
 
 template <class T, int D>
-__global__ void append_means_kernel(const AppendArgs a) {
+__global__ void append_means_kernel(const __grid_constant__ AppendArgs a) {
   const int b = blockIdx.x, g = blockIdx.y, d = threadIdx.x;
   const int slot = a.rows.slots ? a.rows.slots[b] : b;
   const int c0 = a.rows.cu[b], n = a.rows.cu[b + 1] - c0;
@@ -451,7 +453,7 @@ __global__ void append_means_kernel(const AppendArgs a) {
   *sum_p = sum;
 }
 
-__global__ void append_lengths_kernel(const AppendArgs a) {
+__global__ void append_lengths_kernel(const __grid_constant__ AppendArgs a) {
   for (int b = threadIdx.x; b < a.rows.batch; b += blockDim.x) {
     const int slot = a.rows.slots ? a.rows.slots[b] : b;
     a.seq_lens_out[slot] += a.rows.cu[b + 1] - a.rows.cu[b];
@@ -462,7 +464,7 @@ __global__ void append_lengths_kernel(const AppendArgs a) {
 // Merge of two partial states
 
 template <class T>
-__global__ void merge_kernel(const MergeArgs a) {
+__global__ void merge_kernel(const __grid_constant__ MergeArgs a) {
   const int t = blockIdx.x, h = blockIdx.y;
   const std::int64_t li = std::int64_t(h) * a.total + t;
   const float la = a.lse_a[li], lb = a.lse_b[li];
