@@ -15,7 +15,7 @@
 #include <cstdio>
 #include <numeric>
 
-#include "cpu_check.hpp"
+#include "paged_check.hpp"  // the verification library (test_support.hpp) and rounded()
 
 namespace moba::testing {
 namespace {
