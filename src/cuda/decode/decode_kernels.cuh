@@ -453,7 +453,9 @@ __global__ void append_means_kernel(const __grid_constant__ AppendArgs a) {
   *sum_p = sum;
 }
 
-__global__ void append_lengths_kernel(const __grid_constant__ AppendArgs a) {
+// static: this header is compiled once per dtype (decode_f16.cu, decode_bf16.cu); the kernel
+// is not a template, so each unit keeps its own copy.
+static __global__ void append_lengths_kernel(const __grid_constant__ AppendArgs a) {
   for (int b = threadIdx.x; b < a.rows.batch; b += blockDim.x) {
     const int slot = a.rows.slots ? a.rows.slots[b] : b;
     a.seq_lens_out[slot] += a.rows.cu[b + 1] - a.rows.cu[b];
