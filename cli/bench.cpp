@@ -131,6 +131,9 @@ int run_bench(const BenchOptions& o) {
   const int kv_heads = o.kv_heads > 0 ? o.kv_heads : o.heads;
   if (o.heads % kv_heads != 0)
     throw CliError(fmt::format("--kv-heads {} must divide --heads {}", kv_heads, o.heads));
+  if (o.block_count > min_len)
+    throw CliError(fmt::format("--block-count {} is larger than --min-len {}: blocks would be "
+                               "shorter than one token", o.block_count, min_len));
   if (!o.plot.empty()) check_plot_possible(o.plot);
   if (!o.csv.empty()) check_writable(o.csv, "CSV");
 
@@ -157,6 +160,17 @@ int run_bench(const BenchOptions& o) {
 
   RunOptions run;
   run.num_threads = o.threads;
+
+  // One short call per mode before any output, so a problem the backend refuses (e.g. a head
+  // dim it does not support) fails before the table starts.
+  bool rounded_probe = false;
+  for (Mode m : modes) {
+    Problem p = make_problem(o, setup, backend, min_len, m, rounded_probe);
+    p.seqlens = {std::min(min_len, std::max(64, p.params.block_size))};
+    Session probe(p, verify::make_inputs(p, 1u), backend, run);
+    probe.forward();
+    probe.synchronize();
+  }
 
   fmt::print("moba bench: {}\n", setup.describe());
   fmt::print("time: median of {} call(s) after a warm-up; GFLOP/s counts only visible (query, key) "
@@ -252,7 +266,8 @@ int run_bench(const BenchOptions& o) {
     fmt::print("note: stopped before N={} to stay within --time-budget {} s (the next length "
                "would take ~4x the last); raise --time-budget or set it to 0 for all lengths\n",
                skipped_from, o.time_budget);
-  fmt::print("moba bench: {} points in {:.1f} s\n", points.size(), total_s);
+  fmt::print("moba bench: {} point{} in {:.1f} s\n", points.size(), points.size() == 1 ? "" : "s",
+             total_s);
   if (!o.csv.empty()) {
     write_csv(o.csv, setup, points);
     fmt::print("wrote {}\n", o.csv);
@@ -284,7 +299,7 @@ CommandRun add_bench_command(CLI::App& app) {
   cmd->add_option("--kv-heads", o->kv_heads, "KV heads, dividing --heads (default: --heads)")->check(CLI::Range(1, 1024));
   cmd->add_option("--head-dim", o->head_dim, "Head dimension (64 or 128 on cpu/cuda)")->check(CLI::Range(1, 1024))->capture_default_str();
   cmd->add_option("--dtype", o->dtype, "Input dtype")->check(CLI::IsMember({"f32", "f16", "bf16"}))->capture_default_str();
-  cmd->add_option("--block-count", o->block_count, "MoBA blocks per sequence")->check(CLI::Range(1, 1 << 20))->capture_default_str();
+  cmd->add_option("--block-count", o->block_count, "MoBA blocks per sequence (at most --min-len)")->check(CLI::Range(1, 1 << 20))->capture_default_str();
   cmd->add_option("--topk", o->topk, "MoBA blocks per query, own block included")->check(CLI::Range(1, 1 << 20))->capture_default_str();
   cmd->add_option("--moa-alpha", o->moa_alpha, "MoA window: alpha in floor(alpha + beta*N)")->check(CLI::NonNegativeNumber)->capture_default_str();
   cmd->add_option("--moa-beta", o->moa_beta, "MoA window: beta in floor(alpha + beta*N)")->check(CLI::NonNegativeNumber)->capture_default_str();

@@ -26,7 +26,13 @@ std::vector<CudaDevice> cuda_devices(std::string* problem) {
   int count = 0;
   const cudaError_t status = cudaGetDeviceCount(&count);
   if (status != cudaSuccess) {
-    if (problem) *problem = cudaGetErrorString(status);
+    // The runtime words a missing driver as "CUDA driver version is insufficient for CUDA
+    // runtime version"; on a machine without a GPU that only means there is no driver.
+    if (problem)
+      *problem = status == cudaErrorInsufficientDriver
+                     ? "no usable NVIDIA driver (no GPU, or a driver older than this CUDA runtime)"
+                 : status == cudaErrorNoDevice ? "no CUDA-capable GPU found"
+                                               : cudaGetErrorString(status);
     cudaGetLastError();  // clear the sticky-free error so later calls start clean
     return out;
   }

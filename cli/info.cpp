@@ -29,7 +29,7 @@ int run_info() {
   const std::vector<CudaDevice> devices = cuda_devices(&problem);
   fmt::print("\nCUDA devices: ");
   if (devices.empty()) {
-    fmt::print("none ({})\n", problem.empty() ? "no device found" : problem);
+    fmt::print("none: {}\n", problem.empty() ? "no device found" : problem);
   } else {
     fmt::print("{}\n", devices.size());
     for (const CudaDevice& d : devices)

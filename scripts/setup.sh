@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Installs what building and testing moba needs on Debian/Ubuntu: the toolchain and libraries
-# (apt-get, as root or through sudo) and, when the Python package exists (python/), the pinned
-# Python packages (pip; in a venv at .deps/venv if the system Python is externally managed).
+# (apt-get, as root or through sudo) and the pinned Python packages of the PyTorch package and
+# its tests (pip; in a venv at .deps/venv if the system Python is externally managed).
 #   scripts/setup.sh             everything
-#   scripts/setup.sh --no-python only the Debian packages
+#   scripts/setup.sh --no-python only the Debian packages: enough for the library, the CLI, the
+#                                C++ tests and scripts/run_main.sh (no torch download)
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 
@@ -14,7 +15,7 @@ log "Debian packages"
 packages=(cmake ninja-build g++ make pkg-config git
           libgtest-dev libbenchmark-dev libcli11-dev libfmt-dev nlohmann-json3-dev
           libopenblas-dev gnuplot-nox)
-[ -d "$MOBA_ROOT/python" ] && [ "$with_python" = 1 ] && packages+=(python3 python3-dev python3-pip python3-venv)
+[ "$with_python" = 1 ] && packages+=(python3 python3-dev python3-pip python3-venv)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2> /dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -26,7 +27,7 @@ else
   echo "all present"
 fi
 
-if [ -d "$MOBA_ROOT/python" ] && [ "$with_python" = 1 ]; then
+if [ "$with_python" = 1 ]; then
   log "Python packages"
   py=$(python_cmd)
   if [ -z "${PYTHON:-}" ] && [ "$py" != "$MOBA_ROOT/.deps/venv/bin/python" ] && python_externally_managed "$py"; then
@@ -34,7 +35,7 @@ if [ -d "$MOBA_ROOT/python" ] && [ "$with_python" = 1 ]; then
     "$py" -m venv "$MOBA_ROOT/.deps/venv"
     py=$MOBA_ROOT/.deps/venv/bin/python
   fi
-  "$py" -m pip install -q torch==2.11.0 numpy pytest pybind11==3.1.0 scikit-build-core==1.1.2 \
+  "$py" -m pip install -q torch==2.11.0 numpy==2.4.6 pytest pybind11==3.1.0 scikit-build-core==1.1.2 \
     transformers==5.17.0 highspy==1.16.0 tokenizers==0.23.2 matplotlib==3.11.2
   echo "$("$py" -c 'import torch; print("torch", torch.__version__)')"
 fi

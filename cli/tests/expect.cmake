@@ -1,5 +1,5 @@
 # Runs PROGRAM with ARGS (a ;-list) and checks its exit status (EXPECT_EXIT), that its output
-# matches EXPECT_MATCH (a regex, optional) and that it produced EXPECT_FILE (optional).
+# matches EXPECT_MATCH (a regex, optional), does not match EXPECT_NO_MATCH (optional) and that it produced EXPECT_FILE (optional).
 if(EXPECT_FILE)
   file(REMOVE ${EXPECT_FILE})
 endif()
@@ -11,6 +11,9 @@ if(NOT status STREQUAL "${EXPECT_EXIT}")
 endif()
 if(EXPECT_MATCH AND NOT "${out}${err}" MATCHES "${EXPECT_MATCH}")
   message(FATAL_ERROR "output does not match '${EXPECT_MATCH}'")
+endif()
+if(EXPECT_NO_MATCH AND "${out}${err}" MATCHES "${EXPECT_NO_MATCH}")
+  message(FATAL_ERROR "output matches '${EXPECT_NO_MATCH}', which it must not")
 endif()
 if(EXPECT_FILE)
   if(NOT EXISTS ${EXPECT_FILE})

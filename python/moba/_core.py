@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import math
 import numbers
+import re
 from typing import Optional, Sequence
 
 import torch
@@ -41,6 +42,20 @@ _DTYPES = {
 BACKENDS = ("auto", "reference", "cpu", "cuda")
 
 
+# The C++ library's dtype names -> torch's, so every message a Python user sees names dtypes
+# the way torch does ("int32", not "i32").
+_TORCH_NAMES = {"f32": "float32", "f16": "float16", "bf16": "bfloat16", "i32": "int32"}
+_CPP_DTYPE = re.compile(r"\b(f32|f16|bf16|i32)\b")
+
+
+def torch_dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).replace("torch.", "")
+
+
+def with_torch_dtype_names(message: str) -> str:
+    return _CPP_DTYPE.sub(lambda m: _TORCH_NAMES[m.group(1)], message)
+
+
 def fail(arg: str, expected: str, got: str, exc: type = ValueError):
     """Raise `exc` in the C++ library's style: 'moba: ARG: expected X, got Y'."""
     raise exc(f"moba: {arg}: expected {expected}, got {got}")
@@ -58,17 +73,27 @@ def check_tensor(name: str, t, ndim: int, layout: str) -> None:
         fail(name, f"{ndim} dimensions {layout}", f"shape {shape_str(t)}")
 
 
-def check_qkv(q, k, v) -> None:
+def check_cu_seqlens_type(cu_seqlens) -> None:
+    """A list or numpy array would reach the dispatcher and fail there with a RuntimeError."""
+    if not isinstance(cu_seqlens, torch.Tensor):
+        fail("cu_seqlens", "an int32 torch.Tensor [batch + 1]", type(cu_seqlens).__name__,
+             TypeError)
+
+
+def check_qkv(q, k, v, cu_seqlens=None) -> None:
+    """Types and ranks of q, k, v (and cu_seqlens, when given) before any dispatch."""
     check_tensor("q", q, 3, "[total_tokens, num_q_heads, head_dim]")
     check_tensor("k", k, 3, "[total_tokens, num_kv_heads, head_dim]")
     check_tensor("v", v, 3, "[total_tokens, num_kv_heads, head_dim]")
+    if cu_seqlens is not None:
+        check_cu_seqlens_type(cu_seqlens)
 
 
 def check_positive(name: str, value, what: str):
     if isinstance(value, torch.SymInt):
         return value
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        fail(name, f"an integer {what}", repr(value), TypeError)
+        fail(name, f"{what} as an int", repr(value), TypeError)
     if value < 1:
         fail(name, f"{what} >= 1", str(value))
     return int(value)
@@ -100,7 +125,7 @@ def describe(name: str, t: Optional[torch.Tensor]):
     dtype = _DTYPES.get(t.dtype)
     if dtype is None:
         expected = "int32" if name in ("cu_seqlens", "selection") else "float32, float16 or bfloat16"
-        fail(name, f"dtype {expected}", str(t.dtype).replace("torch.", ""))
+        fail(name, f"dtype {expected}", torch_dtype_name(t.dtype))
     index = t.device.index if t.device.index is not None else 0
     strides = tuple(t.stride())
     if t.numel() == 0:
@@ -163,11 +188,14 @@ def _python_names(mode: str):
     try:
         yield
     except (ValueError, NotImplementedError) as e:
-        msg = str(e)
+        msg = with_torch_dtype_names(str(e))
         for cpp, py in _RENAMES.get(mode, ()):
             if msg.startswith("moba: " + cpp):
-                raise type(e)("moba: " + py + msg[len("moba: " + cpp):]) from None
-        raise
+                msg = "moba: " + py + msg[len("moba: " + cpp):]
+                break
+        if msg == str(e):
+            raise
+        raise type(e)(msg) from None
 
 
 def _run_options(t: torch.Tensor, backend: str, deterministic: bool) -> dict:

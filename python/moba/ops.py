@@ -216,7 +216,7 @@ def moba_attn_varlen(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor, max_se
     "reference" (fp64 loops, any head_dim). ``deterministic`` asks for a backward without
     float atomics.
     """
-    _core.check_qkv(q, k, v)
+    _core.check_qkv(q, k, v, cu_seqlens)
     max_seqlen = _int_arg("max_seqlen", max_seqlen)
     chunk = _core.check_positive("moba_chunk_size", moba_chunk_size, "a block size")
     topk = _core.check_positive("moba_topk", moba_topk, "a top-k (it counts the own block)")
@@ -237,7 +237,7 @@ def flash_attn_varlen(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor, max_s
     if causal is not True:
         _core.fail("causal", "True (moba computes causal attention only)", repr(causal),
                    NotImplementedError)
-    _core.check_qkv(q, k, v)
+    _core.check_qkv(q, k, v, cu_seqlens)
     max_seqlen = _int_arg("max_seqlen", max_seqlen)
     out, lse = _full_fwd(q, k, v, cu_seqlens, max_seqlen, _scale(softmax_scale), backend,
                          bool(deterministic))
@@ -268,7 +268,7 @@ def moa_attn(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor, max_seqlen: in
     hold one value per query head or per KV head (e.g. ``MoaPlan.layer(i)``). Returns ``out`` or
     ``(out, lse)``.
     """
-    _core.check_qkv(q, k, v)
+    _core.check_qkv(q, k, v, cu_seqlens)
     max_seqlen = _int_arg("max_seqlen", max_seqlen)
     sink = _int_arg("sink", sink)
     out, lse = _moa_fwd(q, k, v, cu_seqlens, max_seqlen, _float_list("alphas", alphas),
@@ -284,6 +284,7 @@ def moba_gate(q: Tensor, k: Tensor, cu_seqlens: Tensor, max_seqlen: int, moba_ch
     moba_chunk_size)) - 1`` (no token has more past blocks than that)."""
     _core.check_tensor("q", q, 3, "[total_tokens, num_q_heads, head_dim]")
     _core.check_tensor("k", k, 3, "[total_tokens, num_kv_heads, head_dim]")
+    _core.check_cu_seqlens_type(cu_seqlens)
     max_seqlen = _int_arg("max_seqlen", max_seqlen)
     chunk = _core.check_positive("moba_chunk_size", moba_chunk_size, "a block size")
     topk = _core.check_positive("moba_topk", moba_topk, "a top-k (it counts the own block)")

@@ -3,7 +3,7 @@
 // A tensor crosses this boundary as a plain tuple
 //     (name, data_ptr, dtype, device_type, device_index, shape, strides)
 // with dtype one of "f32" "f16" "bf16" "i32", device_type "cpu" or "cuda", strides in
-// elements; None stands for an absent (empty) view. The Python side (moba/_tensor.py) builds
+// elements; None stands for an absent (empty) view. The Python side (moba/_core.py) builds
 // these tuples from torch tensors and allocates every output, so the extension never owns
 // memory and works with any torch build. moba::Error becomes a Python exception of the kind
 // it names; compute runs with the GIL released.
@@ -22,7 +22,7 @@ namespace py = pybind11;
 namespace {
 
 // The class raised for ErrorKind::out_of_memory; the Python package installs one that derives
-// from both torch.OutOfMemoryError and MemoryError (moba._errors). Owned reference.
+// from both torch.OutOfMemoryError and MemoryError (moba._core). Owned reference.
 PyObject* g_oom_error = nullptr;
 
 [[noreturn]] void bad(const std::string& name, const std::string& expected,

@@ -22,7 +22,7 @@ TEST(CudaGate, MatchesReferenceOnRandomShapes) {
   MOBA_SKIP_WITHOUT_GPU();
   std::mt19937 rng(20261129);
   RandomShapeOptions opt;
-  opt.max_len = 2000;
+  opt.max_len = 1500;
   opt.dtypes = {DType::f16, DType::bf16};
   opt.modes = {Mode::moba};
   opt.block_sizes = {64, 128, 192, 256};
