@@ -47,6 +47,6 @@ def cuda_rejects_f32(device, dtype, run):
     """On CUDA, f32 inputs must be refused with a clear NotImplementedError; True if so."""
     if device != "cuda" or dtype != torch.float32:
         return False
-    with pytest.raises(NotImplementedError, match="bf16 and f16"):
+    with pytest.raises(NotImplementedError, match="bfloat16 and float16"):
         run()
     return True
