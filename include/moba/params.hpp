@@ -51,13 +51,14 @@ enum class Backend { automatic, reference, cpu, cuda };
 // Settings of the CUDA backend. The defaults are the measured best; the other values exist so
 // that one process (a test, a benchmark) can run and compare every kernel path.
 struct CudaOptions {
-  // Forward attention kernel. `automatic`: the sm_90a wgmma kernel on a compute capability 9.0
-  // device when the build holds sm_90a code (except MoBA at head_dim 64, faster on mma.sync),
-  // else the sm_80 mma.sync kernel. Asking for `sm90_wgmma` where it cannot run throws
-  // moba::Error(unsupported); `sm80_mma_sync` runs on every supported device.
-  // `sm90_warp_specialized`: the sm_90a kernel with a TMA producer warpgroup, mbarrier
-  // pipeline and two ping-ponged consumer warpgroups (same conditions as sm90_wgmma, plus a
-  // driver that encodes TMA tensor maps); not chosen by `automatic` until measured.
+  // Forward attention kernel. `automatic`: `sm90_warp_specialized` where it can run (the
+  // measured fastest), else the sm_90a wgmma kernel (except MoBA at head_dim 64, faster on
+  // mma.sync), else the sm_80 mma.sync kernel. `sm90_warp_specialized`: the sm_90a kernel with
+  // a TMA producer warpgroup, mbarrier pipeline and two ping-ponged consumer warpgroups; it
+  // needs a compute capability 9.0 device, a build with sm_90a code and a driver that encodes
+  // TMA tensor maps. `sm90_wgmma`: the earlier sm_90a kernel (same device and build needs).
+  // Asking for a kernel where it cannot run throws moba::Error(unsupported); `sm80_mma_sync`
+  // runs on every supported device.
   enum class ForwardKernel { automatic, sm90_wgmma, sm80_mma_sync, sm90_warp_specialized };
   ForwardKernel forward_kernel = ForwardKernel::automatic;
   // sm90_warp_specialized only: persistent CTAs (one per SM walking the tiles, the next tile's

@@ -243,8 +243,13 @@ Engine pick_engine(const Problem& p, const CudaOptions& o) {
              "capability 9.0 device, a build with sm_90a code (MOBA_CUDA_GENCODE) and a driver "
              "with TMA tensor maps; use automatic or sm80_mma_sync");
       return Engine::sm90_ws;
-    case CudaOptions::ForwardKernel::sm90_wgmma:
     case CudaOptions::ForwardKernel::automatic:
+      // Faster than sm90_wgmma on every forward row of the H200 run of 2026-11-29 (dense
+      // 1.2-1.6x, MoBA 1.0-1.5x; bench/results/cuda-h200-2026-11-29.md), where it also passed
+      // every forward test and compute-sanitizer.
+      if (ws_available(p)) return Engine::sm90_ws;
+      break;
+    case CudaOptions::ForwardKernel::sm90_wgmma:
       break;
   }
   return use_hopper(p, o) ? Engine::sm90_wgmma : Engine::sm80;
