@@ -6,7 +6,9 @@
 #include <vector>
 
 #include "core/problem.hpp"
+#include "moba/paged_attention.hpp"
 #include "moba/params.hpp"
+#include "moba/tensor.hpp"
 
 namespace moba::detail {
 
@@ -26,6 +28,13 @@ struct PagedCache {
     return (std::int64_t(row) * hkv + head) * pages_per_seq + page;
   }
 };
+
+// Checks shared by the paged entry points (paged_api.cpp defines them): a contiguous view of
+// rank `ndim`, `dtype` on `device`; and a whole cache (k/v pages, page table, seq lens) against
+// the queries' dtype, device, KV heads and head_dim.
+void check_paged_view(const char* name, const TensorView& t, int ndim, const char* layout,
+                      DType dtype, Device device);
+PagedCache check_paged_cache(const PagedKV& kv, DType dtype, Device device, int hkv, int head_dim);
 
 // Query side of a paged call. `base` carries dtype, device, heads, head_dim, mode and the
 // resolved parameters; base.total / base.batch / base.cu_seqlens describe the query rows

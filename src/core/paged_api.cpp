@@ -13,12 +13,8 @@ namespace moba {
 
 using namespace detail;
 
-namespace {
-
-std::string num(std::int64_t x) { return std::to_string(x); }
-
-void check_view(const char* name, const TensorView& t, int ndim, const char* layout, DType dtype,
-                Device device) {
+void detail::check_paged_view(const char* name, const TensorView& t, int ndim, const char* layout,
+                              DType dtype, Device device) {
   if (t.ndim != ndim) invalid(name, std::to_string(ndim) + " dimensions " + layout, "shape " + t.shape_str());
   if (t.data == nullptr && t.numel() != 0) invalid(name, "a non-null data pointer", "nullptr");
   if (t.dtype != dtype) invalid(name, "dtype " + dtype_name(dtype), dtype_name(t.dtype));
@@ -26,38 +22,18 @@ void check_view(const char* name, const TensorView& t, int ndim, const char* lay
   if (!t.is_contiguous()) invalid(name, "a contiguous tensor", "non-contiguous strides");
 }
 
+namespace {
+
+std::string num(std::int64_t x) { return std::to_string(x); }
+
 void check_dim(const char* name, const TensorView& t, int d, std::int64_t expected,
                const std::string& what) {
   if (t.shape[d] != expected)
     invalid(name, "shape[" + num(d) + "] = " + num(expected) + " (" + what + ")", "shape " + t.shape_str());
 }
 
-// k/v pages, page table and seq lens, checked against the query's dtype, device and heads.
-PagedCache check_cache(const PagedKV& kv, DType dtype, Device device, int hkv, int head_dim) {
-  check_view("kv.k_pages", kv.k_pages, 3, "[num_pages, page_size, head_dim]", dtype, device);
-  check_view("kv.v_pages", kv.v_pages, 3, "[num_pages, page_size, head_dim]", dtype, device);
-  for (int d = 0; d < 3; ++d) check_dim("kv.v_pages", kv.v_pages, d, kv.k_pages.shape[d], "same as kv.k_pages");
-  check_dim("kv.k_pages", kv.k_pages, 2, head_dim, "head_dim of the queries / new keys");
-  if (kv.k_pages.shape[1] < 1) invalid("kv.k_pages", "page_size >= 1", "shape " + kv.k_pages.shape_str());
-  check_view("kv.page_table", kv.page_table, 3, "[rows, num_kv_heads, pages_per_seq]", DType::i32, device);
-  check_dim("kv.page_table", kv.page_table, 1, hkv, "num_kv_heads");
-  check_view("kv.seq_lens", kv.seq_lens, 1, "[rows]", DType::i32, device);
-  check_dim("kv.seq_lens", kv.seq_lens, 0, kv.page_table.shape[0], "rows of kv.page_table");
-  PagedCache c;
-  c.k_pages = kv.k_pages.data;
-  c.v_pages = kv.v_pages.data;
-  c.page_table = static_cast<const std::int32_t*>(kv.page_table.data);
-  c.seq_lens = static_cast<std::int32_t*>(kv.seq_lens.data);
-  c.num_pages = static_cast<int>(kv.k_pages.shape[0]);
-  c.page_size = static_cast<int>(kv.k_pages.shape[1]);
-  c.rows = static_cast<int>(kv.page_table.shape[0]);
-  c.pages_per_seq = static_cast<int>(kv.page_table.shape[2]);
-  c.hkv = hkv;
-  return c;
-}
-
 void check_means(PagedCache& c, const PagedKV& kv, DType dtype, Device device, int head_dim) {
-  check_view("kv.block_means", kv.block_means, 4, "[rows, num_kv_heads, max_blocks, head_dim]", dtype, device);
+  check_paged_view("kv.block_means", kv.block_means, 4, "[rows, num_kv_heads, max_blocks, head_dim]", dtype, device);
   check_dim("kv.block_means", kv.block_means, 0, c.rows, "rows of kv.page_table");
   check_dim("kv.block_means", kv.block_means, 1, c.hkv, "num_kv_heads");
   check_dim("kv.block_means", kv.block_means, 3, head_dim, "head_dim");
@@ -136,12 +112,38 @@ PagedProblem make_paged(const TensorView& q, const TensorView& cu_seqlens_q, con
   if (kv.page_table.ndim != 3)
     invalid("kv.page_table", "3 dimensions [rows, num_kv_heads, pages_per_seq]", "shape " + kv.page_table.shape_str());
   p.base = query_problem(q, cu_seqlens_q, hkv, params);
-  p.cache = check_cache(kv, p.base.dtype, p.base.device, hkv, p.base.head_dim);
+  p.cache = check_paged_cache(kv, p.base.dtype, p.base.device, hkv, p.base.head_dim);
   set_slots(p, slots);
   return p;
 }
 
 }  // namespace
+
+// k/v pages, page table and seq lens, checked against the query's dtype, device and heads.
+PagedCache detail::check_paged_cache(const PagedKV& kv, DType dtype, Device device, int hkv,
+                                     int head_dim) {
+  check_paged_view("kv.k_pages", kv.k_pages, 3, "[num_pages, page_size, head_dim]", dtype, device);
+  check_paged_view("kv.v_pages", kv.v_pages, 3, "[num_pages, page_size, head_dim]", dtype, device);
+  for (int d = 0; d < 3; ++d) check_dim("kv.v_pages", kv.v_pages, d, kv.k_pages.shape[d], "same as kv.k_pages");
+  check_dim("kv.k_pages", kv.k_pages, 2, head_dim, "head_dim of the queries / new keys");
+  if (kv.k_pages.shape[1] < 1) invalid("kv.k_pages", "page_size >= 1", "shape " + kv.k_pages.shape_str());
+  check_paged_view("kv.page_table", kv.page_table, 3, "[rows, num_kv_heads, pages_per_seq]", DType::i32, device);
+  check_dim("kv.page_table", kv.page_table, 1, hkv, "num_kv_heads");
+  check_paged_view("kv.seq_lens", kv.seq_lens, 1, "[rows]", DType::i32, device);
+  check_dim("kv.seq_lens", kv.seq_lens, 0, kv.page_table.shape[0], "rows of kv.page_table");
+  PagedCache c;
+  c.k_pages = kv.k_pages.data;
+  c.v_pages = kv.v_pages.data;
+  c.page_table = static_cast<const std::int32_t*>(kv.page_table.data);
+  c.seq_lens = static_cast<std::int32_t*>(kv.seq_lens.data);
+  c.num_pages = static_cast<int>(kv.k_pages.shape[0]);
+  c.page_size = static_cast<int>(kv.k_pages.shape[1]);
+  c.rows = static_cast<int>(kv.page_table.shape[0]);
+  c.pages_per_seq = static_cast<int>(kv.page_table.shape[2]);
+  c.hkv = hkv;
+  return c;
+}
+
 
 void paged_moba_gate(const TensorView& q, const TensorView& cu_seqlens_q, const PagedKV& kv,
                      const AttentionParams& params, TensorView selection, const TensorView& slots,
@@ -182,7 +184,7 @@ void kv_append(const TensorView& k_new, const TensorView& v_new, const TensorVie
   PagedProblem p = make_paged(k_new, cu_seqlens_new, kv, AttentionParams::full(), slots);
   if (block_size > 0) {
     check_means(p.cache, kv, p.base.dtype, p.base.device, p.base.head_dim);
-    check_view("kv.block_sums", kv.block_sums, 3, "[rows, num_kv_heads, head_dim]", DType::f64, p.base.device);
+    check_paged_view("kv.block_sums", kv.block_sums, 3, "[rows, num_kv_heads, head_dim]", DType::f64, p.base.device);
     check_dim("kv.block_sums", kv.block_sums, 0, p.cache.rows, "rows of kv.page_table");
     check_dim("kv.block_sums", kv.block_sums, 1, p.cache.hkv, "num_kv_heads");
     check_dim("kv.block_sums", kv.block_sums, 2, p.base.head_dim, "head_dim");

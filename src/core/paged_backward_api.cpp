@@ -15,43 +15,10 @@ namespace {
 
 std::string num(std::int64_t x) { return std::to_string(x); }
 
-void check_contiguous(const char* name, const TensorView& t, int ndim, const char* layout,
-                      DType dtype, Device device) {
-  if (t.ndim != ndim) invalid(name, std::to_string(ndim) + " dimensions " + layout, "shape " + t.shape_str());
-  if (t.data == nullptr && t.numel() != 0) invalid(name, "a non-null data pointer", "nullptr");
-  if (t.dtype != dtype) invalid(name, "dtype " + dtype_name(dtype), dtype_name(t.dtype));
-  if (t.device != device) invalid(name, "device " + device_name(device), device_name(t.device));
-  if (!t.is_contiguous()) invalid(name, "a contiguous tensor", "non-contiguous strides");
-}
-
 void check_same_shape(const char* name, const TensorView& t, const TensorView& like, const char* like_name) {
   for (int d = 0; d < like.ndim; ++d)
     if (t.ndim != like.ndim || t.shape[d] != like.shape[d])
       invalid(name, "shape " + like.shape_str() + " (same as " + like_name + ")", "shape " + t.shape_str());
-}
-
-PagedCache check_cache(const PagedKV& kv, DType dtype, Device device, int head_dim) {
-  check_contiguous("kv.k_pages", kv.k_pages, 3, "[num_pages, page_size, head_dim]", dtype, device);
-  check_contiguous("kv.v_pages", kv.v_pages, 3, "[num_pages, page_size, head_dim]", dtype, device);
-  check_same_shape("kv.v_pages", kv.v_pages, kv.k_pages, "kv.k_pages");
-  if (kv.k_pages.shape[2] != head_dim)
-    invalid("kv.k_pages", "head_dim " + num(head_dim) + " (as q)", "shape " + kv.k_pages.shape_str());
-  if (kv.k_pages.shape[1] < 1) invalid("kv.k_pages", "page_size >= 1", "shape " + kv.k_pages.shape_str());
-  check_contiguous("kv.page_table", kv.page_table, 3, "[rows, num_kv_heads, pages_per_seq]", DType::i32, device);
-  check_contiguous("kv.seq_lens", kv.seq_lens, 1, "[rows]", DType::i32, device);
-  if (kv.seq_lens.shape[0] != kv.page_table.shape[0])
-    invalid("kv.seq_lens", "shape [" + num(kv.page_table.shape[0]) + "] (rows of kv.page_table)", "shape " + kv.seq_lens.shape_str());
-  PagedCache c;
-  c.k_pages = kv.k_pages.data;
-  c.v_pages = kv.v_pages.data;
-  c.page_table = static_cast<const std::int32_t*>(kv.page_table.data);
-  c.seq_lens = static_cast<std::int32_t*>(kv.seq_lens.data);
-  c.num_pages = static_cast<int>(kv.k_pages.shape[0]);
-  c.page_size = static_cast<int>(kv.k_pages.shape[1]);
-  c.rows = static_cast<int>(kv.page_table.shape[0]);
-  c.pages_per_seq = static_cast<int>(kv.page_table.shape[2]);
-  c.hkv = static_cast<int>(kv.page_table.shape[1]);
-  return c;
 }
 
 }  // namespace
@@ -76,12 +43,12 @@ void paged_attention_backward(const TensorView& q, const TensorView& cu_seqlens_
   k_like.shape[1] = hkv;
   PagedProblem p;
   p.base = make_problem(q, k_like, cu_seqlens_q, params);
-  p.cache = check_cache(kv, p.base.dtype, p.base.device, p.base.head_dim);
+  p.cache = check_paged_cache(kv, p.base.dtype, p.base.device, hkv, p.base.head_dim);
   p.include_own_block = args.include_own_block;
   if (!args.slots.empty_view()) {
     if (args.slots.ndim != 1 || args.slots.shape[0] != p.base.batch)
       invalid("args.slots", "int32 [batch] = [" + num(p.base.batch) + "]", "shape " + args.slots.shape_str());
-    check_contiguous("args.slots", args.slots, 1, "[batch]", DType::i32, Device::cpu());
+    check_paged_view("args.slots", args.slots, 1, "[batch]", DType::i32, Device::cpu());
     const auto* s = static_cast<const std::int32_t*>(args.slots.data);
     p.slots.assign(s, s + p.base.batch);
     for (int b = 0; b < p.base.batch; ++b)
@@ -101,8 +68,8 @@ void paged_attention_backward(const TensorView& q, const TensorView& cu_seqlens_
   const DType gd = dk_pages.dtype;
   if (gd != DType::f32 && gd != p.base.dtype)
     invalid("dk_pages", "dtype f32 or " + dtype_name(p.base.dtype) + " (q's)", dtype_name(gd));
-  check_contiguous("dk_pages", dk_pages, 3, "[num_pages, page_size, head_dim]", gd, p.base.device);
-  check_contiguous("dv_pages", dv_pages, 3, "[num_pages, page_size, head_dim]", gd, p.base.device);
+  check_paged_view("dk_pages", dk_pages, 3, "[num_pages, page_size, head_dim]", gd, p.base.device);
+  check_paged_view("dv_pages", dv_pages, 3, "[num_pages, page_size, head_dim]", gd, p.base.device);
   check_same_shape("dk_pages", dk_pages, kv.k_pages, "kv.k_pages");
   check_same_shape("dv_pages", dv_pages, kv.k_pages, "kv.k_pages");
   cpu_paged_attention_backward(p, io, d_out, d_q, l, dk_pages.data, dv_pages.data, gd, options);
