@@ -96,6 +96,31 @@ struct FeedPlan {
   int max_seqlen_extra = 0;  // cache capacity beyond the longest sequence (split-KV)
 };
 
+// 16 query heads per KV head (more than one GPU CTA serves), every mode, fed in the chunks of
+// wide_query_group_plan (prompt, decode steps, chunked prefill; an empty first chunk): the
+// wide-group case both backends' tests run.
+inline Shape wide_query_group_shape(Mode mode) {
+  Shape s;
+  s.seqlens = {300, 77};
+  s.hq = 32, s.hkv = 2, s.d = 64, s.dtype = DType::f16;
+  if (mode == Mode::full) s.params = AttentionParams::full();
+  if (mode == Mode::moba) s.params = AttentionParams::moba_blocks(32, 3);
+  if (mode == Mode::moa) {
+    MoaHeads h;
+    h.sink = 8;
+    for (int i = 0; i < s.hq; ++i) h.alpha.push_back(float(4 + 5 * i)), h.beta.push_back(0.05f * (i % 4));
+    s.params = AttentionParams::moa_heads(h);
+  }
+  return s;
+}
+
+inline FeedPlan wide_query_group_plan() {
+  FeedPlan plan;
+  plan.page_size = 16;
+  plan.chunks = {{200, 1, 1, 98}, {0, 70, 7}};
+  return plan;
+}
+
 inline FeedPlan random_plan(std::mt19937& rng, const Shape& s) {
   auto uni = [&](int lo, int hi) { return std::uniform_int_distribution<int>(lo, hi)(rng); };
   FeedPlan f;

@@ -163,21 +163,9 @@ TEST(CpuPaged, ChunkedDecodeMatchesOneShotPrefill) {
 // tests/cuda/test_cuda_decode.cpp runs the same shapes).
 TEST(CpuPaged, WideQueryGroups) {
   for (Mode mode : {Mode::full, Mode::moba, Mode::moa}) {
-    Shape s;
-    s.seqlens = {300, 77};
-    s.hq = 32, s.hkv = 2, s.d = 64, s.dtype = DType::f16;
-    if (mode == Mode::full) s.params = AttentionParams::full();
-    if (mode == Mode::moba) s.params = AttentionParams::moba_blocks(32, 3);
-    if (mode == Mode::moa) {
-      MoaHeads h;
-      h.sink = 8;
-      for (int i = 0; i < s.hq; ++i) h.alpha.push_back(float(4 + 5 * i)), h.beta.push_back(0.05f * (i % 4));
-      s.params = AttentionParams::moa_heads(h);
-    }
+    const Shape s = wide_query_group_shape(mode);
     Inputs in = make_inputs(s, 11);
-    FeedPlan plan;
-    plan.page_size = 16;
-    plan.chunks = {{200, 1, 1, 98}, {0, 70, 7}};
+    const FeedPlan plan = wide_query_group_plan();
     int near_ties = 0;
     double worst = 0;
     check_against_prefill(s, in, feed(s, in, plan), near_ties, worst);
