@@ -1,4 +1,5 @@
-# Shared by the device-run scripts (source it): a deadline for the whole call, steps that each
+# Shared by the device-run scripts (source it; stage their carried deps first with
+# scripts/device/stage_deps.sh): a deadline for the whole call, steps that each
 # get what is left of it, logs under $OUT (what comes back from the GPU machine).
 # shellcheck shell=bash
 OUT=${OUT:-/tmp/moba-out}
