@@ -10,6 +10,7 @@
 #include "core/backends.hpp"
 #include "cpu/microkernels.hpp"
 #include "cpu/tiles.hpp"
+#include "cpu/top_blocks.hpp"
 #include "cpu/work.hpp"
 
 namespace moba::detail {
@@ -17,28 +18,6 @@ namespace moba::detail {
 namespace cpu {
 namespace {
 
-// The keep = min(K, own) best of scores[0 .. own), as ascending block indices; ties -> earlier.
-int top_blocks(const float* scores, int own, int K, int* best, float* best_score) {
-  if (K >= own) {  // every past block is kept: no comparison needed
-    for (int j = 0; j < own; ++j) best[j] = j;
-    return own;
-  }
-  int count = 0;
-  for (int j = 0; j < own; ++j) {
-    const float s = scores[j];
-    // j is later than every kept block, so it must beat the worst strictly to enter.
-    if (count == K && !(s > best_score[K - 1])) continue;
-    int pos = count < K ? count++ : K - 1;
-    for (; pos > 0 && best_score[pos - 1] < s; --pos) {
-      best_score[pos] = best_score[pos - 1];
-      best[pos] = best[pos - 1];
-    }
-    best_score[pos] = s;
-    best[pos] = j;
-  }
-  std::sort(best, best + count);
-  return count;
-}
 
 template <int D>
 void gate(const Problem& p, const Operand& q, const Operand& k, std::int32_t* selection, int threads) {

@@ -23,6 +23,7 @@
 #include "core/paged.hpp"
 #include "core/validate.hpp"
 #include "core/visibility.hpp"
+#include "cpu/top_blocks.hpp"
 
 namespace moba::detail {
 
@@ -342,24 +343,6 @@ class PagedAttention {
   ErrorSlot err_;
 };
 
-// The keep = min(K, own) highest of scores[0 .. own) as ascending block indices; equal scores
-// go to the earlier block (docs/semantics.md "Selection").
-int top_blocks(const float* scores, int own, int K, int* best, float* best_score) {
-  int count = 0;
-  for (int j = 0; j < own; ++j) {
-    const float s = scores[j];
-    if (count == K && !(s > best_score[K - 1])) continue;  // later block must win strictly
-    int pos = count < K ? count++ : K - 1;
-    for (; pos > 0 && best_score[pos - 1] < s; --pos) {
-      best_score[pos] = best_score[pos - 1];
-      best[pos] = best[pos - 1];
-    }
-    best_score[pos] = s;
-    best[pos] = j;
-  }
-  std::sort(best, best + count);
-  return count;
-}
 
 }  // namespace
 
@@ -402,7 +385,7 @@ void cpu_paged_gate(const PagedProblem& p, const Operand& q, std::int32_t* selec
           to_float(means, std::int64_t(j) * D, p.base.dtype, D, mean.data());
           scores[j] = dot(qf.data(), mean.data(), D);
         }
-        const int kept = top_blocks(scores.data(), own, K, best.data(), best_score.data());
+        const int kept = cpu::top_blocks(scores.data(), own, K, best.data(), best_score.data());
         std::copy(best.begin(), best.begin() + kept, out);
       }
     }
