@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "core/dtype.hpp"
+#include "moba/kv_cache.hpp"
 #include "test_support.hpp"
 
 namespace moba::testing {
@@ -119,6 +120,98 @@ inline FeedPlan wide_query_group_plan() {
   plan.page_size = 16;
   plan.chunks = {{200, 1, 1, 98}, {0, 70, 7}};
   return plan;
+}
+
+// The cache a plan feeds a shape into: every sequence fits, rows scattered over 2 * batch + 1
+// (feed_slots), MoBA means kept when the shape is MoBA.
+inline KVCacheConfig feed_cache_config(const Shape& s, const FeedPlan& plan) {
+  const int batch = static_cast<int>(s.seqlens.size());
+  KVCacheConfig c;
+  c.dtype = s.dtype;
+  c.num_q_heads = s.hq;
+  c.num_kv_heads = s.hkv;
+  c.head_dim = s.d;
+  c.page_size = plan.page_size;
+  c.max_rows = 2 * batch + 1;
+  c.max_seqlen = std::max(1, *std::max_element(s.seqlens.begin(), s.seqlens.end())) + plan.max_seqlen_extra;
+  c.num_pages = 0;
+  for (int len : s.seqlens) c.num_pages += (len + c.page_size - 1) / c.page_size * s.hkv;
+  c.num_pages = std::max(c.num_pages, 1);
+  c.block_size = s.params.mode == Mode::moba ? s.params.block_size : 0;
+  c.moa_evict = plan.moa_evict;
+  c.moa = s.params.moa;
+  c.max_chunk = plan.max_chunk;
+  return c;
+}
+
+// Cache row of each sequence: scattered, from the last row down.
+inline std::vector<int> feed_slots(const KVCacheConfig& c, int batch) {
+  std::vector<int> slot(batch);
+  for (int b = 0; b < batch; ++b) slot[b] = c.max_rows - 1 - 2 * b;
+  return slot;
+}
+
+// One step of a plan: the sequences that get a chunk, where in the sequence it starts, its
+// length, its cache row, the chunk offsets (cu_seqlens of the step) and the sequences' offsets
+// in the packed inputs.
+struct FeedStep {
+  std::vector<int> seqs, from, n, slots, cu{0}, cu_src;
+};
+
+inline std::vector<FeedStep> feed_steps(const FeedPlan& plan, const std::vector<int>& in_cu,
+                                        const std::vector<int>& slot) {
+  const int batch = static_cast<int>(plan.chunks.size());
+  std::size_t steps = 0;
+  for (const auto& ch : plan.chunks) steps = std::max(steps, ch.size());
+  std::vector<int> done(batch, 0);
+  std::vector<FeedStep> out;
+  for (std::size_t step = 0; step < steps; ++step) {
+    FeedStep st;
+    for (int b = 0; b < batch; ++b) {
+      if (step >= plan.chunks[b].size()) continue;
+      st.seqs.push_back(b);
+      st.from.push_back(done[b]);
+      st.n.push_back(plan.chunks[b][step]);
+      st.slots.push_back(slot[b]);
+      st.cu.push_back(st.cu.back() + st.n.back());
+      st.cu_src.push_back(in_cu[b]);
+      done[b] += plan.chunks[b][step];
+    }
+    if (!st.seqs.empty()) out.push_back(std::move(st));
+  }
+  return out;
+}
+
+// A Fed for the shape, every output poisoned until a step writes it.
+inline Fed empty_fed(const Shape& s) {
+  const std::int64_t T = s.total();
+  const int K = std::max(s.params.topk - 1, 0);
+  Fed r;
+  r.out = HostTensor(s.dtype, {T, s.hq, s.d});
+  r.out.fill(0.0);
+  r.lse.assign(std::size_t(s.hq) * T, 0.f);
+  r.selection.assign(std::size_t(T) * s.hq * K, -5);
+  r.chunk_end.assign(T, 0);
+  return r;
+}
+
+// A step's results (out [tq, hq, D], lse [hq, tq], selection [tq, hq, K]) into r's packed layout.
+inline void scatter_step(Fed& r, const Shape& s, const FeedStep& st, const std::vector<int>& in_cu,
+                         const HostTensor& out, const std::vector<float>& lse,
+                         const std::vector<std::int32_t>& sel) {
+  const std::int64_t T = s.total(), tq = st.cu.back();
+  const int K = std::max(s.params.topk - 1, 0);
+  const std::size_t es = dtype_size(s.dtype), row = std::size_t(s.hq) * s.d;
+  for (std::size_t i = 0; i < st.seqs.size(); ++i) {
+    const int b = st.seqs[i];
+    for (int j = 0; j < st.n[i]; ++j) {
+      const std::int64_t src = st.cu[i] + j, dst = in_cu[b] + st.from[i] + j;
+      std::memcpy(&r.out.bytes[dst * row * es], &out.bytes[src * row * es], row * es);
+      for (int h = 0; h < s.hq; ++h) r.lse[std::size_t(h) * T + dst] = lse[std::size_t(h) * tq + src];
+      if (K > 0) std::copy_n(&sel[src * s.hq * K], s.hq * K, &r.selection[dst * s.hq * K]);
+      r.chunk_end[dst] = st.from[i] + st.n[i];
+    }
+  }
 }
 
 inline FeedPlan random_plan(std::mt19937& rng, const Shape& s) {

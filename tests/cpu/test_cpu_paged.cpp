@@ -47,80 +47,34 @@ struct CacheStorage {
 };
 
 Fed feed(const Shape& s, const Inputs& in, const FeedPlan& plan) {
-  const int batch = static_cast<int>(s.seqlens.size()), T = s.total(), K = std::max(s.params.topk - 1, 0);
-  KVCacheConfig c;
-  c.dtype = s.dtype;
-  c.num_q_heads = s.hq;
-  c.num_kv_heads = s.hkv;
-  c.head_dim = s.d;
-  c.page_size = plan.page_size;
-  c.max_rows = 2 * batch + 1;
-  c.max_seqlen = std::max(1, *std::max_element(s.seqlens.begin(), s.seqlens.end()));
-  c.num_pages = 0;
-  for (int len : s.seqlens) c.num_pages += (len + c.page_size - 1) / c.page_size * s.hkv;
-  c.num_pages = std::max(c.num_pages, 1);
-  c.block_size = s.params.mode == Mode::moba ? s.params.block_size : 0;
-  c.moa_evict = plan.moa_evict;
-  c.moa = s.params.moa;
-  c.max_chunk = plan.max_chunk;
+  const int batch = static_cast<int>(s.seqlens.size()), K = std::max(s.params.topk - 1, 0);
+  const KVCacheConfig c = feed_cache_config(s, plan);
   CacheStorage storage(c);
   PagedKVCache cache(c, storage.view);
-  std::vector<int> slot(batch);
-  for (int b = 0; b < batch; ++b) slot[b] = c.max_rows - 1 - 2 * b;  // scattered rows
-
-  Fed r;
-  r.out = HostTensor(s.dtype, {T, s.hq, s.d});
-  r.out.fill(0.0);
-  r.lse.assign(std::size_t(s.hq) * T, 0.f);
-  r.selection.assign(std::size_t(T) * s.hq * K, -5);
-  r.chunk_end.assign(T, 0);
+  const std::vector<int> slot = feed_slots(c, batch);
+  Fed r = empty_fed(s);
   RunOptions o;
   o.num_threads = plan.threads;
-  std::size_t steps = 0;
-  for (const auto& ch : plan.chunks) steps = std::max(steps, ch.size());
-  std::vector<int> done(batch, 0);
-  for (std::size_t step = 0; step < steps; ++step) {
-    std::vector<int> from, n, slots, seqs, cu{0};
-    for (int b = 0; b < batch; ++b) {
-      if (step >= plan.chunks[b].size()) continue;
-      seqs.push_back(b);
-      from.push_back(done[b]);
-      n.push_back(plan.chunks[b][step]);
-      slots.push_back(slot[b]);
-      cu.push_back(cu.back() + n.back());
-    }
-    if (seqs.empty()) continue;
-    std::vector<int> cu_src;  // the gathered sequences' offsets in the packed inputs
-    for (int b : seqs) cu_src.push_back(in.cu[b]);
-    const HostTensor k = gather_rows(in.k, cu_src, from, n), v = gather_rows(in.v, cu_src, from, n);
-    HostTensor q = gather_rows(in.q, cu_src, from, n);
-    const std::int64_t tq = cu.back();
+  for (const FeedStep& st : feed_steps(plan, in.cu, slot)) {
+    const HostTensor k = gather_rows(in.k, st.cu_src, st.from, st.n), v = gather_rows(in.v, st.cu_src, st.from, st.n);
+    HostTensor q = gather_rows(in.q, st.cu_src, st.from, st.n);
+    const std::int64_t tq = st.cu.back();
+    std::vector<int> cu = st.cu;
     TensorView cu_view = TensorView::contiguous(cu.data(), DType::i32, Device::cpu(), {std::int64_t(cu.size())});
     HostTensor kk = k, vv = v;
-    cache.append(kk.view(), vv.view(), cu_view, slots, o);
+    cache.append(kk.view(), vv.view(), cu_view, st.slots, o);
     HostTensor out(s.dtype, {tq, s.hq, s.d});
     std::vector<float> lse(std::size_t(s.hq) * tq + 1);
     std::vector<std::int32_t> sel(std::size_t(tq) * s.hq * K + 1);
     TensorView sel_view = s.params.mode == Mode::moba
                               ? TensorView::contiguous(sel.data(), DType::i32, Device::cpu(), {tq, s.hq, K})
                               : TensorView{};
-    cache.attend(q.view(), cu_view, slots, s.params, out.view(),
+    cache.attend(q.view(), cu_view, st.slots, s.params, out.view(),
                  TensorView::contiguous(lse.data(), DType::f32, Device::cpu(), {s.hq, tq}), sel_view, o);
     r.max_used_pages = std::max(r.max_used_pages, cache.used_pages());
-    // Scatter into the packed layout.
-    const std::size_t es = dtype_size(s.dtype), row = std::size_t(s.hq) * s.d;
-    for (std::size_t i = 0; i < seqs.size(); ++i) {
-      const int b = seqs[i];
-      for (int j = 0; j < n[i]; ++j) {
-        const std::int64_t src = cu[i] + j, dst = in.cu[b] + from[i] + j;
-        std::memcpy(&r.out.bytes[dst * row * es], &out.bytes[src * row * es], row * es);
-        for (int h = 0; h < s.hq; ++h) r.lse[std::size_t(h) * T + dst] = lse[std::size_t(h) * tq + src];
-        if (K > 0) std::copy_n(&sel[src * s.hq * K], s.hq * K, &r.selection[dst * s.hq * K]);
-        r.chunk_end[dst] = from[i] + n[i];
-      }
-      done[b] += n[i];
-      EXPECT_EQ(cache.seq_len(slot[b]), done[b]);
-    }
+    scatter_step(r, s, st, in.cu, out, lse, sel);
+    for (std::size_t i = 0; i < st.seqs.size(); ++i)
+      EXPECT_EQ(cache.seq_len(slot[st.seqs[i]]), st.from[i] + st.n[i]);
   }
   // Incremental block means against recomputed ones (exactly: same fp64 sums, same rounding).
   if (c.block_size > 0)

@@ -70,61 +70,27 @@ struct GpuCache {
 };
 
 Fed gpu_feed(const Shape& s, const Inputs& in, const FeedPlan& plan, std::vector<double>* means_out = nullptr) {
-  const int batch = static_cast<int>(s.seqlens.size()), T = s.total(), K = std::max(s.params.topk - 1, 0);
-  KVCacheConfig c;
-  c.dtype = s.dtype;
-  c.num_q_heads = s.hq;
-  c.num_kv_heads = s.hkv;
-  c.head_dim = s.d;
-  c.page_size = plan.page_size;
-  c.max_rows = 2 * batch + 1;
-  c.max_seqlen = std::max(1, *std::max_element(s.seqlens.begin(), s.seqlens.end())) + plan.max_seqlen_extra;
-  c.num_pages = 0;
-  for (int len : s.seqlens) c.num_pages += (len + c.page_size - 1) / c.page_size * s.hkv;
-  c.num_pages = std::max(c.num_pages, 1);
-  c.block_size = s.params.mode == Mode::moba ? s.params.block_size : 0;
-  c.moa_evict = plan.moa_evict;
-  c.moa = s.params.moa;
-  c.max_chunk = plan.max_chunk;
+  const int batch = static_cast<int>(s.seqlens.size()), K = std::max(s.params.topk - 1, 0);
+  const KVCacheConfig c = feed_cache_config(s, plan);
   GpuCache gc(c);
-  std::vector<int> slot(batch);
-  for (int b = 0; b < batch; ++b) slot[b] = c.max_rows - 1 - 2 * b;
-  Fed r;
-  r.out = HostTensor(s.dtype, {T, s.hq, s.d});
-  r.lse.assign(std::size_t(s.hq) * T, 0.f);
-  r.selection.assign(std::size_t(T) * s.hq * K, -5);
-  r.chunk_end.assign(T, 0);
+  const std::vector<int> slot = feed_slots(c, batch);
+  Fed r = empty_fed(s);
   RunOptions o;
   o.backend = Backend::cuda;
-  std::size_t steps = 0;
-  for (const auto& ch : plan.chunks) steps = std::max(steps, ch.size());
-  std::vector<int> done(batch, 0);
-  const std::size_t es = dtype_size(s.dtype);
-  for (std::size_t step = 0; step < steps; ++step) {
-    std::vector<int> from, n, slots, seqs, cu{0};
-    for (int b = 0; b < batch; ++b) {
-      if (step >= plan.chunks[b].size()) continue;
-      seqs.push_back(b);
-      from.push_back(done[b]);
-      n.push_back(plan.chunks[b][step]);
-      slots.push_back(slot[b]);
-      cu.push_back(cu.back() + n.back());
-    }
-    if (seqs.empty()) continue;
-    std::vector<int> src;
-    for (int b : seqs) src.push_back(in.cu[b]);
-    const HostTensor k = gather_rows(in.k, src, from, n), v = gather_rows(in.v, src, from, n),
-                     q = gather_rows(in.q, src, from, n);
-    const std::int64_t tq = cu.back();
+  for (const FeedStep& st : feed_steps(plan, in.cu, slot)) {
+    const HostTensor k = gather_rows(in.k, st.cu_src, st.from, st.n), v = gather_rows(in.v, st.cu_src, st.from, st.n),
+                     q = gather_rows(in.q, st.cu_src, st.from, st.n);
+    const std::int64_t tq = st.cu.back();
     DevBuf dk(k.bytes.size()), dv(v.bytes.size()), dq(q.bytes.size()), dout(q.bytes.size());
     DevBuf dl(std::size_t(s.hq) * tq * 4), ds(std::size_t(tq) * s.hq * K * 4);
     dk.up(k.bytes.data());
     dv.up(v.bytes.data());
     dq.up(q.bytes.data());
+    std::vector<int> cu = st.cu;
     TensorView cu_view = TensorView::contiguous(cu.data(), DType::i32, Device::cpu(), {std::int64_t(cu.size())});
-    gc.cache->append(dev_view(dk.p, s.dtype, {tq, s.hkv, s.d}), dev_view(dv.p, s.dtype, {tq, s.hkv, s.d}), cu_view, slots, o);
+    gc.cache->append(dev_view(dk.p, s.dtype, {tq, s.hkv, s.d}), dev_view(dv.p, s.dtype, {tq, s.hkv, s.d}), cu_view, st.slots, o);
     TensorView sel_view = s.params.mode == Mode::moba ? dev_view(ds.p, DType::i32, {tq, s.hq, K}) : TensorView{};
-    gc.cache->attend(dev_view(dq.p, s.dtype, {tq, s.hq, s.d}), cu_view, slots, s.params,
+    gc.cache->attend(dev_view(dq.p, s.dtype, {tq, s.hq, s.d}), cu_view, st.slots, s.params,
                      dev_view(dout.p, s.dtype, {tq, s.hq, s.d}), dev_view(dl.p, DType::f32, {s.hq, tq}), sel_view, o);
     if (cudaDeviceSynchronize() != cudaSuccess) throw std::runtime_error("decode kernels failed");
     HostTensor out(s.dtype, {tq, s.hq, s.d});
@@ -133,18 +99,7 @@ Fed gpu_feed(const Shape& s, const Inputs& in, const FeedPlan& plan, std::vector
     dout.down(out.bytes.data());
     dl.down(lse.data());
     if (K > 0) ds.down(sel.data());
-    const std::size_t row = std::size_t(s.hq) * s.d;
-    for (std::size_t i = 0; i < seqs.size(); ++i) {
-      const int b = seqs[i];
-      for (int j = 0; j < n[i]; ++j) {
-        const std::int64_t sidx = cu[i] + j, didx = in.cu[b] + from[i] + j;
-        std::memcpy(&r.out.bytes[didx * row * es], &out.bytes[sidx * row * es], row * es);
-        for (int h = 0; h < s.hq; ++h) r.lse[std::size_t(h) * T + didx] = lse[std::size_t(h) * tq + sidx];
-        if (K > 0) std::copy_n(&sel[sidx * s.hq * K], s.hq * K, &r.selection[didx * s.hq * K]);
-        r.chunk_end[didx] = from[i] + n[i];
-      }
-      done[b] += n[i];
-    }
+    scatter_step(r, s, st, in.cu, out, lse, sel);
     r.max_used_pages = std::max(r.max_used_pages, gc.cache->used_pages());
   }
   if (means_out && c.block_size > 0) {  // the means of the rows, in the packed order of slots
