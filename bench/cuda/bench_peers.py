@@ -307,8 +307,6 @@ def main():
             if n > args.max_n or (s == "d" and n > args.max_n_d):
                 continue
             p = set(peers)
-            if s != "a":
-                p.discard("bound")
             if str(n) not in args.flex_n.split(",") or s not in ("a", "c"):
                 p.discard("flex")  # each shape compiles anew; the tile mask is quadratic in N
             run_shape(f"{s} B={batch} H={h}/{hkv} blk={block} top{topk}", batch, n, h, hkv, d, block,
