@@ -77,6 +77,17 @@ def bench(fn, budget_ms=1500.0):
         return "error", None
 
 
+def warm_up_gpu(seconds=1.5):
+    """Run dense matrix products until the clocks have left idle: the first row of a run was
+    otherwise timed on a cold GPU (2x slower at 8K than the same call a row later)."""
+    a = torch.randn(4096, 4096, device="cuda", dtype=torch.bfloat16)
+    t0 = time.time()
+    while time.time() - t0 < seconds:
+        for _ in range(20):
+            a @ a
+        torch.cuda.synchronize()
+
+
 # ---- peers -------------------------------------------------------------------------------------
 
 def sdpa(q, k, v, backend, causal=True, bwd=False):
@@ -300,6 +311,7 @@ def main():
     props = torch.cuda.get_device_properties(0)
     print(f"# {props.name}, torch {torch.__version__}, {time.strftime('%Y-%m-%d %H:%M')}, "
           f"{'fwd+bwd' if args.bwd else 'fwd'}")
+    warm_up_gpu()
     print("| suite | N | impl | ms | TFLOP/s (selected) | vs cuDNN | vs flash | of bound | peak GiB |")
     print("|---|---|---|---|---|---|---|---|---|")
     for s in args.suite.split(","):
