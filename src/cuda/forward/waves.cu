@@ -1,5 +1,7 @@
 #include "cuda/forward/waves.hpp"
 
+#include <algorithm>
+
 #include <cub/device/device_scan.cuh>
 
 namespace moba::cuda {
@@ -22,37 +24,68 @@ struct SelArgs {
   const int* blk_off;
 };
 
-// Bucket of selection entry i ([total, hq, past_k] flat), or -1 for an unused slot.
-__device__ __forceinline__ long long bucket_of(const SelArgs& a, long long i, int& tok) {
-  const int j = a.sel[i];
-  if (j < 0) return -1;
-  const long long per_tok = (long long)a.hq * a.past_k;
-  tok = int(i / per_tok);
-  const int rem = int(i - (long long)tok * per_tok);
-  const int h = rem / a.past_k, s = rem - h * a.past_k;
-  const int seq = last_le_w(a.cu, 0, a.batch, tok);
+// Entry (tok, h, s) of the selection, one thread each: y = h * past_k + s (blockIdx.y, strided
+// past the grid's 65535 limit) and
+// consecutive threads take consecutive tokens, so a warp shares (h, s) and lanes whose tokens
+// chose the same block fall into one bucket. Counting and scattering are warp-aggregated (one
+// atomic per distinct bucket in the warp): buckets of few blocks (64 blocks x heads x slots)
+// are a few KB of counters that would otherwise serialise millions of atomics on a handful of
+// L2 slices (ncu: 0.34 ms of a 7 ms forward at 128K, 5% SM busy).
+struct Entry {
+  long long bucket;  // -1: no entry (token out of range, unused slot, nothing planned)
+  int tok;
+};
+
+__device__ __forceinline__ Entry entry_of(const SelArgs& a, int y) {
+  Entry e{-1, int(blockIdx.x * blockDim.x + threadIdx.x)};
+  if (e.tok >= a.total) return e;
+  const int h = y / a.past_k, s = y - h * a.past_k;
+  const int j = a.sel[((long long)e.tok * a.hq + h) * a.past_k + s];
+  if (j < 0) return e;
+  const int seq = last_le_w(a.cu, 0, a.batch, e.tok);
   const int gb = a.blk_off[seq] + j;
   // Never true for a selection the gate wrote; keeps the lists in bounds when it wrote nothing
   // (a cu_seqlens found invalid on the device plans no tiles, the output is poisoned after).
-  if (gb >= a.num_blocks) return -1;
-  return ((long long)s * a.hq + h) * a.num_blocks + gb;
+  if (gb >= a.num_blocks) return e;
+  e.bucket = ((long long)s * a.hq + h) * a.num_blocks + gb;
+  return e;
 }
 
-__global__ void count_kernel(SelArgs a, int* cnt, long long n) {
-  for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n;
-       i += (long long)gridDim.x * blockDim.x) {
-    int tok;
-    const long long b = bucket_of(a, i, tok);
-    if (b >= 0) atomicAdd(cnt + b, 1);
+// The lanes sharing this lane's bucket, and this lane's rank among them.
+struct Group {
+  unsigned lanes;
+  int rank, size;
+  bool leader;
+};
+
+__device__ __forceinline__ Group group_of(long long bucket) {
+  const unsigned lanes = __match_any_sync(0xffffffffu, bucket);
+  const unsigned lane = threadIdx.x & 31u;
+  Group g;
+  g.lanes = lanes;
+  g.rank = __popc(lanes & ((1u << lane) - 1u));
+  g.size = __popc(lanes);
+  g.leader = g.rank == 0;
+  return g;
+}
+
+__global__ void count_kernel(SelArgs a, int* cnt) {
+  for (int y = blockIdx.y; y < a.hq * a.past_k; y += gridDim.y) {
+    const Entry e = entry_of(a, y);
+    const Group g = group_of(e.bucket);
+    if (e.bucket >= 0 && g.leader) atomicAdd(cnt + e.bucket, g.size);
   }
 }
 
-__global__ void scatter_kernel(SelArgs a, int* cnt, const int* off, int* rows, long long n) {
-  for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n;
-       i += (long long)gridDim.x * blockDim.x) {
-    int tok;
-    const long long b = bucket_of(a, i, tok);
-    if (b >= 0) rows[off[b] + atomicSub(cnt + b, 1) - 1] = tok;
+// cnt holds the counts on entry; each group takes the top g.size free places of its bucket.
+__global__ void scatter_kernel(SelArgs a, int* cnt, const int* off, int* rows) {
+  for (int y = blockIdx.y; y < a.hq * a.past_k; y += gridDim.y) {
+    const Entry e = entry_of(a, y);
+    const Group g = group_of(e.bucket);
+    int top = 0;
+    if (e.bucket >= 0 && g.leader) top = atomicSub(cnt + e.bucket, g.size);
+    top = __shfl_sync(0xffffffffu, top, __ffs(g.lanes) - 1);
+    if (e.bucket >= 0) rows[off[e.bucket] + top - g.size + g.rank] = e.tok;
   }
 }
 
@@ -90,13 +123,14 @@ WaveLists build_wave_lists(const std::int32_t* sel, int total, int hq, int past_
   w.rows = ws.alloc<int>(nsel > 0 ? nsel : 1, "MoBA row lists");
   MOBA_CUDA_CHECK(cudaMemsetAsync(cnt, 0, nb1 * sizeof(int), ws.stream()));
   SelArgs a{sel, total, hq, past_k, batch, num_blocks, cu, blk_off};
+  const dim3 entry_grid(unsigned((total + 255) / 256), unsigned(std::min(hq * past_k, 65535)));
   if (nsel > 0) {
-    count_kernel<<<grid_for(nsel), 256, 0, ws.stream()>>>(a, cnt, nsel);
+    count_kernel<<<entry_grid, 256, 0, ws.stream()>>>(a, cnt);
     MOBA_CUDA_LAUNCH_CHECK();
   }
   exclusive_scan(cnt, w.bucket_off, nb1, ws);
   if (nsel > 0) {
-    scatter_kernel<<<grid_for(nsel), 256, 0, ws.stream()>>>(a, cnt, w.bucket_off, w.rows, nsel);
+    scatter_kernel<<<entry_grid, 256, 0, ws.stream()>>>(a, cnt, w.bucket_off, w.rows);
     MOBA_CUDA_LAUNCH_CHECK();
   }
   tile_count_kernel<<<grid_for(nb1), 256, 0, ws.stream()>>>(w.bucket_off, tcnt, w.num_buckets, tile_rows);
