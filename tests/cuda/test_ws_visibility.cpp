@@ -157,6 +157,10 @@ void check_gather(const Shape& s, std::mt19937& rng) {
   a.rows = rows.data();
   a.bucket_off = boff.data();
   a.btile_off = toff.data();
+  std::vector<int> tile_bucket;  // as build_wave_lists writes it
+  for (long long b = 0; b < nbk; ++b)
+    for (int t = toff[b]; t < toff[b + 1]; ++t) tile_bucket.push_back(int(b));
+  a.tile_bucket = tile_bucket.data();
   std::vector<int> seen(sel.size(), 0);
   for (int sl = 0; sl < past; ++sl) {
     a.wave = sl;

@@ -44,6 +44,8 @@ struct AttnParams {
   const int* rows;        // token indices, grouped by bucket
   const int* bucket_off;  // [num_buckets + 1]
   const int* btile_off;   // [num_buckets + 1] prefix of ceil(count / 64)
+  const int* tile_bucket;  // [btile_off[num_buckets]] bucket of each tile (128-row tiles; the
+                           // warp-specialised kernel resolves a tile with it in one load)
   int bucket_begin, bucket_end;  // this wave's buckets: (wave * hq + h) * num_blocks + gb
 };
 

@@ -415,6 +415,7 @@ void run_attention(const Problem& p, const Forward& f, const RunOptions& o, cons
   a.rows = w.rows;
   a.bucket_off = w.bucket_off;
   a.btile_off = w.btile_off;
+  a.tile_bucket = w.tile_bucket;
   for (int s = 0; s < p.past_k(); ++s) {
     const long long rows_s = rows_with_slot(p, s);
     if (rows_s == 0) break;

@@ -131,7 +131,7 @@ struct Visibility<kGatherWave> {
   }
   MOBA_WS_HD static void tile(const AttnParams& p, int item, WsTile& w) {
     const int i = p.btile_off[p.bucket_begin] + item;
-    const int b = ws_last_le(p.btile_off, p.bucket_begin, p.bucket_end, i);
+    const int b = p.tile_bucket[i];
     const int local = b - p.bucket_begin;
     w.h = local / p.num_blocks;
     const int gb = local - w.h * p.num_blocks;

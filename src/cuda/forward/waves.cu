@@ -95,6 +95,13 @@ __global__ void tile_count_kernel(const int* off, int* tcnt, long long nb, int t
     tcnt[b] = b < nb ? (off[b + 1] - off[b] + tile_rows - 1) / tile_rows : 0;
 }
 
+// One thread per bucket writes its tiles' entries of tile_bucket.
+__global__ void tile_bucket_kernel(const int* btile_off, int* tile_bucket, long long nb) {
+  for (long long b = blockIdx.x * (long long)blockDim.x + threadIdx.x; b < nb;
+       b += (long long)gridDim.x * blockDim.x)
+    for (int t = btile_off[b]; t < btile_off[b + 1]; ++t) tile_bucket[t] = int(b);
+}
+
 void exclusive_scan(const int* in, int* out, long long n, Workspace& ws) {
   std::size_t bytes = 0;
   MOBA_CUDA_CHECK(cub::DeviceScan::ExclusiveSum(nullptr, bytes, in, out, n, ws.stream()));
@@ -136,6 +143,12 @@ WaveLists build_wave_lists(const std::int32_t* sel, int total, int hq, int past_
   tile_count_kernel<<<grid_for(nb1), 256, 0, ws.stream()>>>(w.bucket_off, tcnt, w.num_buckets, tile_rows);
   MOBA_CUDA_LAUNCH_CHECK();
   exclusive_scan(tcnt, w.btile_off, nb1, ws);
+  // tiles = sum of ceil(count_b / tile_rows) <= nsel / tile_rows + (non-empty buckets)
+  const long long tile_bound = nsel / tile_rows + std::min<long long>(w.num_buckets, nsel) + 1;
+  w.tile_bucket = ws.alloc<int>(tile_bound, "MoBA tile buckets");
+  tile_bucket_kernel<<<grid_for(w.num_buckets), 256, 0, ws.stream()>>>(w.btile_off, w.tile_bucket,
+                                                                      w.num_buckets);
+  MOBA_CUDA_LAUNCH_CHECK();
   return w;
 }
 

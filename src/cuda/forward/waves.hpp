@@ -4,6 +4,8 @@
 //                                           irrelevant: each row is computed independently)
 //   btile_off[b]                            prefix of ceil(count_b / tile_rows): row tiles
 //                                           (64 for attn_kernel.cuh, 128 for the sm_90a path)
+//   tile_bucket[t]                          the bucket of tile t (btile_off[b] <= t <
+//                                           btile_off[b + 1]): a tile's bucket in one load
 // Index lists only (int32, the size of the selection itself); no per-top-k output workspace.
 #pragma once
 
@@ -17,6 +19,7 @@ struct WaveLists {
   int* rows = nullptr;
   int* bucket_off = nullptr;  // [num_buckets + 1]
   int* btile_off = nullptr;   // [num_buckets + 1]
+  int* tile_bucket = nullptr;  // [tiles] the bucket of each tile (tiles <= tile_bound)
   std::int64_t num_buckets = 0;
 };
 

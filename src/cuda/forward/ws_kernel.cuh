@@ -3,9 +3,13 @@
 // hopper_kernel.cuh (128-row tiles: the 128-row tables), same swizzled shared-memory tiles and
 // wgmma shapes; what changes is who does what:
 //   persistent CTAs (one per SM), each walking work items (tiles) blockIdx.x, + gridDim.x, ...
-//   warpgroup 0 = producer (setmaxnreg down to 40 registers): warps 1-3 write each tile's row
-//     tables and copy its Q rows (cp.async: gathered MoBA rows are arbitrary tokens, which a TMA
-//     box cannot name) once the consumers released the previous tile's Q (q_full / q_empty);
+//   warpgroup 0 = producer (setmaxnreg down to 40 registers): warps 1-3 resolve each work item
+//     once (its WsTile and row tokens, into one of two shared slots, tile_full[slot]) a tile
+//     ahead of the consumers, then copy its Q rows (cp.async: gathered MoBA rows are arbitrary
+//     tokens, which a TMA box cannot name) once the consumers released the previous tile's Q
+//     (q_full / q_empty). Resolving a tile is a chain of dependent global loads (a binary search
+//     over the bucket tables); done by the TMA thread and the consumers at every tile start it
+//     stalled the pipeline at each tile boundary (ncu: L1TEX scoreboard the top stall, ~36%);
 //     one thread of warp 0 streams every tile's K and V chunks with TMA (cp.async.bulk.tensor,
 //     128 keys x 64 columns per box, 128-byte swizzle) into kStages buffers, each guarded by
 //     mbarriers k_full / v_full (one arrival + the transaction bytes) and empty (256 consumer
@@ -56,11 +60,21 @@ struct WsTraits {
   static constexpr int kKOff = kQBytes;
   static constexpr int kVOff = kKOff + kStages * kTileBytes;
   static constexpr int kBarOff = kVOff + kStages * kTileBytes;
-  // q_full, q_empty, k_full[S], v_full[S], empty[S]
-  static constexpr int kNumBars = 2 + 3 * kStages;
-  static constexpr int kSmemBytes = 1024 + kBarOff + kNumBars * 8;  // 1 KB: swizzle alignment
+  // q_full, q_empty, k_full[S], v_full[S], empty[S], tile_full[2]
+  static constexpr int kNumBars = 2 + 3 * kStages + 2;
+  static constexpr int kSlotOff = (kBarOff + kNumBars * 8 + 15) / 16 * 16;  // WsTileSlot[2]
+  static constexpr int kRowTokOff = kSlotOff + 128;                        // int[2][kRows]
+  static constexpr int kSmemBytes = 1024 + kRowTokOff + 2 * kRows * 4;  // 1 KB: swizzle alignment
   static_assert(kSmemBytes <= 227 * 1024, "shared memory over the sm_90 opt-in limit");
 };
+
+// A resolved work item, as the producer leaves it in shared memory for the TMA thread and the
+// consumers (two slots: tile n in slot n & 1).
+struct WsTileSlot {
+  WsTile w;
+  int seq_begin;  // token of the sequence's position 0
+};
+static_assert(sizeof(WsTileSlot) <= 64, "two slots in the 128 bytes reserved for them");
 
 // Token of row r of a tile (-1 past its rows): gathered tiles list their rows, dense tiles are
 // consecutive positions from t0.
@@ -119,6 +133,9 @@ __global__ void __launch_bounds__(384, 1)
   auto k_full = [&](int s) { return bar0 + 8u * std::uint32_t(2 + s); };
   auto v_full = [&](int s) { return bar0 + 8u * std::uint32_t(2 + S + s); };
   auto empty = [&](int s) { return bar0 + 8u * std::uint32_t(2 + 2 * S + s); };
+  auto tile_full = [&](int slot) { return bar0 + 8u * std::uint32_t(2 + 3 * S + slot); };
+  WsTileSlot* slots = reinterpret_cast<WsTileSlot*>(base + Tr::kSlotOff);
+  int* row_tok = reinterpret_cast<int*>(base + Tr::kRowTokOff);  // [slot][row]
 
   const int tid = threadIdx.x, wg = tid >> 7, warp = (tid >> 5) & 3, lane = tid & 31;
   const int items = Vis::items(p);  // CTAs take items blockIdx.x, + gridDim.x, ...
@@ -132,6 +149,8 @@ __global__ void __launch_bounds__(384, 1)
       mbar_init(v_full(s), 1);
       mbar_init(empty(s), 2 * 128);  // every consumer thread, after its wgmmas read the chunk
     }
+    mbar_init(tile_full(0), Tr::kQThreads);  // every Q-loading thread, once the slot is written
+    mbar_init(tile_full(1), Tr::kQThreads);
     mbar_fence_init();
   }
   __syncthreads();
@@ -144,12 +163,12 @@ __global__ void __launch_bounds__(384, 1)
       if (lane != 0) return;
       tma_prefetch_map(&maps.k);
       tma_prefetch_map(&maps.v);
-      int s = 0, issued = 0;
+      int s = 0, issued = 0, n = 0;
       std::uint32_t round_parity = 0;  // parity of the round stage s is in
-      for (int item = blockIdx.x; item < items; item += gridDim.x) {
-        WsTile w;
-        Vis::tile(p, item, w);
-        const int seq_begin = p.cu[w.seq];
+      for (int item = blockIdx.x; item < items; item += gridDim.x, ++n) {
+        mbar_wait(tile_full(n & 1), std::uint32_t(n >> 1) & 1u);
+        const WsTile w = slots[n & 1].w;
+        const int seq_begin = slots[n & 1].seq_begin;
         const int hk = w.h / p.group;
         const int n0 = (w.e0 - w.b0 + KN - 1) / KN;
         const int nchunks = n0 + (w.e1 - w.b1 + KN - 1) / KN;
@@ -178,16 +197,25 @@ __global__ void __launch_bounds__(384, 1)
         }
       }
     } else {
-      // warps 1-3: each tile's Q rows (zeros past the tile's rows), once the consumers are done
-      // reading the previous tile's Q
+      // warps 1-3: resolve each tile into its slot (slot n & 1 was last read for tile n - 2,
+      // whose Q the consumers released before this loop's wait for tile n - 1), then its Q rows
+      // (zeros past the tile's rows) once the consumers are done reading the previous tile's Q
       int n = 0;
       for (int item = blockIdx.x; item < items; item += gridDim.x, ++n) {
         WsTile w;
         Vis::tile(p, item, w);
         const int seq_begin = p.cu[w.seq];
+        int* toks = row_tok + (n & 1) * Tr::kRows;
+        for (int r = tid - 32; r < Tr::kRows; r += Tr::kQThreads)
+          toks[r] = ws_row_token<kGather>(p, w, seq_begin, r);
+        if (tid == 32) {
+          slots[n & 1].w = w;
+          slots[n & 1].seq_begin = seq_begin;
+        }
+        mbar_arrive(tile_full(n & 1));
         if (n > 0) mbar_wait(q_empty, std::uint32_t(n - 1) & 1u);
         for (int r = tid - 32; r < Tr::kRows; r += Tr::kQThreads) {
-          const int tok = ws_row_token<kGather>(p, w, seq_begin, r);
+          const int tok = toks[r];  // written by this thread above
           const T* src = static_cast<const T*>(p.q) +
                          (tok >= 0 ? std::int64_t(tok) * p.q_ts + std::int64_t(w.h) * p.q_hs : 0);
 #pragma unroll
@@ -260,8 +288,8 @@ __global__ void __launch_bounds__(384, 1)
   };
   int n = 0;
   for (int item = blockIdx.x; item < items; item += gridDim.x, ++n) {
-    WsTile w;
-    Vis::tile(p, item, w);
+    mbar_wait(q_full, std::uint32_t(n) & 1u);  // this tile's Q rows, slot and row tokens
+    const WsTile w = slots[n & 1].w;
     const Vis vis(p, w);
     const int n0 = (w.e0 - w.b0 + KN - 1) / KN;
     const int nchunks = n0 + (w.e1 - w.b1 + KN - 1) / KN;  // >= 1: a row sees its own position
@@ -280,11 +308,11 @@ __global__ void __launch_bounds__(384, 1)
 
     // this thread's two rows (token, position in the sequence; token -1 past the tile's rows)
     // and this warp's first and last row positions (dense kinds: rows are consecutive)
-    const int seq_begin = p.cu[w.seq];
+    const int seq_begin = slots[n & 1].seq_begin;
     int tok_r[2], pos_r[2];
 #pragma unroll
     for (int i = 0; i < 2; ++i) {
-      tok_r[i] = ws_row_token<kGather>(p, w, seq_begin, i == 0 ? row0 : row1);
+      tok_r[i] = row_tok[(n & 1) * Tr::kRows + (i == 0 ? row0 : row1)];
       pos_r[i] = kGather ? (tok_r[i] >= 0 ? tok_r[i] - seq_begin : 0) : w.t0 + (i == 0 ? row0 : row1);
     }
     const int pos_first = w.t0 + cw * 64 + warp * 16, pos_last = pos_first + 15;
@@ -346,7 +374,6 @@ __global__ void __launch_bounds__(384, 1)
     };
 
     // chunk 0: S_0 and its softmax; O is defined by ordinary instructions, no P V in flight
-    mbar_wait(q_full, std::uint32_t(n) & 1u);  // this tile's Q rows
     mbar_wait(k_full(st), ph);
     my_turn();
     reg_fence<ND * 4>(&o[0][0]);
