@@ -10,7 +10,7 @@
 // updates rare and exact:
 //   - the thread's own K-th best (a score not better than it in (score desc, block asc) order,
 //     i.e. <= it, since columns arrive in ascending block order, cannot enter its list);
-//   - the best of the four K-th bests of the row's quad, refreshed once per chunk: a score
+//   - the best of the four K-th bests of the row's quad, refreshed every 16 columns: a score
 //     strictly below it has K better scores in the row already. Equal scores are kept.
 // At the end the quad merges its four lists (K rounds of a 2-step shuffle arg-max in the
 // (score desc, block asc) order) and the row's lane writes the K winners in ascending block
@@ -57,12 +57,8 @@ constexpr int kEmpty = -1, kPinned = -2;
 // after everything. For two different blocks exactly one is better, NaN included (it falls to
 // the block order), so all lanes of a shuffle reduction agree on the winner.
 __device__ __forceinline__ bool better(float a, int ia, float b, int ib) {
-  if (ib == kPinned) return false;
-  if (ia < 0) return false;
-  if (ib < 0) return true;
-  if (a > b) return true;
-  if (b > a) return false;
-  return ia < ib;
+  // bitwise on purpose: predicated selects, no branches in the (divergent) list updates
+  return (ib != kPinned) & (ia >= 0) & ((ib < 0) | (a > b) | (!(b > a) & (ia < ib)));
 }
 
 // Inserts (v, j) into a list sorted in the selection order and refreshes thr: the K-th best
@@ -247,11 +243,11 @@ __global__ void __launch_bounds__(64 * TP, TP == 2 ? 2 : 1) gate_topk_regs_kerne
               gate_detail::list_insert<KR>(ls[i], li[i], thr[i], v, jt + (x >> 1) * 8 + (x & 1));
           }
         }
-      }
 #pragma unroll
-      for (int i = 0; i < 4; ++i) {  // fmaxf ignores NaN (a list not yet full)
-        float b = fmaxf(thr[i], __shfl_xor_sync(kFull, thr[i], 1));
-        bound[i] = fmaxf(b, __shfl_xor_sync(kFull, b, 2));
+        for (int i = 0; i < 4; ++i) {  // fmaxf ignores NaN (a list not yet full)
+          const float b = fmaxf(thr[i], __shfl_xor_sync(kFull, thr[i], 1));
+          bound[i] = fmaxf(b, __shfl_xor_sync(kFull, b, 2));
+        }
       }
     }
     if (!active) continue;
