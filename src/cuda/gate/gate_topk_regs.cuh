@@ -49,7 +49,7 @@ struct RegGateTraits {
 namespace gate_detail {
 
 // A thread's list of one row: KR slots, best first; K < KR lists start with KR - K slots that
-// hold kPinned, which nothing displaces, so the K-th best is always the last slot (register
+// hold (+inf, kPinned), which nothing displaces, so the K-th best is always the last slot (register
 // arrays need compile-time indices: a run-time slot K - 1 would put the lists in local memory).
 constexpr int kEmpty = -1, kPinned = -2;
 
@@ -62,20 +62,24 @@ __device__ __forceinline__ bool better(float a, int ia, float b, int ib) {
 }
 
 // Inserts (v, j) into a list sorted in the selection order and refreshes thr: the K-th best
-// score once the list is full, NaN before (everything passes).
+// score once the list is full, NaN before (everything passes). j is later than every block in
+// the list (a thread meets its columns in ascending order), so (v, j) goes before the first
+// empty slot or strictly lower score; pinned slots hold +inf and are never passed. The
+// insertion point is a running OR, so a NaN in the list cannot split the shift.
 template <int KR>
 __device__ __forceinline__ void list_insert(float (&ls)[KR], int (&li)[KR], float& thr, float v,
                                             int j) {
+  bool here = false, prev_here = false;
+  float prev_s = 0.f;
+  int prev_i = 0;
 #pragma unroll
   for (int k = 0; k < KR; ++k) {
-    if (better(v, j, ls[k], li[k])) {
-      const float ts = ls[k];
-      const int ti = li[k];
-      ls[k] = v;
-      li[k] = j;
-      v = ts;
-      j = ti;
-    }
+    const float os = ls[k];
+    const int oi = li[k];
+    here = here | (oi == kEmpty) | (v > os);
+    ls[k] = prev_here ? prev_s : (here ? v : os);
+    li[k] = prev_here ? prev_i : (here ? j : oi);
+    prev_s = os, prev_i = oi, prev_here = here;
   }
   thr = li[KR - 1] >= 0 ? ls[KR - 1] : __int_as_float(0x7fffffff);
 }
@@ -179,7 +183,11 @@ __global__ void __launch_bounds__(64 * TP, TP == 2 ? 2 : 1) gate_topk_regs_kerne
     for (int i = 0; i < 4; ++i) {
       thr[i] = bound[i] = __int_as_float(0x7fffffff);  // NaN: no filter yet
 #pragma unroll
-      for (int k = 0; k < KR; ++k) ls[i][k] = 0.f, li[i][k] = k < KR - K ? gate_detail::kPinned : gate_detail::kEmpty;
+      for (int k = 0; k < KR; ++k) {
+        const bool pinned = k < KR - K;
+        ls[i][k] = pinned ? INFINITY : 0.f;
+        li[i][k] = pinned ? gate_detail::kPinned : gate_detail::kEmpty;
+      }
     }
     std::uint32_t qf[2][KD][4];
 
