@@ -313,6 +313,10 @@ void launch_topk_regs(const GateParams& p, cudaStream_t stream) {
   using Tr = RegGateTraits<T, D, TP>;
   MOBA_CUDA_CHECK(cudaFuncSetAttribute(gate_topk_regs_kernel<T, D, KR, TP>,
                                        cudaFuncAttributeMaxDynamicSharedMemorySize, Tr::kSmemBytes));
+  // two 128-row CTAs per SM need 2 x 87 KB (D = 128): ask for the largest shared-memory carveout
+  MOBA_CUDA_CHECK(cudaFuncSetAttribute(gate_topk_regs_kernel<T, D, KR, TP>,
+                                       cudaFuncAttributePreferredSharedMemoryCarveout,
+                                       int(cudaSharedmemCarveoutMaxShared)));
   const int groups = (p.num_tiles + TP - 1) / TP;
   gate_topk_regs_kernel<T, D, KR, TP><<<dim3(groups, p.hq), Tr::kThreads, Tr::kSmemBytes, stream>>>(p);
   MOBA_CUDA_LAUNCH_CHECK();
