@@ -25,6 +25,7 @@
 
 #include <cstdint>
 
+#include "cuda/common/check.hpp"
 #include "cuda/common/mma.cuh"
 #include "cuda/gate/gate_common.cuh"
 #include "cuda/gate/gate_params.hpp"
