@@ -12,7 +12,8 @@
 //                              sm90_warp_specialized (CudaOptions::forward_kernel)
 //   moba_cuda_bench --one-cta-per-tile  sm90_warp_specialized without persistent CTAs
 //   moba_cuda_bench --flashmoba FlashMoBA's setting instead (fp16, 16 heads, batch 2 x N, block
-//                              128, top-8) at 128K and 512K: config (d) of issue 11
+//                              128, top-8) at 8K, 32K, 128K and 512K: config (d) of issue 11;
+//                              the gate alone is timed too, with its share of the forward
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -83,9 +84,9 @@ double pairs(const moba::AttentionParams& p, long long n) {
 void run_flashmoba(const moba::RunOptions& run, cudaEvent_t e0, cudaEvent_t e1) {
   const int H = 16, D = 128, B = 2;
   const moba::AttentionParams params = moba::AttentionParams::moba_blocks(128, 8);
-  std::printf("| N (x2 seqs) | H | config | fwd ms (gate incl.) | gate ms | TFLOP/s (selected work) |\n");
-  std::printf("|---|---|---|---|---|---|\n");
-  for (long long N : {131072LL, 524288LL}) {
+  std::printf("| N (x2 seqs) | H | config | fwd ms (gate incl.) | gate ms | gate share | TFLOP/s (selected work) |\n");
+  std::printf("|---|---|---|---|---|---|---|\n");
+  for (long long N : {8192LL, 32768LL, 131072LL, 524288LL}) {
     const long long T = B * N;
     const std::size_t bytes = std::size_t(T) * H * D * 2;
     void *q, *k, *v, *out, *lse, *sel;
@@ -126,8 +127,8 @@ void run_flashmoba(const moba::RunOptions& run, cudaEvent_t e0, cudaEvent_t e1) 
     };
     const double ms = time(fwd), gms = time(gate);
     const double flops = B * pairs(params, N) * 4.0 * D * H;
-    std::printf("| %lldK | %d | moba B=128 top8 fp16 batch 2 | %.3f | %.3f | %.0f |\n", N / 1024, H,
-                ms, gms, flops / ms * 1e-9);
+    std::printf("| %lldK | %d | moba B=128 top8 fp16 batch 2 | %.3f | %.3f | %.0f%% | %.0f |\n", N / 1024,
+                H, ms, gms, 100.0 * gms / ms, flops / ms * 1e-9);
     std::fflush(stdout);
     for (void* p : {q, k, v, out, lse, sel}) CK(cudaFree(p));
   }
@@ -179,7 +180,7 @@ int main(int argc, char** argv) {
     run_flashmoba(run, e0, e1);
     return 0;
   }
-  std::printf("| N | H | config | fwd ms (gate incl.) | gate ms | TFLOP/s (selected work) | dense/this |\n");
+  std::printf("| N | H | config | fwd ms (gate incl.) | gate ms (share) | TFLOP/s (selected work) | dense/this |\n");
   std::printf("|---|---|---|---|---|---|---|\n");
   for (const Size& sz : sizes) {
     const long long N = sz.n;
@@ -267,7 +268,7 @@ int main(int argc, char** argv) {
       const double flops = pairs(c.params, N) * 4.0 * Dc * H;
       char ratio[32] = "-", gtxt[32] = "-";
       if (dense_ms > 0 && Dc == D) std::snprintf(ratio, sizeof ratio, "%.1fx", dense_ms / ms);
-      if (!is_dense) std::snprintf(gtxt, sizeof gtxt, "%.3f", gms);
+      if (!is_dense) std::snprintf(gtxt, sizeof gtxt, "%.3f (%.0f%%)", gms, 100.0 * gms / ms);
       std::printf("| %lldK | %d | %s | %.3f | %s | %.0f | %s |\n", N / 1024, H, c.name, ms, gtxt,
                   flops / ms * 1e-9, ratio);
       std::fflush(stdout);

@@ -2,7 +2,10 @@
 // 1. block_sums_kernel + block_means_finalize: fp64 sums per (full block, KV head), split over
 //    CTAs of 256 rows (exact for bf16/f16 inputs, so the order does not matter), then fp32
 //    divide and rounding to the input dtype, exactly as the reference does.
-// 2. gate_topk_kernel: one CTA = 64 query rows of one head. Scores q . mean for the past blocks
+//    Blocks of at most 256 rows: one CTA per block writes the mean directly (one launch).
+// 2. Top-k. topk - 1 <= 8: gate_topk_regs_kernel (gate_topk_regs.cuh: 128-row CTAs, scores and
+//    per-thread candidate lists in registers). Larger topk:
+//    gate_topk_kernel: one CTA = 64 query rows of one head. Scores q . mean for the past blocks
 //    of the tile's last row run on tensor cores (m16n8k16, fp32 accumulate) 64 blocks at a time
 //    (a row whose own block comes earlier, block_size not a multiple of 64, ignores the blocks
 //    from its own on); each chunk's 64x64 scores
@@ -21,20 +24,12 @@
 
 #include "cuda/common/check.hpp"
 #include "cuda/common/mma.cuh"
+#include "cuda/gate/gate_common.cuh"
 #include "cuda/gate/gate_params.hpp"
+#include "cuda/gate/gate_topk_regs.cuh"
 
 namespace moba::cuda {
 
-namespace gate_detail {
-__device__ __forceinline__ int last_le(const int* a, int lo, int hi, int x) {
-  while (hi - lo > 1) {
-    const int mid = (lo + hi) >> 1;
-    if (a[mid] <= x) lo = mid;
-    else hi = mid;
-  }
-  return lo;
-}
-}  // namespace gate_detail
 
 // Block sums in fp64, split over CTAs of kSumRows rows each and combined by fp64 atomics.
 // Every partial sum of bf16/f16 inputs is exact in fp64 (for any block whose values span fewer
@@ -75,7 +70,11 @@ __global__ void __launch_bounds__(256) block_sums_kernel(const GateParams p, dou
     double t = 0;
 #pragma unroll
     for (int i = 0; i < R; ++i) t += red[i][d];
-    atomicAdd(sums + (std::int64_t(gb) * p.hkv + hk) * D + d, t);
+    const std::int64_t o = (std::int64_t(gb) * p.hkv + hk) * D + d;
+    if (gridDim.z == 1)  // the whole block: its mean, rounded as block_means_finalize does
+      static_cast<T*>(p.means)[o] = Dt<T>::from_float(float(t) / float(p.block_size));
+    else
+      atomicAdd(sums + o, t);
   }
 }
 
@@ -270,26 +269,54 @@ __global__ void __launch_bounds__(128) gate_topk_kernel(const GateParams p) {
   }
 }
 
+// Block means of every full block and KV head: fp64 sums split over CTAs of kSumRows rows
+// (memset + atomics + finalize), or one CTA per block that writes the mean itself when
+// block_size <= kSumRows (one launch: what keeps the gate's fixed cost low at 8K).
 template <class T, int D>
-void launch_gate(const GateParams& p, void* sums_ws, void* stream_v) {
-  const cudaStream_t stream = static_cast<cudaStream_t>(stream_v);
-  if (p.past_k <= 0 || p.num_tiles <= 0) return;  // num_tiles: the grid (exact or a bound)
-  if (p.num_blocks > 0) {
-    const long long n = (long long)p.num_blocks * p.hkv * D;
-    double* sums = static_cast<double*>(sums_ws);
-    MOBA_CUDA_CHECK(cudaMemsetAsync(sums, 0, n * sizeof(double), stream));
-    const int splits = (p.block_size + kSumRows - 1) / kSumRows;
-    block_sums_kernel<T, D><<<dim3(p.num_blocks, p.hkv, splits), 256, 0, stream>>>(p, sums);
-    MOBA_CUDA_LAUNCH_CHECK();
+void launch_block_means(const GateParams& p, void* sums_ws, cudaStream_t stream) {
+  if (p.num_blocks <= 0) return;
+  const int splits = (p.block_size + kSumRows - 1) / kSumRows;
+  const long long n = (long long)p.num_blocks * p.hkv * D;
+  double* sums = static_cast<double*>(sums_ws);
+  if (splits > 1) MOBA_CUDA_CHECK(cudaMemsetAsync(sums, 0, n * sizeof(double), stream));
+  block_sums_kernel<T, D><<<dim3(p.num_blocks, p.hkv, splits), 256, 0, stream>>>(p, sums);
+  MOBA_CUDA_LAUNCH_CHECK();
+  if (splits > 1) {
     const long long blocks = std::min<long long>((n + 255) / 256, 65536);
     block_means_finalize<T, D><<<int(blocks), 256, 0, stream>>>(p, sums, n);
     MOBA_CUDA_LAUNCH_CHECK();
   }
+}
+
+// The shared-memory-list top-k kernel (any past_k up to kGateMaxPastK).
+template <class T, int D>
+void launch_topk_smem(const GateParams& p, cudaStream_t stream) {
   const int smem = GateTraits<T, D>::smem_bytes(p.list_k);
   MOBA_CUDA_CHECK(cudaFuncSetAttribute(gate_topk_kernel<T, D>,
                                        cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
   gate_topk_kernel<T, D><<<dim3(p.num_tiles, p.hq), 128, smem, stream>>>(p);
   MOBA_CUDA_LAUNCH_CHECK();
+}
+
+// The top-k kernel for p: per-thread register lists (gate_topk_regs.cuh) when topk - 1 <=
+// kRegGateMaxK or no row has more past blocks than topk - 1 (no list is then needed), the
+// shared-memory lists of gate_topk_kernel otherwise.
+template <class T, int D>
+void launch_gate_topk(const GateParams& p, cudaStream_t stream) {
+  if (p.list_k == 0 || p.past_k <= 4)
+    launch_topk_regs<T, D, 4, kRegGateTiles>(p, stream);
+  else if (p.past_k <= kRegGateMaxK)
+    launch_topk_regs<T, D, kRegGateMaxK, kRegGateTiles>(p, stream);
+  else
+    launch_topk_smem<T, D>(p, stream);
+}
+
+template <class T, int D>
+void launch_gate(const GateParams& p, void* sums_ws, void* stream_v) {
+  const cudaStream_t stream = static_cast<cudaStream_t>(stream_v);
+  if (p.past_k <= 0 || p.num_tiles <= 0) return;  // num_tiles: the grid (exact or a bound)
+  launch_block_means<T, D>(p, sums_ws, stream);
+  launch_gate_topk<T, D>(p, stream);
 }
 
 }  // namespace moba::cuda

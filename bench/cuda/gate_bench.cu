@@ -1,0 +1,171 @@
+// Times the CUDA MoBA gate's pieces and its top-k kernel variants side by side, and checks on
+// the GPU that the variants select exactly the same blocks (their fp32 scores are the same mma
+// chains, so any difference is a defect):
+//   means     block means (launch_block_means)
+//   smem      gate_topk_kernel: 64-row CTAs, shared-memory lists (the kernel before issue 11)
+//   regs TP=2 gate_topk_regs_kernel, 128-row CTAs (the library's choice for topk - 1 <= 8)
+//   regs TP=4 gate_topk_regs_kernel, 256-row CTAs (half the L2 traffic of the means, 1 CTA/SM)
+// Settings: (d) FlashMoBA's (fp16, 16 heads, batch 2 x N, D 128, block 128, top-8) at 8K-512K
+// and (a) (bf16, 8 heads, one sequence, 64 blocks of N / 64, top-3) at 8K-128K. Medians of 7
+// CUDA-event-timed calls after one warm-up. Usage: moba_cuda_gate_bench [--quick] (8K, 32K).
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstring>
+#include <vector>
+
+#include "cuda/gate/gate_kernel.cuh"
+
+namespace {
+
+using moba::cuda::GateParams;
+
+#define CK(x)                                                              \
+  do {                                                                     \
+    cudaError_t e_ = (x);                                                  \
+    if (e_ != cudaSuccess) {                                               \
+      std::fprintf(stderr, "%s failed: %s\n", #x, cudaGetErrorString(e_)); \
+      std::exit(1);                                                        \
+    }                                                                      \
+  } while (0)
+
+template <class T>
+__global__ void fill_normal(T* x, long long n, unsigned seed) {
+  for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n;
+       i += (long long)gridDim.x * blockDim.x) {
+    unsigned long long z = (unsigned long long)i * 0x9E3779B97F4A7C15ull + seed * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    z ^= z >> 31;
+    const float u1 = ((z & 0xffffffu) + 1) / 16777217.f, u2 = ((z >> 24) & 0xffffffu) / 16777216.f;
+    x[i] = T(sqrtf(-2.f * logf(u1)) * cospif(2.f * u2));
+  }
+}
+
+struct Setting {
+  const char* name;
+  int heads, batch, topk;
+  bool bf16;
+  int block_size(long long n) const { return bf16 ? int(n / 64) : 128; }
+};
+
+template <class F>
+double time_ms(F&& f, cudaEvent_t e0, cudaEvent_t e1) {
+  f();
+  CK(cudaDeviceSynchronize());
+  std::vector<float> ts;
+  for (int i = 0; i < 7; ++i) {
+    CK(cudaEventRecord(e0));
+    f();
+    CK(cudaEventRecord(e1));
+    CK(cudaEventSynchronize(e1));
+    float ms;
+    CK(cudaEventElapsedTime(&ms, e0, e1));
+    ts.push_back(ms);
+  }
+  std::sort(ts.begin(), ts.end());
+  return ts[ts.size() / 2];
+}
+
+template <int KR, class T>
+void run(const Setting& st, long long n, cudaEvent_t e0, cudaEvent_t e1) {
+  constexpr int D = 128;
+  const int H = st.heads, K = st.topk - 1, B = st.block_size(n);
+  const long long total = n * st.batch;
+  const std::size_t bytes = std::size_t(total) * H * D * sizeof(T);
+  void *q, *k, *means, *sums;
+  int* dev_plan;
+  CK(cudaMalloc(&q, bytes));
+  CK(cudaMalloc(&k, bytes));
+  const long long nblocks = (n / B) * st.batch;
+  CK(cudaMalloc(&means, std::max<long long>(nblocks, 1) * H * D * sizeof(T)));
+  CK(cudaMalloc(&sums, std::max<long long>(nblocks, 1) * H * D * sizeof(double)));
+  fill_normal<<<1024, 256>>>(static_cast<T*>(q), total * H * D, 21);
+  fill_normal<<<1024, 256>>>(static_cast<T*>(k), total * H * D, 22);
+  CK(cudaGetLastError());
+  std::vector<int> plan;  // cu, tile_off, blk_off: [batch + 1] each
+  for (int b = 0; b <= st.batch; ++b) plan.push_back(int(b * n));
+  for (int b = 0; b <= st.batch; ++b) plan.push_back(int(b * ((n + 63) / 64)));
+  for (int b = 0; b <= st.batch; ++b) plan.push_back(int(b * (n / B)));
+  CK(cudaMalloc(&dev_plan, plan.size() * 4));
+  CK(cudaMemcpy(dev_plan, plan.data(), plan.size() * 4, cudaMemcpyHostToDevice));
+  const std::size_t sel_n = std::size_t(total) * H * K;
+  std::int32_t* sel[3];
+  for (auto& s : sel) CK(cudaMalloc(&s, sel_n * 4));
+
+  GateParams p{};
+  p.q = q;
+  p.k = k;
+  p.q_ts = p.k_ts = std::int64_t(H) * D;
+  p.q_hs = p.k_hs = D;
+  p.means = means;
+  p.hq = p.hkv = H;
+  p.group = 1;
+  p.block_size = B;
+  p.past_k = K;
+  p.batch = st.batch;
+  p.cu = dev_plan;
+  p.tile_off = dev_plan + (st.batch + 1);
+  p.blk_off = dev_plan + 2 * (st.batch + 1);
+  p.num_tiles = plan[2 * st.batch + 1];
+  p.num_blocks = int(nblocks);
+  p.list_k = K;
+  const cudaStream_t s0 = nullptr;
+
+  const double t_means = time_ms([&] { moba::cuda::launch_block_means<T, D>(p, sums, s0); }, e0, e1);
+  GateParams ps = p, p2 = p, p4 = p;
+  ps.sel = sel[0], p2.sel = sel[1], p4.sel = sel[2];
+  const double t_smem = time_ms([&] { moba::cuda::launch_topk_smem<T, D>(ps, s0); }, e0, e1);
+  const double t_tp2 = time_ms([&] { moba::cuda::launch_topk_regs<T, D, KR, 2>(p2, s0); }, e0, e1);
+  const double t_tp4 = time_ms([&] { moba::cuda::launch_topk_regs<T, D, KR, 4>(p4, s0); }, e0, e1);
+  CK(cudaDeviceSynchronize());
+
+  std::vector<std::int32_t> a(sel_n), b(sel_n), c(sel_n);
+  CK(cudaMemcpy(a.data(), sel[0], sel_n * 4, cudaMemcpyDeviceToHost));
+  CK(cudaMemcpy(b.data(), sel[1], sel_n * 4, cudaMemcpyDeviceToHost));
+  CK(cudaMemcpy(c.data(), sel[2], sel_n * 4, cudaMemcpyDeviceToHost));
+  long long d2 = 0, d4 = 0;
+  for (std::size_t r = 0; r < sel_n; r += K) {
+    d2 += std::memcmp(&a[r], &b[r], K * 4) != 0;
+    d4 += std::memcmp(&a[r], &c[r], K * 4) != 0;
+  }
+  // scored work: rows x past blocks x 2 D per head (causal), as TFLOP/s of the fastest top-k
+  double pairs = 0;
+  for (long long t = 0; t < n; ++t) pairs += double(t / B);
+  const double flops = pairs * 2.0 * D * H * st.batch;
+  const double best = std::min({t_smem, t_tp2, t_tp4});
+  std::printf("| %s | %lldK | %.3f | %.3f | %.3f | %.3f | %.0f | %lld / %lld |\n", st.name, n / 1024,
+              t_means, t_smem, t_tp2, t_tp4, flops / best * 1e-9, d2, d4);
+  std::fflush(stdout);
+  for (void* x : {q, k, means, sums}) CK(cudaFree(x));
+  CK(cudaFree(dev_plan));
+  for (auto& s : sel) CK(cudaFree(s));
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const bool quick = argc > 1 && std::strcmp(argv[1], "--quick") == 0;
+  int dev_count = 0;
+  if (cudaGetDeviceCount(&dev_count) != cudaSuccess || dev_count == 0) {
+    std::printf("no CUDA device: nothing to time\n");
+    return 0;
+  }
+  cudaEvent_t e0, e1;
+  CK(cudaEventCreate(&e0));
+  CK(cudaEventCreate(&e1));
+  std::printf("| setting | N | means ms | top-k ms: smem (old) | regs TP=2 (library) | regs TP=4 | "
+              "TFLOP/s (scores, best) | rows differing from smem: TP=2 / TP=4 |\n");
+  std::printf("|---|---|---|---|---|---|---|---|\n");
+  const Setting d{"(d) fp16 16 heads batch 2, B=128, top-8", 16, 2, 8, false};
+  const Setting a{"(a) bf16 8 heads, 64 blocks, top-3", 8, 1, 3, true};
+  const std::vector<long long> ns = quick ? std::vector<long long>{8192, 32768}
+                                          : std::vector<long long>{8192, 32768, 131072, 524288};
+  for (long long n : ns) run<8, __half>(d, n, e0, e1);
+  for (long long n : ns)
+    if (n <= 131072) run<4, __nv_bfloat16>(a, n, e0, e1);
+  return 0;
+}
