@@ -52,16 +52,30 @@ int sm_count() {
   return n;
 }
 
-// Splits per (row, head chunk): enough CTAs to keep every SM's loads in flight, splits of >= 256 keys
-// of the most a row can see (the host knows no lengths: they live on the device).
-int choose_splits(const PagedProblem& p, int ctas) {
+// Splits per (row, head chunk). The key count a CTA walks lives on the device, so the host
+// sizes by the most a row can see (MoBA: the union of a head chunk's selected blocks and the own
+// block): splits of at least kMinSplitKeys keys, and the fewest splits whose grid fills the
+// resident CTA slots of the device in whole waves (>= 85%), else the best filling.
+constexpr std::int64_t kMinSplitKeys = 256;
+
+int choose_splits(const PagedProblem& p, int ctas, int resident) {
   std::int64_t max_keys = std::int64_t(p.cache.pages_per_seq) * p.cache.page_size;
-  if (p.base.mode == Mode::moba)
-    max_keys = std::min<std::int64_t>(max_keys, std::int64_t(p.base.topk) * p.base.block_size);
-  const std::int64_t target = std::int64_t(sm_count()) * 8;  // ~2 waves of resident CTAs
-  const std::int64_t by_ctas = (target + std::max(ctas, 1) - 1) / std::max(ctas, 1);
-  const std::int64_t by_keys = std::max<std::int64_t>(1, max_keys / 256);
-  return static_cast<int>(std::clamp<std::int64_t>(std::min(by_ctas, by_keys), 1, 1024));
+  if (p.base.mode == Mode::moba) {
+    const std::int64_t blocks = std::int64_t(std::min(p.base.group(), kMaxGroup)) * p.base.past_k() + 1;
+    max_keys = std::min<std::int64_t>(max_keys, blocks * p.base.block_size);
+  }
+  const std::int64_t by_keys = std::clamp<std::int64_t>(max_keys / kMinSplitKeys, 1, 1024);
+  ctas = std::max(ctas, 1);
+  resident = std::max(resident, 1);
+  int best = 1;
+  double best_fill = 0;
+  for (std::int64_t s = 1; s <= by_keys; ++s) {
+    const std::int64_t grid = ctas * s, waves = (grid + resident - 1) / resident;
+    const double fill = double(grid) / double(waves * resident);
+    if (fill > best_fill + 1e-9) best = int(s), best_fill = fill;
+    if (fill >= 0.85 || waves > 8) break;
+  }
+  return best;
 }
 
 template <class F>
@@ -112,7 +126,9 @@ void cuda_paged_attention(const PagedProblem& p, const PagedOutputs& io, const R
     a.alpha[h] = p.base.moa_alpha[h];
     a.beta[h] = p.base.moa_beta[h];
   }
-  a.splits = choose_splits(p, p.base.total * p.base.hkv * a.head_chunks);
+  int per_sm = 1;
+  by_dtype(p.base.dtype, [&](auto tag) { per_sm = resident_attention_ctas<decltype(tag)>(a.group, p.base.head_dim); });
+  a.splits = choose_splits(p, p.base.total * p.base.hkv * a.head_chunks, per_sm * sm_count());
   if (a.splits > 1)
     a.partial = ws.alloc<float>(std::size_t(a.splits) * p.base.total * p.base.hq * (p.base.head_dim + 2),
                                 "split-KV partial results");

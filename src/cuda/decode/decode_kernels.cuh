@@ -17,45 +17,18 @@
 
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cfloat>
 #include <climits>
 #include <cstdint>
 
+#include "cuda/common/check.hpp"
 #include "cuda/common/dtype.cuh"
+#include "cuda/decode/decode_mma.cuh"
 #include "cuda/decode/decode_params.hpp"
+#include "cuda/decode/decode_rows.cuh"
 
 namespace moba::cuda::decode {
-
-constexpr float kLn2 = 0.6931471805599453f;
-
-// The sequence a query row belongs to (binary search in cu) and its position.
-struct RowInfo {
-  int b, slot, n, i, t, len;
-};
-
-__device__ __forceinline__ RowInfo locate(const Rows& r, int row) {
-  int lo = 0, hi = r.batch - 1;  // the last b with cu[b] <= row (skipping empty sequences)
-  while (lo < hi) {
-    const int mid = (lo + hi + 1) / 2;
-    if (__ldg(r.cu + mid) <= row) lo = mid;
-    else hi = mid - 1;
-  }
-  RowInfo x;
-  x.b = lo;
-  x.slot = r.slots ? __ldg(r.slots + lo) : lo;
-  const int c0 = __ldg(r.cu + lo);
-  x.n = __ldg(r.cu + lo + 1) - c0;
-  x.i = row - c0;
-  x.len = __ldg(r.seq_lens + x.slot);
-  x.t = x.len - x.n + x.i;
-  return x;
-}
-
-__device__ __forceinline__ int moa_window(float alpha, float beta, int n) {
-  const double span = floor(double(alpha) + double(beta) * double(n));
-  if (span < 1.0) return 1;
-  return span > double(n) ? max(n, 1) : static_cast<int>(span);
-}
 
 // ---------------------------------------------------------------------------------------------
 // Attention
@@ -486,11 +459,34 @@ __global__ void merge_kernel(const __grid_constant__ MergeArgs a) {
 // ---------------------------------------------------------------------------------------------
 // Launchers
 
+// The tensor-core kernel's shared memory exceeds the 48 KB default: opt in once per instantiation
+// (a function attribute, not a stream operation: allowed while a graph is being captured).
+template <class T, int D>
+int mma_smem_opt_in() {
+  static const int bytes = [] {
+    const int b = static_cast<int>(mma_smem_bytes<T, D>());
+    MOBA_CUDA_CHECK(cudaFuncSetAttribute(attention_mma_kernel<T, D>, cudaFuncAttributeMaxDynamicSharedMemorySize, b));
+    return b;
+  }();
+  return bytes;
+}
+
 template <class T, int D>
 void attention_launch(const AttentionArgs& a, cudaStream_t s) {
   const dim3 grid(a.rows.total, a.hkv * a.head_chunks, a.splits);
-  attention_kernel<T, D><<<grid, kThreads, 0, s>>>(a);
+  if (uses_tensor_cores(a.group)) attention_mma_kernel<T, D><<<grid, kThreads, mma_smem_opt_in<T, D>(), s>>>(a);
+  else attention_kernel<T, D><<<grid, kThreads, 0, s>>>(a);
   if (a.splits > 1) combine_kernel<T, D><<<dim3(a.rows.total, a.hq), D, 0, s>>>(a);
+}
+
+template <class T, int D>
+int attention_ctas_per_sm(int group) {
+  int n = 0;
+  if (uses_tensor_cores(group))
+    MOBA_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, attention_mma_kernel<T, D>, kThreads, mma_smem_opt_in<T, D>()));
+  else
+    MOBA_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, attention_kernel<T, D>, kThreads, 0));
+  return std::max(n, 1);
 }
 
 template <class T, int D>
@@ -512,6 +508,11 @@ void launch_attention(const AttentionArgs& a, int head_dim, cudaStream_t s) {
 }
 
 template <class T>
+int resident_attention_ctas(int group, int head_dim) {
+  return head_dim == 64 ? attention_ctas_per_sm<T, 64>(group) : attention_ctas_per_sm<T, 128>(group);
+}
+
+template <class T>
 void launch_gate(const GateArgs& a, int head_dim, cudaStream_t s) {
   if (head_dim == 64) gate_launch<T, 64>(a, s);
   else gate_launch<T, 128>(a, s);
@@ -530,6 +531,7 @@ void launch_merge(const MergeArgs& a, cudaStream_t s) {
 
 #define MOBA_DECODE_INSTANTIATE(T)                                              \
   template void launch_attention<T>(const AttentionArgs&, int, cudaStream_t);   \
+  template int resident_attention_ctas<T>(int, int);                             \
   template void launch_gate<T>(const GateArgs&, int, cudaStream_t);             \
   template void launch_append<T>(const AppendArgs&, int, cudaStream_t);         \
   template void launch_merge<T>(const MergeArgs&, cudaStream_t);

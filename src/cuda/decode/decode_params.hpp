@@ -16,6 +16,11 @@ constexpr int kMaxGroup = 8;    // query heads of one KV head served by one CTA
 constexpr int kMaxPast = 64;    // MoBA: topk - 1 supported by the decode kernels
 constexpr int kMaxRanges = kMaxGroup * kMaxPast + 2;
 constexpr int kMaxHeads = 256;  // MoA: query heads whose windows fit the launch parameters
+// GQA groups of at least this many query heads take the tensor-core attention kernel
+// (decode_mma.cuh: the heads are the rows of an m16 mma); smaller ones the CUDA-core kernel,
+// whose math per key is then small enough for the CUDA cores.
+constexpr int kMmaMinGroup = 4;
+constexpr bool uses_tensor_cores(int group) { return group >= kMmaMinGroup; }
 
 enum class Kind : int { full = 0, moba = 1, moa = 2 };
 
@@ -98,6 +103,10 @@ struct MergeArgs {
 // One instantiation per dtype (decode_bf16.cu, decode_f16.cu); D is 64 or 128.
 template <class T>
 void launch_attention(const AttentionArgs& a, int head_dim, cudaStream_t s);
+// Attention CTAs one SM holds at once for this group size and head dim (occupancy API; no
+// stream operation), to size the split-KV grid in whole waves.
+template <class T>
+int resident_attention_ctas(int group, int head_dim);
 template <class T>
 void launch_gate(const GateArgs& a, int head_dim, cudaStream_t s);
 template <class T>
