@@ -121,10 +121,11 @@ TEST(CudaDecode, ChunkedDecodeMatchesOneShotPrefill) {
   RandomShapeOptions opt;
   opt.max_len = 300;
   opt.dtypes = {DType::bf16, DType::f16};
-  int near_ties = 0, shapes = 0;
+  int near_ties = 0, shapes = 0, tensor_core_shapes = 0;
   double worst = 0;
   for (int iter = 0; iter < shape_count(); ++iter) {
     const Shape s = random_shape(rng, opt);
+    tensor_core_shapes += s.hq / s.hkv >= 4;  // the rest take the CUDA-core kernel
     Inputs in = make_inputs(s, 900 + iter);
     FeedPlan plan = random_plan(rng, s);
     plan.max_seqlen_extra = iter % 3 == 0 ? 8192 : 0;  // more splits than keys: empty splits
@@ -149,8 +150,8 @@ TEST(CudaDecode, ChunkedDecodeMatchesOneShotPrefill) {
       break;
     }
   }
-  std::printf("[ cuda paged ] %d shapes, worst err/allowed %.3f, near-tie selection differences %d\n",
-              shapes, worst, near_ties);
+  std::printf("[ cuda paged ] %d shapes (%d on the tensor-core kernel), worst err/allowed %.3f, near-tie selection differences %d\n",
+              shapes, tensor_core_shapes, worst, near_ties);
 }
 
 // More query heads per KV head than one CTA serves (kMaxGroup = 8): the group is split into
@@ -168,16 +169,29 @@ TEST(CudaDecode, WideQueryGroups) {
 }
 
 // Decode steps of long contexts (split-KV across many CTAs, LSE combine) against fp64 truth for
-// the decode rows (the prompts are covered by the random shapes above).
+// the decode rows (the prompts are covered by the random shapes above), on both attention
+// kernels in one process: GQA groups of 4 and 8 (MQA) take the tensor-core kernel, a group of 2
+// the CUDA-core one (kMmaMinGroup = 4 in src/cuda/decode/decode_params.hpp).
+struct GroupCase {
+  int hq, hkv, d;
+  DType dtype;
+};
+
 TEST(CudaDecode, LongContextDecodeRows) {
   MOBA_SKIP_WITHOUT_GPU();
+  for (const GroupCase gcase : {GroupCase{8, 2, 128, DType::bf16}, GroupCase{4, 2, 128, DType::bf16},
+                                GroupCase{8, 1, 64, DType::f16}})
   for (Mode mode : {Mode::full, Mode::moba, Mode::moa}) {
     Shape s;
     s.seqlens = {20000, 7001};
-    s.hq = 8, s.hkv = 2, s.d = 128, s.dtype = DType::bf16;
+    s.hq = gcase.hq, s.hkv = gcase.hkv, s.d = gcase.d, s.dtype = gcase.dtype;
     if (mode == Mode::full) s.params = AttentionParams::full();
     if (mode == Mode::moba) s.params = AttentionParams::moba_blocks(512, 4);
-    if (mode == Mode::moa) s.params = AttentionParams::moa_heads(MoaHeads{{1000, 64}, {0.1f, 0.5f}, 64});
+    if (mode == Mode::moa) {
+      MoaHeads heads{{}, {}, 64};
+      for (int i = 0; i < s.hq; ++i) heads.alpha.push_back(i % 2 ? 64.f : 1000.f + 100.f * i), heads.beta.push_back(i % 2 ? 0.5f : 0.1f);  // windows differ inside a CTA
+      s.params = AttentionParams::moa_heads(heads);
+    }
     Inputs in = make_inputs(s, 5);
     FeedPlan plan;
     plan.page_size = 16;
@@ -218,9 +232,10 @@ TEST(CudaDecode, LongContextDecodeRows) {
         }
     const double err = rel_l2(got, want);
     const double allowed = 2 * rel_l2(rounded(want, s.dtype), want) + 1e-5;
-    EXPECT_LE(err, allowed) << "mode " << int(mode);
-    EXPECT_LE(lse_err, 1e-3) << "mode " << int(mode);
-    std::printf("[ long context, mode %d ] err/allowed %.3f, lse err %.2e\n", int(mode), err / allowed, lse_err);
+    EXPECT_LE(err, allowed) << "mode " << int(mode) << " " << s.str();
+    EXPECT_LE(lse_err, 1e-3) << "mode " << int(mode) << " " << s.str();
+    std::printf("[ long context, mode %d, hq %d / hkv %d, D %d, %s kernel ] err/allowed %.3f, lse err %.2e\n",
+                int(mode), s.hq, s.hkv, s.d, s.hq / s.hkv >= 4 ? "tensor-core" : "cuda-core", err / allowed, lse_err);
   }
 }
 
