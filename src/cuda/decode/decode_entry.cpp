@@ -64,7 +64,7 @@ int choose_splits(const PagedProblem& p, int ctas, int resident) {
     const std::int64_t blocks = std::int64_t(std::min(p.base.group(), kMaxGroup)) * p.base.past_k() + 1;
     max_keys = std::min<std::int64_t>(max_keys, blocks * p.base.block_size);
   }
-  const std::int64_t by_keys = std::clamp<std::int64_t>(max_keys / kMinSplitKeys, 1, 1024);
+  const std::int64_t by_keys = std::clamp<std::int64_t>(max_keys / kMinSplitKeys, 1, kMaxSplits);
   ctas = std::max(ctas, 1);
   resident = std::max(resident, 1);
   int best = 1;
@@ -160,6 +160,7 @@ void cuda_paged_gate(const PagedProblem& p, const Operand& q, std::int32_t* sele
   a.past_k = p.base.past_k();
   a.scores = ws.alloc<float>(std::size_t(p.base.total) * p.base.hq * std::max(a.max_blocks, 1), "gate scores");
   a.selection = selection;
+  a.smem_blocks = a.max_blocks <= kGateSmemBlocks ? a.max_blocks : 0;
   by_dtype(p.base.dtype, [&](auto tag) { launch_gate<decltype(tag)>(a, p.base.head_dim, s); });
   MOBA_CUDA_LAUNCH_CHECK();
 }

@@ -274,23 +274,49 @@ __global__ void __launch_bounds__(kThreads) attention_kernel(const __grid_consta
   }
 }
 
-// Combines the splits of one (row, head) in split order.
+// Combines the splits of one (row, head): the splits' maxima and weights are computed in
+// parallel (thread s takes splits s, s + D, ...) and reduced in a fixed tree, then thread d sums
+// its column over the splits with several loads in flight (a serial walk of the splits, one
+// dependent L2 round trip each, would cost tens of microseconds at 100+ splits).
+template <int D>
+__device__ __forceinline__ float block_reduce(float v, float* red, bool is_max) {
+  for (int o = 16; o > 0; o /= 2) {
+    const float w = __shfl_xor_sync(0xffffffffu, v, o);
+    v = is_max ? fmaxf(v, w) : v + w;
+  }
+  __syncthreads();  // red is reused by consecutive reductions
+  if (threadIdx.x % 32 == 0) red[threadIdx.x / 32] = v;
+  __syncthreads();
+  v = red[0];
+#pragma unroll
+  for (int w = 1; w < D / 32; ++w) v = is_max ? fmaxf(v, red[w]) : v + red[w];
+  return v;
+}
+
 template <class T, int D>
 __global__ void __launch_bounds__(D) combine_kernel(const __grid_constant__ AttentionArgs a) {
+  __shared__ float weight[kMaxSplits];
+  __shared__ float red[D / 32];
   const int row = blockIdx.x, h = blockIdx.y, d = threadIdx.x;
   const std::int64_t stride = std::int64_t(a.rows.total) * a.hq * (D + 2);
   const float* p = a.partial + (std::int64_t(row) * a.hq + h) * (D + 2);
-  float M = -INFINITY;
-  for (int s = 0; s < a.splits; ++s)
-    if (p[s * stride + 1] > 0.f) M = fmaxf(M, p[s * stride]);
-  float L = 0.f, acc = 0.f;
-  for (int s = 0; s < a.splits; ++s) {
-    const float* x = p + s * stride;
-    if (!(x[1] > 0.f)) continue;
-    const float w = exp2f(x[0] - M);
-    L += w * x[1];
-    acc += w * x[2 + d];
+  float mx = -INFINITY;
+  for (int s = d; s < a.splits; s += D) {
+    const float m = p[s * stride], l = p[s * stride + 1];
+    weight[s] = l > 0.f ? m : -INFINITY;
+    mx = fmaxf(mx, weight[s]);
   }
+  const float M = block_reduce<D>(mx, red, true);
+  float lsum = 0.f;
+  for (int s = d; s < a.splits; s += D) {
+    const float w = weight[s] == -INFINITY ? 0.f : exp2f(weight[s] - M);
+    lsum += w * p[s * stride + 1];
+    weight[s] = w;
+  }
+  const float L = block_reduce<D>(lsum, red, false);  // its barriers publish weight[]
+  float acc = 0.f;
+#pragma unroll 8
+  for (int s = 0; s < a.splits; ++s) acc = fmaf(weight[s], p[s * stride + 2 + d], acc);
   T* o = static_cast<T*>(a.out) + row * a.o_tok + h * a.o_head + d;
   *o = Dt<T>::from_float(L > 0.f ? acc / L : 0.f);
   if (d == 0) a.lse[std::int64_t(h) * a.rows.total + row] = L > 0.f ? (M + log2f(L)) * kLn2 : -INFINITY;
@@ -309,6 +335,7 @@ __global__ void __launch_bounds__(kThreads) gate_kernel(const __grid_constant__ 
   __shared__ float red_s[kThreads / 32];
   __shared__ int red_j[kThreads / 32];
   __shared__ int picked[kMaxPast];
+  extern __shared__ float sc_smem[];  // a.smem_blocks scores
   const int row = blockIdx.x;
   const int g = blockIdx.y / a.head_chunks;
   const int h0 = g * a.group + (blockIdx.y % a.head_chunks) * kMaxGroup;
@@ -352,7 +379,15 @@ __global__ void __launch_bounds__(kThreads) gate_kernel(const __grid_constant__ 
       for (int s = tid; s < a.past_k; s += kThreads) out[s] = s < own ? s : -1;
       continue;
     }
+    // The head's scores move to shared memory when they fit (one coalesced read): the k - 1
+    // rounds below then scan shared memory instead of making a dependent L2 trip per element.
     float* sc = scores + std::int64_t(hh) * a.max_blocks;
+    if (own <= a.smem_blocks) {
+      __syncthreads();  // the previous head's rounds are done with sc_smem
+      for (int j = tid; j < own; j += kThreads) sc_smem[j] = sc[j];
+      __syncthreads();
+      sc = sc_smem;
+    }
     for (int r = 0; r < keep; ++r) {
       float bs = -INFINITY;
       int bj = INT_MAX;
@@ -491,7 +526,7 @@ int attention_ctas_per_sm(int group) {
 
 template <class T, int D>
 void gate_launch(const GateArgs& a, cudaStream_t s) {
-  gate_kernel<T, D><<<dim3(a.rows.total, a.hkv * a.head_chunks), kThreads, 0, s>>>(a);
+  gate_kernel<T, D><<<dim3(a.rows.total, a.hkv * a.head_chunks), kThreads, a.smem_blocks * sizeof(float), s>>>(a);
 }
 
 template <class T, int D>

@@ -15,6 +15,8 @@ constexpr int kTile = 64;       // keys per tile
 constexpr int kMaxGroup = 8;    // query heads of one KV head served by one CTA
 constexpr int kMaxPast = 64;    // MoBA: topk - 1 supported by the decode kernels
 constexpr int kMaxRanges = kMaxGroup * kMaxPast + 2;
+constexpr int kMaxSplits = 1024;  // split-KV CTAs per (row, head chunk)
+constexpr int kGateSmemBlocks = 10240;  // gate: one head's scores staged in shared memory (40 KB + static < 48 KB)
 constexpr int kMaxHeads = 256;  // MoA: query heads whose windows fit the launch parameters
 // GQA groups of at least this many query heads take the tensor-core attention kernel
 // (decode_mma.cuh: the heads are the rows of an m16 mma); smaller ones the CUDA-core kernel,
@@ -69,6 +71,7 @@ struct GateArgs {
   int hq = 0, hkv = 0, group = 0, head_chunks = 1;
   int block_size = 0, past_k = 0;
   float* scores = nullptr;          // workspace [total, hq, max_blocks]
+  int smem_blocks = 0;              // scores a CTA stages in shared memory for its top-k (0: none)
   int* selection = nullptr;         // [total, hq, past_k]
 };
 
