@@ -5,17 +5,24 @@ the bandwidth bound, in one run (issue 13's table).
 For each context N and batch b (as memory allows): one decode query per sequence, Hq=32, Hkv=8,
 D=128, bf16 (a Llama-3-8B layer). Rows:
   full      our split-KV decode over every cached page
-  moba64    MoBA with 64 blocks (block N/64), top-3: gate over the cached means + 3 blocks
   moba128   MoBA with block 128, top-8
   moa50     MoA at 50% density (window 0.5 N + sink 64), same kernel, only window pages read
-  sdpa      torch SDPA (enable_gqa) on contiguous [b, Hkv, N, D] K/V
-  bound     bytes a step must read (K/V it attends to + means) / HBM bandwidth measured here
-Each step is captured in a CUDA graph when possible (device cu_seqlens/slots; no host sync).
-Then MoA's serving claim: cache memory of a per-head MoA cache vs full, and tokens/s at the
-largest batch that fits a fixed memory budget.
+  moba64    MoBA with 64 blocks (block N/64), top-3: gate over the cached means + the blocks.
+            A KV head's pages are read once for its 4 query heads, so the step reads the union
+            of their picks (random queries pick independently: ~8.6 of 64 blocks, not 3)
+  moba64 shared  the same with the 4 query heads of a KV head equal, so they pick the same 3
+            blocks (the best case of GQA sharing: 1/21 of the full read)
+  sdpa      torch SDPA (enable_gqa) on contiguous [b, Hkv, N, D] K and V. K and V are distinct
+            tensors: with V = K (as this bench had before) the V tile is the K tile just read,
+            served from L2, and SDPA showed 105-192% of the bandwidth bound
+  bound     bytes a step must read (K/V it attends to, MoBA's union of the selected blocks, the
+            gate's means) / HBM bandwidth measured here (device copy)
+Each step is captured in a CUDA graph (device cu_seqlens/slots; no host sync) and replayed with
+L2 flushed before each replay. Then MoA's serving claim: cache memory of a per-head MoA cache
+vs full, and tokens/s at the largest batch that fits a fixed memory budget.
 
 Run: python3 bench/cuda/bench_decode.py [--contexts 32768,131072,1048576] [--batches 1,8,64]
-     [--budget-gib 100] [--out results.md]
+     [--budget-gib 100] [--moa-context 131072 (0: skip)] [--out results.md]
 """
 import argparse
 import datetime

@@ -494,15 +494,13 @@ __global__ void merge_kernel(const __grid_constant__ MergeArgs a) {
 // ---------------------------------------------------------------------------------------------
 // Launchers
 
-// The tensor-core kernel's shared memory exceeds the 48 KB default: opt in once per instantiation
-// (a function attribute, not a stream operation: allowed while a graph is being captured).
+// The tensor-core kernel's shared memory exceeds the 48 KB default: opt in (a function attribute
+// of the current device, not a stream operation: allowed while a graph is being captured; set on
+// every call since each device keeps its own).
 template <class T, int D>
 int mma_smem_opt_in() {
-  static const int bytes = [] {
-    const int b = static_cast<int>(mma_smem_bytes<T, D>());
-    MOBA_CUDA_CHECK(cudaFuncSetAttribute(attention_mma_kernel<T, D>, cudaFuncAttributeMaxDynamicSharedMemorySize, b));
-    return b;
-  }();
+  const int bytes = static_cast<int>(mma_smem_bytes<T, D>());
+  MOBA_CUDA_CHECK(cudaFuncSetAttribute(attention_mma_kernel<T, D>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
   return bytes;
 }
 
