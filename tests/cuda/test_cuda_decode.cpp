@@ -186,7 +186,8 @@ TEST(CudaDecode, LongContextDecodeRows) {
     s.seqlens = {20000, 7001};
     s.hq = gcase.hq, s.hkv = gcase.hkv, s.d = gcase.d, s.dtype = gcase.dtype;
     if (mode == Mode::full) s.params = AttentionParams::full();
-    if (mode == Mode::moba) s.params = AttentionParams::moba_blocks(512, 4);
+    // 625 blocks of 32 for the MQA case: the gate's split scoring (score and select launches)
+    if (mode == Mode::moba) s.params = gcase.hkv == 1 ? AttentionParams::moba_blocks(32, 6) : AttentionParams::moba_blocks(512, 4);
     if (mode == Mode::moa) {
       MoaHeads heads{{}, {}, 64};
       for (int i = 0; i < s.hq; ++i) heads.alpha.push_back(i % 2 ? 64.f : 1000.f + 100.f * i), heads.beta.push_back(i % 2 ? 0.5f : 0.1f);  // windows differ inside a CTA

@@ -161,6 +161,12 @@ void cuda_paged_gate(const PagedProblem& p, const Operand& q, std::int32_t* sele
   a.scores = ws.alloc<float>(std::size_t(p.base.total) * p.base.hq * std::max(a.max_blocks, 1), "gate scores");
   a.selection = selection;
   a.smem_blocks = a.max_blocks <= kGateSmemBlocks ? a.max_blocks : 0;
+  // Few (row, head chunk) CTAs over many blocks (long contexts, small blocks): split the scoring
+  // so the means are read by enough SMs.
+  const std::int64_t gate_ctas = std::int64_t(p.base.total) * p.base.hkv * a.head_chunks;
+  const std::int64_t want = (std::int64_t(2) * sm_count() + gate_ctas - 1) / gate_ctas;
+  const std::int64_t by_blocks = (a.max_blocks + kGateBlocksPerCta - 1) / kGateBlocksPerCta;
+  a.score_splits = static_cast<int>(std::clamp<std::int64_t>(std::min(want, by_blocks), 1, 65535));
   by_dtype(p.base.dtype, [&](auto tag) { launch_gate<decltype(tag)>(a, p.base.head_dim, s); });
   MOBA_CUDA_LAUNCH_CHECK();
 }

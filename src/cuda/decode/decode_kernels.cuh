@@ -344,15 +344,16 @@ __global__ void __launch_bounds__(kThreads) gate_kernel(const __grid_constant__ 
   const RowInfo ri = locate(a.rows, row);
   const int own = max(0, min(ri.t / a.block_size, a.max_blocks));  // (the host sized the means)
   const int keep = min(a.past_k, own);
-  for (int x = tid; x < G * D; x += kThreads) {
-    const int hh = x / D, d = x % D;
-    q[hh][d] = Dt<T>::to_float(static_cast<const T*>(a.q)[row * a.q_tok + (h0 + hh) * a.q_head + d]);
-  }
-  __syncthreads();
   float* scores = a.scores + (std::int64_t(row) * a.hq + h0) * a.max_blocks;
-  if (keep < own) {
+  if (a.phase != GatePhase::select && keep < own) {
+    for (int x = tid; x < G * D; x += kThreads) {
+      const int hh = x / D, d = x % D;
+      q[hh][d] = Dt<T>::to_float(static_cast<const T*>(a.q)[row * a.q_tok + (h0 + hh) * a.q_head + d]);
+    }
+    __syncthreads();
     const T* means = static_cast<const T*>(a.means) + (std::int64_t(ri.slot) * a.hkv + g) * a.max_blocks * D;
-    for (int j = tid; j < own; j += kThreads) {
+    const int j_end = int(std::int64_t(own) * (blockIdx.z + 1) / gridDim.z);  // this CTA's slice
+    for (int j = int(std::int64_t(own) * blockIdx.z / gridDim.z) + tid; j < j_end; j += kThreads) {
       float acc[kMaxGroup];
 #pragma unroll
       for (int hh = 0; hh < kMaxGroup; ++hh) acc[hh] = 0.f;
@@ -373,6 +374,7 @@ __global__ void __launch_bounds__(kThreads) gate_kernel(const __grid_constant__ 
     }
     __syncthreads();
   }
+  if (a.phase == GatePhase::score) return;
   for (int hh = 0; hh < G; ++hh) {
     int* out = a.selection + (std::int64_t(row) * a.hq + h0 + hh) * a.past_k;
     if (keep == own) {  // every past block is kept
@@ -524,7 +526,18 @@ int attention_ctas_per_sm(int group) {
 
 template <class T, int D>
 void gate_launch(const GateArgs& a, cudaStream_t s) {
-  gate_kernel<T, D><<<dim3(a.rows.total, a.hkv * a.head_chunks), kThreads, a.smem_blocks * sizeof(float), s>>>(a);
+  const dim3 grid(a.rows.total, a.hkv * a.head_chunks);
+  if (a.score_splits <= 1) {
+    gate_kernel<T, D><<<grid, kThreads, a.smem_blocks * sizeof(float), s>>>(a);
+    return;
+  }
+  // Many blocks, few rows: the scores over the means spread over score_splits CTAs per (row,
+  // head chunk), then one CTA each picks the top k - 1.
+  GateArgs score = a, select = a;
+  score.phase = GatePhase::score;
+  select.phase = GatePhase::select;
+  gate_kernel<T, D><<<dim3(grid.x, grid.y, a.score_splits), kThreads, 0, s>>>(score);
+  gate_kernel<T, D><<<grid, kThreads, a.smem_blocks * sizeof(float), s>>>(select);
 }
 
 template <class T, int D>

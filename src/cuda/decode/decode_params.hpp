@@ -16,6 +16,7 @@ constexpr int kMaxGroup = 8;    // query heads of one KV head served by one CTA
 constexpr int kMaxPast = 64;    // MoBA: topk - 1 supported by the decode kernels
 constexpr int kMaxRanges = kMaxGroup * kMaxPast + 2;
 constexpr int kMaxSplits = 1024;  // split-KV CTAs per (row, head chunk)
+constexpr int kGateBlocksPerCta = 256;  // gate: blocks one scoring CTA takes when rows are few
 constexpr int kGateSmemBlocks = 10240;  // gate: one head's scores staged in shared memory (40 KB + static < 48 KB)
 constexpr int kMaxHeads = 256;  // MoA: query heads whose windows fit the launch parameters
 // GQA groups of at least this many query heads take the tensor-core attention kernel
@@ -62,6 +63,8 @@ struct AttentionArgs {
   float* partial = nullptr;         // [splits, total, hq, D + 2] when splits > 1
 };
 
+enum class GatePhase : int { both = 0, score = 1, select = 2 };
+
 struct GateArgs {
   Rows rows;
   const void* q = nullptr;
@@ -72,6 +75,8 @@ struct GateArgs {
   int block_size = 0, past_k = 0;
   float* scores = nullptr;          // workspace [total, hq, max_blocks]
   int smem_blocks = 0;              // scores a CTA stages in shared memory for its top-k (0: none)
+  int score_splits = 1;             // > 1: scoring CTAs per (row, head chunk), then a select launch
+  GatePhase phase = GatePhase::both;
   int* selection = nullptr;         // [total, hq, past_k]
 };
 
