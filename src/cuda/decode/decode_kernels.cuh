@@ -18,6 +18,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cfloat>
 #include <climits>
 #include <cstdint>
@@ -514,14 +515,24 @@ void attention_launch(const AttentionArgs& a, cudaStream_t s) {
   if (a.splits > 1) combine_kernel<T, D><<<dim3(a.rows.total, a.hq), D, 0, s>>>(a);
 }
 
+// Cached per device and kernel: the first call (normally an eager one) asks the occupancy API,
+// later ones (e.g. while a graph is being captured) read the cache.
 template <class T, int D>
 int attention_ctas_per_sm(int group) {
+  constexpr int kDevices = 64;
+  static std::atomic<int> cached[2][kDevices];
+  const int mma = uses_tensor_cores(group) ? 1 : 0;
+  int dev = 0;
+  MOBA_CUDA_CHECK(cudaGetDevice(&dev));
+  if (dev < kDevices && cached[mma][dev].load() > 0) return cached[mma][dev].load();
   int n = 0;
-  if (uses_tensor_cores(group))
+  if (mma)
     MOBA_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, attention_mma_kernel<T, D>, kThreads, mma_smem_opt_in<T, D>()));
   else
     MOBA_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, attention_kernel<T, D>, kThreads, 0));
-  return std::max(n, 1);
+  n = std::max(n, 1);
+  if (dev < kDevices) cached[mma][dev].store(n);
+  return n;
 }
 
 template <class T, int D>
