@@ -497,13 +497,19 @@ __global__ void merge_kernel(const __grid_constant__ MergeArgs a) {
 // ---------------------------------------------------------------------------------------------
 // Launchers
 
-// The tensor-core kernel's shared memory exceeds the 48 KB default: opt in (a function attribute
-// of the current device, not a stream operation: allowed while a graph is being captured; set on
-// every call since each device keeps its own).
+// The tensor-core kernel's shared memory exceeds the 48 KB default: opt in once per device (a
+// function attribute each device keeps; later calls, e.g. while a graph is captured, make no
+// CUDA call for it).
 template <class T, int D>
 int mma_smem_opt_in() {
+  constexpr int kDevices = 64;
+  static std::atomic<bool> done[kDevices];
   const int bytes = static_cast<int>(mma_smem_bytes<T, D>());
+  int dev = 0;
+  MOBA_CUDA_CHECK(cudaGetDevice(&dev));
+  if (dev < kDevices && done[dev].load()) return bytes;
   MOBA_CUDA_CHECK(cudaFuncSetAttribute(attention_mma_kernel<T, D>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+  if (dev < kDevices) done[dev].store(true);
   return bytes;
 }
 
