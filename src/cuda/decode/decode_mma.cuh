@@ -121,22 +121,8 @@ __global__ void __launch_bounds__(kThreads) attention_mma_kernel(const __grid_co
   const int split = blockIdx.z;
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int fr = lane / 4, fc = lane % 4;  // fragment row (head) and column pair
-  const RowInfo ri = locate(a.rows, row);
-  const int t = ri.t;
-
-  if (tid < G && a.kind == Kind::moa) {
-    const int w = moa_window(a.alpha[h0 + tid], a.beta[h0 + tid], ri.len);
-    sm.win_begin[tid] = max(0, t - w + 1);
-  }
-  if (a.kind == Kind::moba)
-    for (int x = tid; x < G * a.past_k; x += kThreads) {
-      const int hh = x / a.past_k, s = x % a.past_k;
-      sm.sel[hh][s] = a.selection[(std::int64_t(row) * a.hq + h0 + hh) * a.past_k + s];
-    }
-  __syncthreads();
-  if (tid == 0) build_masked_ranges(sm, a, G, t);
-
-  // Q as A fragments (row fr = head h0 + fr; rows >= G and rows 8..15 are zero).
+  // Q as A fragments (row fr = head h0 + fr; rows >= G and rows 8..15 are zero), loaded first:
+  // they do not depend on the chain of loads that locates the row.
   std::uint32_t qa[D / 16][2];
   {
     const T* qp = static_cast<const T*>(a.q) + row * a.q_tok + (h0 + min(fr, G - 1)) * a.q_head;
@@ -151,6 +137,28 @@ __global__ void __launch_bounds__(kThreads) attention_mma_kernel(const __grid_co
       }
     }
   }
+  // MoBA: the heads' selections, into registers before the row is located (also independent).
+  constexpr int kSelPer = (kMaxGroup * kMaxPast + kThreads - 1) / kThreads;
+  const int n_sel = a.kind == Kind::moba ? G * a.past_k : 0;
+  int sel_v[kSelPer];
+#pragma unroll
+  for (int u = 0; u < kSelPer; ++u) {
+    const int x = tid + u * kThreads;
+    sel_v[u] = x < n_sel ? a.selection[std::int64_t(row) * a.hq * a.past_k + std::int64_t(h0) * a.past_k + x] : -1;
+  }
+  const RowInfo ri = locate(a.rows, row);
+  const int t = ri.t;
+#pragma unroll
+  for (int u = 0; u < kSelPer; ++u) {
+    const int x = tid + u * kThreads;
+    if (x < n_sel) sm.sel[x / a.past_k][x % a.past_k] = sel_v[u];
+  }
+  if (tid < G && a.kind == Kind::moa) {
+    const int w = moa_window(a.alpha[h0 + tid], a.beta[h0 + tid], ri.len);
+    sm.win_begin[tid] = max(0, t - w + 1);
+  }
+  __syncthreads();
+  if (tid == 0) build_masked_ranges(sm, a, G, t);
   __syncthreads();
   const int n_ranges = sm.n_ranges;
   const int total_keys = sm.r_off[n_ranges];
