@@ -7,8 +7,12 @@
 // for all its heads: GQA without repeated K/V traffic), masks per head, and keeps one online
 // softmax per head in fp32 (base 2). Splits write (m, l, acc) and a merge kernel combines them by
 // log-sum-exp in a fixed order. Only the selected pages are read.
+// This is the CUDA-core kernel, for GQA groups of < kMmaMinGroup heads; larger groups take the
+// tensor-core kernel of decode_mma.cuh (same key list, same partial layout, same combine).
 // gate: one CTA = (query row, head chunk): scores of every completed past block against the
-// cached means (read once for the chunk's heads), then top-(k-1) with ties to the earlier block.
+// cached means (read once for the chunk's heads), then top-(k-1) with ties to the earlier block
+// (rounds over the head's scores staged in shared memory). With few rows and many blocks the
+// scoring is spread over score_splits CTAs and a second launch selects.
 // append: copy kernel (token x KV head), block-sum kernel (sequence x KV head, exact fp64 sums
 // in token order, a mean written when its block completes), then seq_lens += n.
 // Kernel arguments are __grid_constant__ structs (the MoA windows of every head included): read
