@@ -4,18 +4,26 @@ the bandwidth bound, in one run (issue 13's table).
 
 For each context N and batch b (as memory allows): one decode query per sequence, Hq=32, Hkv=8,
 D=128, bf16 (a Llama-3-8B layer). Rows:
-  full      our split-KV decode over every cached page
-  moba64    MoBA with 64 blocks (block N/64), top-3: gate over the cached means + 3 blocks
+  full      our split-KV decode over every cached page (group 4: the tensor-core kernel; and
+            with Hq=16, group 2: the CUDA-core kernel, over the same cache)
   moba128   MoBA with block 128, top-8
   moa50     MoA at 50% density (window 0.5 N + sink 64), same kernel, only window pages read
-  sdpa      torch SDPA (enable_gqa) on contiguous [b, Hkv, N, D] K/V
-  bound     bytes a step must read (K/V it attends to + means) / HBM bandwidth measured here
-Each step is captured in a CUDA graph when possible (device cu_seqlens/slots; no host sync).
-Then MoA's serving claim: cache memory of a per-head MoA cache vs full, and tokens/s at the
-largest batch that fits a fixed memory budget.
+  moba64    MoBA with 64 blocks (block N/64), top-3: gate over the cached means + the blocks.
+            A KV head's pages are read once for its 4 query heads, so the step reads the union
+            of their picks (random queries pick independently: ~8.6 of 64 blocks, not 3)
+  moba64 shared  the same with the 4 query heads of a KV head equal, so they pick the same 3
+            blocks (the best case of GQA sharing: 1/21 of the full read)
+  sdpa      torch SDPA (enable_gqa) on contiguous [b, Hkv, N, D] K and V. K and V are distinct
+            tensors: with V = K (as this bench had before) the V tile is the K tile just read,
+            served from L2, and SDPA showed 105-192% of the bandwidth bound
+  bound     bytes a step must read (K/V it attends to, MoBA's union of the selected blocks, the
+            gate's means) / HBM bandwidth measured here (device copy)
+Each step is captured in a CUDA graph (device cu_seqlens/slots; no host sync) and replayed with
+L2 flushed before each replay. Then MoA's serving claim: cache memory of a per-head MoA cache
+vs full, and tokens/s at the largest batch that fits a fixed memory budget.
 
 Run: python3 bench/cuda/bench_decode.py [--contexts 32768,131072,1048576] [--batches 1,8,64]
-     [--budget-gib 100] [--out results.md]
+     [--budget-gib 100] [--moa-context 131072 (0: skip)] [--out results.md]
 """
 import argparse
 import datetime
@@ -52,8 +60,21 @@ def measure_bandwidth():
     return 2 * n / (ms * 1e-3) / 1e9
 
 
+_FLUSH = None
+
+
+def flush_l2():
+    """Overwrite a buffer larger than L2, so a step reads its K/V from HBM as it would after the
+    other layers of a model (not from the L2 the previous replay left warm)."""
+    global _FLUSH
+    if _FLUSH is None:
+        _FLUSH = torch.empty(256 << 20, dtype=torch.uint8, device="cuda")
+    _FLUSH.zero_()
+
+
 def time_ms(fn, iters=10):
-    """Median ms of fn, replayed from a CUDA graph when capture works (eager otherwise)."""
+    """Median ms of fn, replayed from a CUDA graph when capture works (eager otherwise), L2
+    flushed before every timed replay."""
     fn()
     torch.cuda.synchronize()
     run = fn
@@ -69,8 +90,10 @@ def time_ms(fn, iters=10):
         run = g.replay
     except Exception as e:  # noqa: BLE001 - report and time eagerly
         print(f"  (graph capture failed: {str(e)[:80]}; timing eagerly)", file=sys.stderr)
+    run()
     times = []
     for _ in range(iters):
+        flush_l2()
         st, en = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         st.record()
         run()
@@ -110,54 +133,95 @@ def step_fn(cache, q, mode, **kw):
     betas = kw.get("betas", [])
 
     def fn():
-        torch.ops.moba.paged_attention(q, cu, slots, cache.k_pages, cache.v_pages, cache.page_table,
-                                       cache.seq_lens, cache.block_means, None, mode,
-                                       kw.get("block_size", 0), kw.get("topk", 0), 0.0, alphas,
-                                       betas, kw.get("sink", 64), True, "auto")
+        return torch.ops.moba.paged_attention(q, cu, slots, cache.k_pages, cache.v_pages,
+                                              cache.page_table, cache.seq_lens, cache.block_means,
+                                              None, mode, kw.get("block_size", 0),
+                                              kw.get("topk", 0), 0.0, alphas, betas,
+                                              kw.get("sink", 64), True, "auto")
     return fn
 
 
-def row(name, ms, bytes_read, bw, full_ms=None):
+def moba_bytes(fn, n, block, batch):
+    """Bytes a MoBA step must read: per (sequence, KV head) the union of its query heads'
+    selected blocks (one read serves the group) plus the own block, and the block means the gate
+    scores. Also the union's size in blocks, averaged."""
+    sel = fn()[2].view(batch, HKV, -1).long()
+    own = (n - 1) // block
+    onehot = torch.zeros(batch, HKV, own + 1, dtype=torch.bool, device=sel.device)
+    onehot.scatter_(2, torch.where(sel >= 0, sel, own), True)
+    past = int(onehot[..., :own].sum())
+    own_keys = n - own * block
+    keys = past * block + batch * HKV * own_keys
+    return keys * D * 2 * 2 + batch * HKV * own * D * 2, past / (batch * HKV) + 1
+
+
+def fmt_row(name, ms, bytes_read, bw, full_ms, sdpa_ms, note=""):
+    if ms is None:
+        return f"| {name} | OOM | | | | | | {note} |"
     bound = bytes_read / (bw * 1e9) * 1e3
-    frac = bound / ms if ms else float("nan")
-    speed = f"{full_ms / ms:.1f}x" if full_ms else ""
-    return f"| {name} | {ms:.3f} | {bound:.3f} | {100 * frac:.0f}% | {speed} |"
+    vs_full = f"{full_ms / ms:.1f}x" if full_ms else ""
+    vs_sdpa = f"{sdpa_ms / ms:.2f}x" if sdpa_ms else ""
+    return (f"| {name} | {ms:.3f} | {bytes_read / 1e6:.0f} | {bound:.3f} | {100 * bound / ms:.0f}% | "
+            f"{vs_full} | {vs_sdpa} | {note} |")
 
 
-def run_point(n, batch, bw, lines):
+def grouped_queries(batch):
+    """Queries whose heads of one KV head are equal: the group selects the same blocks (MoBA's
+    best case for GQA, 3 blocks read per KV head)."""
+    q = torch.randn(batch, HKV, 1, D, dtype=DT, device="cuda")
+    return q.expand(batch, HKV, HQ // HKV, D).reshape(batch, HQ, D).contiguous()
+
+
+def run_point(n, batch, bw, lines, summary):
     kv_bytes = 2 * n * HKV * D * 2  # K and V of one sequence
     q = torch.randn(batch, HQ, D, dtype=DT, device="cuda")
-    lines.append(f"\n### N = {n // K}K, batch {batch}\n")
-    lines.append("| kernel | step ms | bound ms | % of bound | vs full |")
-    lines.append("|---|---|---|---|---|")
+    rows = []  # (name, ms, bytes, note)
     cache = filled_cache(batch, n, 128)
     full_ms = time_ms(step_fn(cache, q, "full"))
-    lines.append(row("full (ours)", full_ms, batch * kv_bytes, bw))
-    nb = n // 128
-    sel_bytes = batch * (8 * 128 * HKV * D * 2 * 2 + nb * HKV * D * 2)
-    ms = time_ms(step_fn(cache, q, "moba", block_size=128, topk=8))
-    lines.append(row("MoBA block 128 top-8", ms, sel_bytes, bw, full_ms))
-    w = n // 2 + 64
+    rows.append(("full (ours)", full_ms, batch * kv_bytes, "tensor-core kernel (group 4)"))
+    q16 = torch.randn(batch, HQ // 2, D, dtype=DT, device="cuda")
+    rows.append(("full (ours), Hq=16", time_ms(step_fn(cache, q16, "full")), batch * kv_bytes,
+                 "group 2: the CUDA-core kernel"))
+    fn = step_fn(cache, q, "moba", block_size=128, topk=8)
+    by, blocks = moba_bytes(fn, n, 128, batch)
+    rows.append(("MoBA block 128 top-8", time_ms(fn), by, f"{blocks:.1f} blocks read per KV head"))
+    w = n // 2
     ms = time_ms(step_fn(cache, q, "moa", alphas=[0.0] * HQ, betas=[0.5] * HQ, sink=64))
-    lines.append(row("MoA 50%", ms, batch * w * HKV * D * 4, bw, full_ms))
+    rows.append(("MoA 50%", ms, batch * (w + 64) * HKV * D * 4, ""))
     del cache
     torch.cuda.empty_cache()
     blk = n // 64
     cache = filled_cache(batch, n, blk)
-    ms = time_ms(step_fn(cache, q, "moba", block_size=blk, topk=3))
-    lines.append(row(f"MoBA 64 blocks ({blk}) top-3", ms,
-                     batch * (3 * blk * HKV * D * 4 + 64 * HKV * D * 2), bw, full_ms))
+    fn = step_fn(cache, q, "moba", block_size=blk, topk=3)
+    by, blocks = moba_bytes(fn, n, blk, batch)
+    moba_ms = time_ms(fn)
+    rows.append((f"MoBA 64 blocks ({blk}) top-3", moba_ms, by,
+                 f"{blocks:.1f} blocks read per KV head (union of its 4 heads' picks)"))
+    fn = step_fn(cache, grouped_queries(batch), "moba", block_size=blk, topk=3)
+    by, blocks = moba_bytes(fn, n, blk, batch)
+    shared_ms = time_ms(fn)
+    rows.append((f"MoBA 64 blocks ({blk}) top-3, group-shared picks", shared_ms, by,
+                 f"{blocks:.1f} blocks per KV head: a group's heads pick alike"))
     del cache
     torch.cuda.empty_cache()
+    sdpa_ms = None
     try:
         k = torch.randn(batch, HKV, n, D, dtype=DT, device="cuda")
+        v = torch.randn(batch, HKV, n, D, dtype=DT, device="cuda")  # its own memory: K != V
         qq = q.view(batch, HQ, 1, D)
-        ms = time_ms(lambda: F.scaled_dot_product_attention(qq, k, k, enable_gqa=True), iters=10)
-        lines.append(row("torch SDPA (contiguous)", ms, batch * kv_bytes, bw, full_ms))
-        del k
+        sdpa_ms = time_ms(lambda: F.scaled_dot_product_attention(qq, k, v, enable_gqa=True))
+        del k, v
     except torch.OutOfMemoryError:
-        lines.append("| torch SDPA (contiguous) | OOM | | | |")
+        pass
+    rows.append(("torch SDPA (contiguous K, V; enable_gqa)", sdpa_ms, batch * kv_bytes, ""))
     torch.cuda.empty_cache()
+    lines.append(f"\n### N = {n // K}K, batch {batch}\n")
+    lines.append("| kernel | step ms | must read MB | bound ms | % of bandwidth | vs full (ours) | vs SDPA | note |")
+    lines.append("|---|---|---|---|---|---|---|---|")
+    for name, ms, by, note in rows:
+        lines.append(fmt_row(name, ms, by, bw, full_ms if not name.startswith("full (ours)") else None,
+                             sdpa_ms if not name.startswith("torch") else None, note))
+    summary.append((n, batch, full_ms, batch * kv_bytes / (bw * 1e9) * 1e3, moba_ms, shared_ms))
 
 
 def moa_serving(n, budget_gib, bw, lines):
@@ -206,18 +270,32 @@ def main():
     except OSError:
         commit = "?"
     bw = measure_bandwidth()
+    cmd = "python3 " + " ".join(sys.argv)
     lines = [f"# Decode step, {torch.cuda.get_device_name()}, {datetime.date.today()}, commit {commit}",
-             "", f"Hq={HQ}, Hkv={HKV}, D={D}, bf16; page 16; measured copy bandwidth {bw:.0f} GB/s. "
-             "Times are medians of CUDA-graph replays of one decode step (attention incl. the MoBA gate)."]
+             "", f"Command: `{cmd}`", "",
+             f"Hq={HQ}, Hkv={HKV}, D={D}, bf16; page 16; HBM bandwidth measured in this run (device "
+             f"copy, read + write) {bw:.0f} GB/s. Step ms: median of 10 CUDA-graph replays of one "
+             "decode step (attention incl. the MoBA gate, every launch), L2 flushed before each. "
+             "must read = bytes the step has to read (K/V it attends to, MoBA's union of the "
+             "selected blocks over a KV head's query heads plus the gate's means); bound = must "
+             "read / bandwidth; % of bandwidth = bound / step."]
+    summary = []
     for n in [int(x) for x in args.contexts.split(",")]:
         for b in [int(x) for x in args.batches.split(",")]:
             need = 2 * (2 * n * HKV * D * 2) * b  # cache + contiguous copy for SDPA
             if need > args.budget_gib * (1 << 30):
                 lines.append(f"\n(N = {n // K}K, batch {b}: {need / 2**30:.0f} GiB > budget, skipped)")
                 continue
-            run_point(n, b, bw, lines)
-            print("\n".join(lines[-8:]), flush=True)
-    moa_serving(args.moa_context, args.moa_budget_gib, bw, lines)
+            run_point(n, b, bw, lines, summary)
+            print("\n".join(lines[-12:]), flush=True)
+    if args.moa_context > 0:
+        moa_serving(args.moa_context, args.moa_budget_gib, bw, lines)
+    lines.append("\n### Targets (issue 13)\n")
+    lines.append("| N | batch | full % of bandwidth (>= 75% at batch >= 8) | MoBA 64 blocks top-3 vs full (>= 10x at 1M) | same, group-shared picks |")
+    lines.append("|---|---|---|---|---|")
+    for n, b, full_ms, bound, moba_ms, shared_ms in summary:
+        lines.append(f"| {n // K}K | {b} | {100 * bound / full_ms:.0f}% | {full_ms / moba_ms:.1f}x | "
+                     f"{full_ms / shared_ms:.1f}x |")
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:

@@ -27,4 +27,4 @@ timeout ${PY_TIMEOUT:-150} python3 -m pytest -q python/tests/test_kv_cache.py -k
 echo "pytest rc=$?"; tail -5 "$OUT/pytest.log"
 [ "${SKIP_BENCH:-0}" = 1 ] && exit 0
 echo "== bench"
-timeout ${BENCH_TIMEOUT:-300} python3 bench/cuda/bench_decode.py ${BENCH_ARGS:-} --out "$OUT/decode.md" 2>&1 | tail -60
+timeout ${BENCH_TIMEOUT:-300} python3 bench/cuda/bench_decode.py ${BENCH_ARGS:---contexts 32768,131072,1048576 --batches 1,8,64} --out "$OUT/decode.md" 2>&1 | tail -80

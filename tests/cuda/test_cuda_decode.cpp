@@ -121,10 +121,11 @@ TEST(CudaDecode, ChunkedDecodeMatchesOneShotPrefill) {
   RandomShapeOptions opt;
   opt.max_len = 300;
   opt.dtypes = {DType::bf16, DType::f16};
-  int near_ties = 0, shapes = 0;
+  int near_ties = 0, shapes = 0, tensor_core_shapes = 0;
   double worst = 0;
   for (int iter = 0; iter < shape_count(); ++iter) {
     const Shape s = random_shape(rng, opt);
+    tensor_core_shapes += s.hq / s.hkv >= 4;  // the rest take the CUDA-core kernel
     Inputs in = make_inputs(s, 900 + iter);
     FeedPlan plan = random_plan(rng, s);
     plan.max_seqlen_extra = iter % 3 == 0 ? 8192 : 0;  // more splits than keys: empty splits
@@ -149,8 +150,8 @@ TEST(CudaDecode, ChunkedDecodeMatchesOneShotPrefill) {
       break;
     }
   }
-  std::printf("[ cuda paged ] %d shapes, worst err/allowed %.3f, near-tie selection differences %d\n",
-              shapes, worst, near_ties);
+  std::printf("[ cuda paged ] %d shapes (%d on the tensor-core kernel), worst err/allowed %.3f, near-tie selection differences %d\n",
+              shapes, tensor_core_shapes, worst, near_ties);
 }
 
 // More query heads per KV head than one CTA serves (kMaxGroup = 8): the group is split into
@@ -168,16 +169,30 @@ TEST(CudaDecode, WideQueryGroups) {
 }
 
 // Decode steps of long contexts (split-KV across many CTAs, LSE combine) against fp64 truth for
-// the decode rows (the prompts are covered by the random shapes above).
+// the decode rows (the prompts are covered by the random shapes above), on both attention
+// kernels in one process: GQA groups of 4 and 8 (MQA) take the tensor-core kernel, a group of 2
+// the CUDA-core one (kMmaMinGroup = 4 in src/cuda/decode/decode_params.hpp).
+struct GroupCase {
+  int hq, hkv, d;
+  DType dtype;
+};
+
 TEST(CudaDecode, LongContextDecodeRows) {
   MOBA_SKIP_WITHOUT_GPU();
+  for (const GroupCase gcase : {GroupCase{8, 2, 128, DType::bf16}, GroupCase{4, 2, 128, DType::bf16},
+                                GroupCase{8, 1, 64, DType::f16}})
   for (Mode mode : {Mode::full, Mode::moba, Mode::moa}) {
     Shape s;
     s.seqlens = {20000, 7001};
-    s.hq = 8, s.hkv = 2, s.d = 128, s.dtype = DType::bf16;
+    s.hq = gcase.hq, s.hkv = gcase.hkv, s.d = gcase.d, s.dtype = gcase.dtype;
     if (mode == Mode::full) s.params = AttentionParams::full();
-    if (mode == Mode::moba) s.params = AttentionParams::moba_blocks(512, 4);
-    if (mode == Mode::moa) s.params = AttentionParams::moa_heads(MoaHeads{{1000, 64}, {0.1f, 0.5f}, 64});
+    // 625 blocks of 32 for the MQA case: the gate's split scoring (score and select launches)
+    if (mode == Mode::moba) s.params = gcase.hkv == 1 ? AttentionParams::moba_blocks(32, 6) : AttentionParams::moba_blocks(512, 4);
+    if (mode == Mode::moa) {
+      MoaHeads heads{{}, {}, 64};
+      for (int i = 0; i < s.hq; ++i) heads.alpha.push_back(i % 2 ? 64.f : 1000.f + 100.f * i), heads.beta.push_back(i % 2 ? 0.5f : 0.1f);  // windows differ inside a CTA
+      s.params = AttentionParams::moa_heads(heads);
+    }
     Inputs in = make_inputs(s, 5);
     FeedPlan plan;
     plan.page_size = 16;
@@ -218,107 +233,111 @@ TEST(CudaDecode, LongContextDecodeRows) {
         }
     const double err = rel_l2(got, want);
     const double allowed = 2 * rel_l2(rounded(want, s.dtype), want) + 1e-5;
-    EXPECT_LE(err, allowed) << "mode " << int(mode);
-    EXPECT_LE(lse_err, 1e-3) << "mode " << int(mode);
-    std::printf("[ long context, mode %d ] err/allowed %.3f, lse err %.2e\n", int(mode), err / allowed, lse_err);
+    EXPECT_LE(err, allowed) << "mode " << int(mode) << " " << s.str();
+    EXPECT_LE(lse_err, 1e-3) << "mode " << int(mode) << " " << s.str();
+    std::printf("[ long context, mode %d, hq %d / hkv %d, D %d, %s kernel ] err/allowed %.3f, lse err %.2e\n",
+                int(mode), s.hq, s.hkv, s.d, s.hq / s.hkv >= 4 ? "tensor-core" : "cuda-core", err / allowed, lse_err);
   }
 }
 
 // append + gate + attention of a decode step captured in a CUDA graph (device cu_seqlens and
-// slots): the capture fails if anything synchronises with the host; replays give the eager
-// results.
+// slots; global capture mode, as torch.cuda.graph uses): the capture fails if anything
+// synchronises with the host; replays give the eager results. Groups of 2 (CUDA-core kernel) and
+// 4 (tensor-core kernel).
 TEST(CudaDecode, DecodeStepIsGraphCapturable) {
   MOBA_SKIP_WITHOUT_GPU();
-  const int hq = 4, hkv = 2, D = 64, B = 32, prompt = 100, steps = 6;
-  KVCacheConfig c;
-  c.dtype = DType::bf16;
-  c.num_q_heads = hq;
-  c.num_kv_heads = hkv;
-  c.head_dim = D;
-  c.page_size = 16;
-  c.max_rows = 2;
-  c.max_seqlen = 256;
-  c.num_pages = 2 * hkv * 16;
-  c.block_size = B;
-  std::mt19937 rng(3);
-  HostTensor k(DType::bf16, {2 * (prompt + steps), hkv, D}), v(k.dtype, k.shape), q(DType::bf16, {2 * steps, hq, D});
-  k.fill_normal(rng);
-  v.fill_normal(rng);
-  q.fill_normal(rng);
-  const AttentionParams params = AttentionParams::moba_blocks(B, 3);
-  auto run = [&](bool graph) {
-    GpuCache gc(c);
-    RunOptions o;
-    o.backend = Backend::cuda;
-    cudaStream_t stream;
-    cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking);
-    o.cuda_stream = stream;
-    // The prompts, eagerly.
-    DevBuf pk(std::size_t(2) * prompt * hkv * D * 2), pv(pk.bytes);
-    std::vector<std::uint8_t> hk(pk.bytes), hv(pk.bytes);
-    for (int b = 0; b < 2; ++b) {
-      std::memcpy(&hk[std::size_t(b) * prompt * hkv * D * 2], &k.bytes[std::size_t(b) * (prompt + steps) * hkv * D * 2], std::size_t(prompt) * hkv * D * 2);
-      std::memcpy(&hv[std::size_t(b) * prompt * hkv * D * 2], &v.bytes[std::size_t(b) * (prompt + steps) * hkv * D * 2], std::size_t(prompt) * hkv * D * 2);
-    }
-    pk.up(hk.data());
-    pv.up(hv.data());
-    std::vector<int> cu_p{0, prompt, 2 * prompt};
-    gc.cache->append(dev_view(pk.p, DType::bf16, {2 * prompt, hkv, D}), dev_view(pv.p, DType::bf16, {2 * prompt, hkv, D}),
-                     TensorView::contiguous(cu_p.data(), DType::i32, Device::cpu(), {3}), {0, 1}, o);
-    // Decode buffers with device cu_seqlens / slots.
-    std::vector<int> cu{0, 1, 2}, slots{0, 1};
-    DevBuf dcu(12), dslots(8), dk(2 * hkv * D * 2), dv(dk.bytes), dq(2 * hq * D * 2), dout(dq.bytes), dl(2 * hq * 4), ds(2 * hq * 2 * 4);
-    dcu.up(cu.data());
-    dslots.up(slots.data());
-    const TensorView cuv = dev_view(dcu.p, DType::i32, {3}), slotv = dev_view(dslots.p, DType::i32, {2});
-    std::vector<std::uint8_t> outs;
-    cudaGraphExec_t exec = nullptr;
-    for (int t = 0; t < steps; ++t) {
-      std::vector<std::uint8_t> sk(dk.bytes), sv(dk.bytes), sq(dq.bytes);
+  for (const int hq : {4, 8}) {
+    const int hkv = 2, D = 64, B = 32, prompt = 100, steps = 6;
+    KVCacheConfig c;
+    c.dtype = DType::bf16;
+    c.num_q_heads = hq;
+    c.num_kv_heads = hkv;
+    c.head_dim = D;
+    c.page_size = 16;
+    c.max_rows = 2;
+    c.max_seqlen = 256;
+    c.num_pages = 2 * hkv * 16;
+    c.block_size = B;
+    std::mt19937 rng(3);
+    HostTensor k(DType::bf16, {2 * (prompt + steps), hkv, D}), v(k.dtype, k.shape), q(DType::bf16, {2 * steps, hq, D});
+    k.fill_normal(rng);
+    v.fill_normal(rng);
+    q.fill_normal(rng);
+    const AttentionParams params = AttentionParams::moba_blocks(B, 3);
+    auto run = [&](bool graph) {
+      GpuCache gc(c);
+      RunOptions o;
+      o.backend = Backend::cuda;
+      cudaStream_t stream;
+      cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking);
+      o.cuda_stream = stream;
+      // The prompts, eagerly.
+      DevBuf pk(std::size_t(2) * prompt * hkv * D * 2), pv(pk.bytes);
+      std::vector<std::uint8_t> hk(pk.bytes), hv(pk.bytes);
       for (int b = 0; b < 2; ++b) {
-        std::memcpy(&sk[std::size_t(b) * hkv * D * 2], &k.bytes[(std::size_t(b) * (prompt + steps) + prompt + t) * hkv * D * 2], hkv * D * 2);
-        std::memcpy(&sv[std::size_t(b) * hkv * D * 2], &v.bytes[(std::size_t(b) * (prompt + steps) + prompt + t) * hkv * D * 2], hkv * D * 2);
-        std::memcpy(&sq[std::size_t(b) * hq * D * 2], &q.bytes[(std::size_t(b) * steps + t) * hq * D * 2], hq * D * 2);
+        std::memcpy(&hk[std::size_t(b) * prompt * hkv * D * 2], &k.bytes[std::size_t(b) * (prompt + steps) * hkv * D * 2], std::size_t(prompt) * hkv * D * 2);
+        std::memcpy(&hv[std::size_t(b) * prompt * hkv * D * 2], &v.bytes[std::size_t(b) * (prompt + steps) * hkv * D * 2], std::size_t(prompt) * hkv * D * 2);
       }
-      dk.up(sk.data());
-      dv.up(sv.data());
-      dq.up(sq.data());
-      gc.cache->reserve({1, 1}, {0, 1}, o);  // host bookkeeping, outside the graph
-      auto step = [&] {
-        kv_append(dev_view(dk.p, DType::bf16, {2, hkv, D}), dev_view(dv.p, DType::bf16, {2, hkv, D}), cuv, gc.view, B, slotv, o);
-        const TensorView selv = dev_view(ds.p, DType::i32, {2, hq, 2});
-        paged_moba_gate(dev_view(dq.p, DType::bf16, {2, hq, D}), cuv, gc.view, params, selv, slotv, o);
-        PagedAttentionArgs args;
-        args.slots = slotv;
-        args.selection = selv;
-        paged_attention(dev_view(dq.p, DType::bf16, {2, hq, D}), cuv, gc.view, params, args,
-                        dev_view(dout.p, DType::bf16, {2, hq, D}), dev_view(dl.p, DType::f32, {hq, 2}), o);
-      };
-      if (!graph) {
-        step();
-      } else {
-        if (!exec) {
-          cudaGraph_t g;
-          EXPECT_EQ(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal), cudaSuccess);
-          step();
-          EXPECT_EQ(cudaStreamEndCapture(stream, &g), cudaSuccess);
-          EXPECT_EQ(cudaGraphInstantiate(&exec, g, 0), cudaSuccess);
-          cudaGraphDestroy(g);
+      pk.up(hk.data());
+      pv.up(hv.data());
+      std::vector<int> cu_p{0, prompt, 2 * prompt};
+      gc.cache->append(dev_view(pk.p, DType::bf16, {2 * prompt, hkv, D}), dev_view(pv.p, DType::bf16, {2 * prompt, hkv, D}),
+                       TensorView::contiguous(cu_p.data(), DType::i32, Device::cpu(), {3}), {0, 1}, o);
+      // Decode buffers with device cu_seqlens / slots.
+      std::vector<int> cu{0, 1, 2}, slots{0, 1};
+      DevBuf dcu(12), dslots(8), dk(2 * hkv * D * 2), dv(dk.bytes), dq(2 * hq * D * 2), dout(dq.bytes), dl(2 * hq * 4), ds(2 * hq * 2 * 4);
+      dcu.up(cu.data());
+      dslots.up(slots.data());
+      const TensorView cuv = dev_view(dcu.p, DType::i32, {3}), slotv = dev_view(dslots.p, DType::i32, {2});
+      std::vector<std::uint8_t> outs;
+      cudaGraphExec_t exec = nullptr;
+      for (int t = 0; t < steps; ++t) {
+        std::vector<std::uint8_t> sk(dk.bytes), sv(dk.bytes), sq(dq.bytes);
+        for (int b = 0; b < 2; ++b) {
+          std::memcpy(&sk[std::size_t(b) * hkv * D * 2], &k.bytes[(std::size_t(b) * (prompt + steps) + prompt + t) * hkv * D * 2], hkv * D * 2);
+          std::memcpy(&sv[std::size_t(b) * hkv * D * 2], &v.bytes[(std::size_t(b) * (prompt + steps) + prompt + t) * hkv * D * 2], hkv * D * 2);
+          std::memcpy(&sq[std::size_t(b) * hq * D * 2], &q.bytes[(std::size_t(b) * steps + t) * hq * D * 2], hq * D * 2);
         }
-        EXPECT_EQ(cudaGraphLaunch(exec, stream), cudaSuccess);
+        dk.up(sk.data());
+        dv.up(sv.data());
+        dq.up(sq.data());
+        gc.cache->reserve({1, 1}, {0, 1}, o);  // host bookkeeping, outside the graph
+        auto step = [&] {
+          kv_append(dev_view(dk.p, DType::bf16, {2, hkv, D}), dev_view(dv.p, DType::bf16, {2, hkv, D}), cuv, gc.view, B, slotv, o);
+          const TensorView selv = dev_view(ds.p, DType::i32, {2, hq, 2});
+          paged_moba_gate(dev_view(dq.p, DType::bf16, {2, hq, D}), cuv, gc.view, params, selv, slotv, o);
+          PagedAttentionArgs args;
+          args.slots = slotv;
+          args.selection = selv;
+          paged_attention(dev_view(dq.p, DType::bf16, {2, hq, D}), cuv, gc.view, params, args,
+                          dev_view(dout.p, DType::bf16, {2, hq, D}), dev_view(dl.p, DType::f32, {hq, 2}), o);
+        };
+        if (!graph) {
+          step();
+        } else {
+          if (!exec) {
+            cudaGraph_t g;
+            EXPECT_EQ(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal), cudaSuccess);
+            step();
+            EXPECT_EQ(cudaStreamEndCapture(stream, &g), cudaSuccess);
+            EXPECT_EQ(cudaGraphInstantiate(&exec, g, 0), cudaSuccess);
+            cudaGraphDestroy(g);
+          }
+          EXPECT_EQ(cudaGraphLaunch(exec, stream), cudaSuccess);
+        }
+        EXPECT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+        std::vector<std::uint8_t> o_host(dout.bytes);
+        dout.down(o_host.data());
+        outs.insert(outs.end(), o_host.begin(), o_host.end());
       }
-      EXPECT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
-      std::vector<std::uint8_t> o_host(dout.bytes);
-      dout.down(o_host.data());
-      outs.insert(outs.end(), o_host.begin(), o_host.end());
-    }
-    if (exec) cudaGraphExecDestroy(exec);
-    cudaStreamDestroy(stream);
-    return outs;
-  };
-  const auto eager = run(false);
-  const auto graphed = run(true);
-  EXPECT_EQ(eager, graphed);
+      if (exec) cudaGraphExecDestroy(exec);
+      cudaStreamDestroy(stream);
+      return outs;
+    };
+    const auto eager = run(false);
+    const auto graphed = run(true);
+    EXPECT_EQ(eager, graphed) << "hq " << hq;
+  }
 }
 
 }  // namespace

@@ -52,16 +52,30 @@ int sm_count() {
   return n;
 }
 
-// Splits per (row, head chunk): enough CTAs to keep every SM's loads in flight, splits of >= 256 keys
-// of the most a row can see (the host knows no lengths: they live on the device).
-int choose_splits(const PagedProblem& p, int ctas) {
+// Splits per (row, head chunk). The key count a CTA walks lives on the device, so the host
+// sizes by the most a row can see (MoBA: the union of a head chunk's selected blocks and the own
+// block): splits of at least kMinSplitKeys keys, and the fewest splits whose grid fills the
+// resident CTA slots of the device in whole waves (>= 85%), else the best filling.
+constexpr std::int64_t kMinSplitKeys = 256;
+
+int choose_splits(const PagedProblem& p, int ctas, int resident) {
   std::int64_t max_keys = std::int64_t(p.cache.pages_per_seq) * p.cache.page_size;
-  if (p.base.mode == Mode::moba)
-    max_keys = std::min<std::int64_t>(max_keys, std::int64_t(p.base.topk) * p.base.block_size);
-  const std::int64_t target = std::int64_t(sm_count()) * 8;  // ~2 waves of resident CTAs
-  const std::int64_t by_ctas = (target + std::max(ctas, 1) - 1) / std::max(ctas, 1);
-  const std::int64_t by_keys = std::max<std::int64_t>(1, max_keys / 256);
-  return static_cast<int>(std::clamp<std::int64_t>(std::min(by_ctas, by_keys), 1, 1024));
+  if (p.base.mode == Mode::moba) {
+    const std::int64_t blocks = std::int64_t(std::min(p.base.group(), kMaxGroup)) * p.base.past_k() + 1;
+    max_keys = std::min<std::int64_t>(max_keys, blocks * p.base.block_size);
+  }
+  const std::int64_t by_keys = std::clamp<std::int64_t>(max_keys / kMinSplitKeys, 1, kMaxSplits);
+  ctas = std::max(ctas, 1);
+  resident = std::max(resident, 1);
+  int best = 1;
+  double best_fill = 0;
+  for (std::int64_t s = 1; s <= by_keys; ++s) {
+    const std::int64_t grid = ctas * s, waves = (grid + resident - 1) / resident;
+    const double fill = double(grid) / double(waves * resident);
+    if (fill > best_fill + 1e-9) best = int(s), best_fill = fill;
+    if (fill >= 0.85 || waves > 8) break;
+  }
+  return best;
 }
 
 template <class F>
@@ -112,7 +126,9 @@ void cuda_paged_attention(const PagedProblem& p, const PagedOutputs& io, const R
     a.alpha[h] = p.base.moa_alpha[h];
     a.beta[h] = p.base.moa_beta[h];
   }
-  a.splits = choose_splits(p, p.base.total * p.base.hkv * a.head_chunks);
+  int per_sm = 1;
+  by_dtype(p.base.dtype, [&](auto tag) { per_sm = resident_attention_ctas<decltype(tag)>(a.group, p.base.head_dim); });
+  a.splits = choose_splits(p, p.base.total * p.base.hkv * a.head_chunks, per_sm * sm_count());
   if (a.splits > 1)
     a.partial = ws.alloc<float>(std::size_t(a.splits) * p.base.total * p.base.hq * (p.base.head_dim + 2),
                                 "split-KV partial results");
@@ -144,6 +160,13 @@ void cuda_paged_gate(const PagedProblem& p, const Operand& q, std::int32_t* sele
   a.past_k = p.base.past_k();
   a.scores = ws.alloc<float>(std::size_t(p.base.total) * p.base.hq * std::max(a.max_blocks, 1), "gate scores");
   a.selection = selection;
+  a.smem_blocks = a.max_blocks <= kGateSmemBlocks ? a.max_blocks : 0;
+  // Few (row, head chunk) CTAs over many blocks (long contexts, small blocks): split the scoring
+  // so the means are read by enough SMs.
+  const std::int64_t gate_ctas = std::int64_t(p.base.total) * p.base.hkv * a.head_chunks;
+  const std::int64_t want = (std::int64_t(2) * sm_count() + gate_ctas - 1) / gate_ctas;
+  const std::int64_t by_blocks = (a.max_blocks + kGateBlocksPerCta - 1) / kGateBlocksPerCta;
+  a.score_splits = static_cast<int>(std::clamp<std::int64_t>(std::min(want, by_blocks), 1, 65535));
   by_dtype(p.base.dtype, [&](auto tag) { launch_gate<decltype(tag)>(a, p.base.head_dim, s); });
   MOBA_CUDA_LAUNCH_CHECK();
 }

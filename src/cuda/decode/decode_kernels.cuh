@@ -7,8 +7,12 @@
 // for all its heads: GQA without repeated K/V traffic), masks per head, and keeps one online
 // softmax per head in fp32 (base 2). Splits write (m, l, acc) and a merge kernel combines them by
 // log-sum-exp in a fixed order. Only the selected pages are read.
+// This is the CUDA-core kernel, for GQA groups of < kMmaMinGroup heads; larger groups take the
+// tensor-core kernel of decode_mma.cuh (same key list, same partial layout, same combine).
 // gate: one CTA = (query row, head chunk): scores of every completed past block against the
-// cached means (read once for the chunk's heads), then top-(k-1) with ties to the earlier block.
+// cached means (read once for the chunk's heads), then top-(k-1) with ties to the earlier block
+// (rounds over the head's scores staged in shared memory). With few rows and many blocks the
+// scoring is spread over score_splits CTAs and a second launch selects.
 // append: copy kernel (token x KV head), block-sum kernel (sequence x KV head, exact fp64 sums
 // in token order, a mean written when its block completes), then seq_lens += n.
 // Kernel arguments are __grid_constant__ structs (the MoA windows of every head included): read
@@ -17,45 +21,19 @@
 
 #include <cuda_runtime.h>
 
+#include <algorithm>
+#include <atomic>
 #include <cfloat>
 #include <climits>
 #include <cstdint>
 
+#include "cuda/common/check.hpp"
 #include "cuda/common/dtype.cuh"
+#include "cuda/decode/decode_mma.cuh"
 #include "cuda/decode/decode_params.hpp"
+#include "cuda/decode/decode_rows.cuh"
 
 namespace moba::cuda::decode {
-
-constexpr float kLn2 = 0.6931471805599453f;
-
-// The sequence a query row belongs to (binary search in cu) and its position.
-struct RowInfo {
-  int b, slot, n, i, t, len;
-};
-
-__device__ __forceinline__ RowInfo locate(const Rows& r, int row) {
-  int lo = 0, hi = r.batch - 1;  // the last b with cu[b] <= row (skipping empty sequences)
-  while (lo < hi) {
-    const int mid = (lo + hi + 1) / 2;
-    if (__ldg(r.cu + mid) <= row) lo = mid;
-    else hi = mid - 1;
-  }
-  RowInfo x;
-  x.b = lo;
-  x.slot = r.slots ? __ldg(r.slots + lo) : lo;
-  const int c0 = __ldg(r.cu + lo);
-  x.n = __ldg(r.cu + lo + 1) - c0;
-  x.i = row - c0;
-  x.len = __ldg(r.seq_lens + x.slot);
-  x.t = x.len - x.n + x.i;
-  return x;
-}
-
-__device__ __forceinline__ int moa_window(float alpha, float beta, int n) {
-  const double span = floor(double(alpha) + double(beta) * double(n));
-  if (span < 1.0) return 1;
-  return span > double(n) ? max(n, 1) : static_cast<int>(span);
-}
 
 // ---------------------------------------------------------------------------------------------
 // Attention
@@ -301,23 +279,49 @@ __global__ void __launch_bounds__(kThreads) attention_kernel(const __grid_consta
   }
 }
 
-// Combines the splits of one (row, head) in split order.
+// Combines the splits of one (row, head): the splits' maxima and weights are computed in
+// parallel (thread s takes splits s, s + D, ...) and reduced in a fixed tree, then thread d sums
+// its column over the splits with several loads in flight (a serial walk of the splits, one
+// dependent L2 round trip each, would cost tens of microseconds at 100+ splits).
+template <int D>
+__device__ __forceinline__ float block_reduce(float v, float* red, bool is_max) {
+  for (int o = 16; o > 0; o /= 2) {
+    const float w = __shfl_xor_sync(0xffffffffu, v, o);
+    v = is_max ? fmaxf(v, w) : v + w;
+  }
+  __syncthreads();  // red is reused by consecutive reductions
+  if (threadIdx.x % 32 == 0) red[threadIdx.x / 32] = v;
+  __syncthreads();
+  v = red[0];
+#pragma unroll
+  for (int w = 1; w < D / 32; ++w) v = is_max ? fmaxf(v, red[w]) : v + red[w];
+  return v;
+}
+
 template <class T, int D>
 __global__ void __launch_bounds__(D) combine_kernel(const __grid_constant__ AttentionArgs a) {
+  __shared__ float weight[kMaxSplits];
+  __shared__ float red[D / 32];
   const int row = blockIdx.x, h = blockIdx.y, d = threadIdx.x;
   const std::int64_t stride = std::int64_t(a.rows.total) * a.hq * (D + 2);
   const float* p = a.partial + (std::int64_t(row) * a.hq + h) * (D + 2);
-  float M = -INFINITY;
-  for (int s = 0; s < a.splits; ++s)
-    if (p[s * stride + 1] > 0.f) M = fmaxf(M, p[s * stride]);
-  float L = 0.f, acc = 0.f;
-  for (int s = 0; s < a.splits; ++s) {
-    const float* x = p + s * stride;
-    if (!(x[1] > 0.f)) continue;
-    const float w = exp2f(x[0] - M);
-    L += w * x[1];
-    acc += w * x[2 + d];
+  float mx = -INFINITY;
+  for (int s = d; s < a.splits; s += D) {
+    const float m = p[s * stride], l = p[s * stride + 1];
+    weight[s] = l > 0.f ? m : -INFINITY;
+    mx = fmaxf(mx, weight[s]);
   }
+  const float M = block_reduce<D>(mx, red, true);
+  float lsum = 0.f;
+  for (int s = d; s < a.splits; s += D) {
+    const float w = weight[s] == -INFINITY ? 0.f : exp2f(weight[s] - M);
+    lsum += w * p[s * stride + 1];
+    weight[s] = w;
+  }
+  const float L = block_reduce<D>(lsum, red, false);  // its barriers publish weight[]
+  float acc = 0.f;
+#pragma unroll 8
+  for (int s = 0; s < a.splits; ++s) acc = fmaf(weight[s], p[s * stride + 2 + d], acc);
   T* o = static_cast<T*>(a.out) + row * a.o_tok + h * a.o_head + d;
   *o = Dt<T>::from_float(L > 0.f ? acc / L : 0.f);
   if (d == 0) a.lse[std::int64_t(h) * a.rows.total + row] = L > 0.f ? (M + log2f(L)) * kLn2 : -INFINITY;
@@ -336,6 +340,7 @@ __global__ void __launch_bounds__(kThreads) gate_kernel(const __grid_constant__ 
   __shared__ float red_s[kThreads / 32];
   __shared__ int red_j[kThreads / 32];
   __shared__ int picked[kMaxPast];
+  extern __shared__ float sc_smem[];  // a.smem_blocks scores
   const int row = blockIdx.x;
   const int g = blockIdx.y / a.head_chunks;
   const int h0 = g * a.group + (blockIdx.y % a.head_chunks) * kMaxGroup;
@@ -344,15 +349,16 @@ __global__ void __launch_bounds__(kThreads) gate_kernel(const __grid_constant__ 
   const RowInfo ri = locate(a.rows, row);
   const int own = max(0, min(ri.t / a.block_size, a.max_blocks));  // (the host sized the means)
   const int keep = min(a.past_k, own);
-  for (int x = tid; x < G * D; x += kThreads) {
-    const int hh = x / D, d = x % D;
-    q[hh][d] = Dt<T>::to_float(static_cast<const T*>(a.q)[row * a.q_tok + (h0 + hh) * a.q_head + d]);
-  }
-  __syncthreads();
   float* scores = a.scores + (std::int64_t(row) * a.hq + h0) * a.max_blocks;
-  if (keep < own) {
+  if (a.phase != GatePhase::select && keep < own) {
+    for (int x = tid; x < G * D; x += kThreads) {
+      const int hh = x / D, d = x % D;
+      q[hh][d] = Dt<T>::to_float(static_cast<const T*>(a.q)[row * a.q_tok + (h0 + hh) * a.q_head + d]);
+    }
+    __syncthreads();
     const T* means = static_cast<const T*>(a.means) + (std::int64_t(ri.slot) * a.hkv + g) * a.max_blocks * D;
-    for (int j = tid; j < own; j += kThreads) {
+    const int j_end = int(std::int64_t(own) * (blockIdx.z + 1) / gridDim.z);  // this CTA's slice
+    for (int j = int(std::int64_t(own) * blockIdx.z / gridDim.z) + tid; j < j_end; j += kThreads) {
       float acc[kMaxGroup];
 #pragma unroll
       for (int hh = 0; hh < kMaxGroup; ++hh) acc[hh] = 0.f;
@@ -373,13 +379,22 @@ __global__ void __launch_bounds__(kThreads) gate_kernel(const __grid_constant__ 
     }
     __syncthreads();
   }
+  if (a.phase == GatePhase::score) return;
   for (int hh = 0; hh < G; ++hh) {
     int* out = a.selection + (std::int64_t(row) * a.hq + h0 + hh) * a.past_k;
     if (keep == own) {  // every past block is kept
       for (int s = tid; s < a.past_k; s += kThreads) out[s] = s < own ? s : -1;
       continue;
     }
+    // The head's scores move to shared memory when they fit (one coalesced read): the k - 1
+    // rounds below then scan shared memory instead of making a dependent L2 trip per element.
     float* sc = scores + std::int64_t(hh) * a.max_blocks;
+    if (own <= a.smem_blocks) {
+      __syncthreads();  // the previous head's rounds are done with sc_smem
+      for (int j = tid; j < own; j += kThreads) sc_smem[j] = sc[j];
+      __syncthreads();
+      sc = sc_smem;
+    }
     for (int r = 0; r < keep; ++r) {
       float bs = -INFINITY;
       int bj = INT_MAX;
@@ -486,16 +501,64 @@ __global__ void merge_kernel(const __grid_constant__ MergeArgs a) {
 // ---------------------------------------------------------------------------------------------
 // Launchers
 
+// The tensor-core kernel's shared memory exceeds the 48 KB default: opt in once per device (a
+// function attribute each device keeps; later calls, e.g. while a graph is captured, make no
+// CUDA call for it).
+template <class T, int D>
+int mma_smem_opt_in() {
+  constexpr int kDevices = 64;
+  static std::atomic<bool> done[kDevices];
+  const int bytes = static_cast<int>(mma_smem_bytes<T, D>());
+  int dev = 0;
+  MOBA_CUDA_CHECK(cudaGetDevice(&dev));
+  if (dev < kDevices && done[dev].load()) return bytes;
+  MOBA_CUDA_CHECK(cudaFuncSetAttribute(attention_mma_kernel<T, D>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+  if (dev < kDevices) done[dev].store(true);
+  return bytes;
+}
+
 template <class T, int D>
 void attention_launch(const AttentionArgs& a, cudaStream_t s) {
   const dim3 grid(a.rows.total, a.hkv * a.head_chunks, a.splits);
-  attention_kernel<T, D><<<grid, kThreads, 0, s>>>(a);
+  if (uses_tensor_cores(a.group)) attention_mma_kernel<T, D><<<grid, kThreads, mma_smem_opt_in<T, D>(), s>>>(a);
+  else attention_kernel<T, D><<<grid, kThreads, 0, s>>>(a);
   if (a.splits > 1) combine_kernel<T, D><<<dim3(a.rows.total, a.hq), D, 0, s>>>(a);
+}
+
+// Cached per device and kernel: the first call (normally an eager one) asks the occupancy API,
+// later ones (e.g. while a graph is being captured) read the cache.
+template <class T, int D>
+int attention_ctas_per_sm(int group) {
+  constexpr int kDevices = 64;
+  static std::atomic<int> cached[2][kDevices];
+  const int mma = uses_tensor_cores(group) ? 1 : 0;
+  int dev = 0;
+  MOBA_CUDA_CHECK(cudaGetDevice(&dev));
+  if (dev < kDevices && cached[mma][dev].load() > 0) return cached[mma][dev].load();
+  int n = 0;
+  if (mma)
+    MOBA_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, attention_mma_kernel<T, D>, kThreads, mma_smem_opt_in<T, D>()));
+  else
+    MOBA_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, attention_kernel<T, D>, kThreads, 0));
+  n = std::max(n, 1);
+  if (dev < kDevices) cached[mma][dev].store(n);
+  return n;
 }
 
 template <class T, int D>
 void gate_launch(const GateArgs& a, cudaStream_t s) {
-  gate_kernel<T, D><<<dim3(a.rows.total, a.hkv * a.head_chunks), kThreads, 0, s>>>(a);
+  const dim3 grid(a.rows.total, a.hkv * a.head_chunks);
+  if (a.score_splits <= 1) {
+    gate_kernel<T, D><<<grid, kThreads, a.smem_blocks * sizeof(float), s>>>(a);
+    return;
+  }
+  // Many blocks, few rows: the scores over the means spread over score_splits CTAs per (row,
+  // head chunk), then one CTA each picks the top k - 1.
+  GateArgs score = a, select = a;
+  score.phase = GatePhase::score;
+  select.phase = GatePhase::select;
+  gate_kernel<T, D><<<dim3(grid.x, grid.y, a.score_splits), kThreads, 0, s>>>(score);
+  gate_kernel<T, D><<<grid, kThreads, a.smem_blocks * sizeof(float), s>>>(select);
 }
 
 template <class T, int D>
@@ -509,6 +572,11 @@ template <class T>
 void launch_attention(const AttentionArgs& a, int head_dim, cudaStream_t s) {
   if (head_dim == 64) attention_launch<T, 64>(a, s);
   else attention_launch<T, 128>(a, s);
+}
+
+template <class T>
+int resident_attention_ctas(int group, int head_dim) {
+  return head_dim == 64 ? attention_ctas_per_sm<T, 64>(group) : attention_ctas_per_sm<T, 128>(group);
 }
 
 template <class T>
@@ -530,6 +598,7 @@ void launch_merge(const MergeArgs& a, cudaStream_t s) {
 
 #define MOBA_DECODE_INSTANTIATE(T)                                              \
   template void launch_attention<T>(const AttentionArgs&, int, cudaStream_t);   \
+  template int resident_attention_ctas<T>(int, int);                             \
   template void launch_gate<T>(const GateArgs&, int, cudaStream_t);             \
   template void launch_append<T>(const AppendArgs&, int, cudaStream_t);         \
   template void launch_merge<T>(const MergeArgs&, cudaStream_t);

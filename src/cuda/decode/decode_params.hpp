@@ -15,7 +15,15 @@ constexpr int kTile = 64;       // keys per tile
 constexpr int kMaxGroup = 8;    // query heads of one KV head served by one CTA
 constexpr int kMaxPast = 64;    // MoBA: topk - 1 supported by the decode kernels
 constexpr int kMaxRanges = kMaxGroup * kMaxPast + 2;
+constexpr int kMaxSplits = 1024;  // split-KV CTAs per (row, head chunk)
+constexpr int kGateBlocksPerCta = 256;  // gate: blocks one scoring CTA takes when rows are few
+constexpr int kGateSmemBlocks = 10240;  // gate: one head's scores staged in shared memory (40 KB + static < 48 KB)
 constexpr int kMaxHeads = 256;  // MoA: query heads whose windows fit the launch parameters
+// GQA groups of at least this many query heads take the tensor-core attention kernel
+// (decode_mma.cuh: the heads are the rows of an m16 mma); smaller ones the CUDA-core kernel,
+// whose math per key is then small enough for the CUDA cores.
+constexpr int kMmaMinGroup = 4;
+constexpr bool uses_tensor_cores(int group) { return group >= kMmaMinGroup; }
 
 enum class Kind : int { full = 0, moba = 1, moa = 2 };
 
@@ -55,6 +63,8 @@ struct AttentionArgs {
   float* partial = nullptr;         // [splits, total, hq, D + 2] when splits > 1
 };
 
+enum class GatePhase : int { both = 0, score = 1, select = 2 };
+
 struct GateArgs {
   Rows rows;
   const void* q = nullptr;
@@ -64,6 +74,9 @@ struct GateArgs {
   int hq = 0, hkv = 0, group = 0, head_chunks = 1;
   int block_size = 0, past_k = 0;
   float* scores = nullptr;          // workspace [total, hq, max_blocks]
+  int smem_blocks = 0;              // scores a CTA stages in shared memory for its top-k (0: none)
+  int score_splits = 1;             // > 1: scoring CTAs per (row, head chunk), then a select launch
+  GatePhase phase = GatePhase::both;
   int* selection = nullptr;         // [total, hq, past_k]
 };
 
@@ -98,6 +111,10 @@ struct MergeArgs {
 // One instantiation per dtype (decode_bf16.cu, decode_f16.cu); D is 64 or 128.
 template <class T>
 void launch_attention(const AttentionArgs& a, int head_dim, cudaStream_t s);
+// Attention CTAs one SM holds at once for this group size and head dim (occupancy API; no
+// stream operation), to size the split-KV grid in whole waves.
+template <class T>
+int resident_attention_ctas(int group, int head_dim);
 template <class T>
 void launch_gate(const GateArgs& a, int head_dim, cudaStream_t s);
 template <class T>
