@@ -2,12 +2,15 @@
 // out, lse and selection (the gate is never recomputed). MoA runs the causal machinery with
 // the window + sink rule as the mask (bwd_plan.hpp says which rows and keys each item visits).
 //
-// Steps, all on the caller's stream:
+// Steps, all on the caller's stream, with no device-to-host copy and no synchronisation (a
+// training step captures in a CUDA graph):
 //  1. D_t = <dout_t, out_t> (fp32, [hq, total]).
-//  2. MoBA: per-(past block, KV head, selection slot) lists of the rows (t * hq + h) that chose
+//  2. The plan, on the device (bwd_device_plan.hpp, BackwardPlan in bwd_plan.hpp). MoBA:
+//     per-(past block, KV head, selection slot) lists of the rows (t * hq + h) that chose
 //     the block: one entry per selection slot, keyed and stably radix-sorted (CUB), so the
-//     order inside a list is fixed (token, then head) and runs are bit-identical. The list
-//     offsets come back to the host (one small copy + stream sync) to plan the work.
+//     order inside a list is fixed (token, then head) and runs are bit-identical. Then the
+//     key-major items (with their splits) and the dQ items, longest first. Grids and scratch
+//     are sized by bounds from the shapes; the kernels return at once past the device counts.
 //  3. Query-major dQ pass (dq_pass.cuh) over the causal rows: one CTA per 64-token tile and
 //     head recomputes S and dP over the keys of its own block (full mode: all earlier keys) and
 //     keeps dQ in registers. No atomics; it stores dQ (to the output when nothing is listed).
@@ -23,9 +26,10 @@
 //     once more per selection slot over the listed rows, each launch touching every row at
 //     most once, so dQ is summed in a fixed order.
 // Workspace: D (4 B per row and head), the lists (4 B per selection entry, plus sort buffers
-// freed before the main passes), the fp32 dQ scratch (not needed in full mode or when no
-// past block is selected)
-// and, for split key tiles, 2 * (64 or 128) * D floats per extra CTA.
+// freed before the main passes), the work items, the fp32 dQ scratch (MoBA with top-k > 1
+// and the all-atomic variant) and the split key tiles' partials: 2 * (64 or 128) * D floats
+// per slot, min(4 * resident CTAs, row-tile bound / 8) slots (a bound: the host does not know
+// how many tiles split).
 #include <cuda_runtime.h>
 
 #include <algorithm>

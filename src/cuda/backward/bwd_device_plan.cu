@@ -505,11 +505,11 @@ BackwardPlan plan_backward(const PlanRequest& r, cuda::Workspace& ws, cuda::Work
     plan.list_off = off;
   }
 
-  // 4. Key-major items. Bounds: a sequence has at most len / KT + 1 tiles plus one partial tile
-  // per MoBA block; the splits use at most min(4 * slots, row tiles / 8) partial slots (a split
-  // tile of n > cap row tiles gets ceil(n / chunk) <= ceil(n / cap) < 2 n / cap of them, and
-  // cap >= max(16, row tiles / (2 slots))).
-  const long long blocks_bound = B > 0 ? total / B + nonempty : 0;
+  // 4. Key-major items. Bounds: a sequence has at most len / KT + 1 tiles, plus one partial tile
+  // per MoBA block when KT does not divide the block size; the splits use at most
+  // min(4 * slots, row tiles / 8) partial slots (a split tile of n > cap row tiles gets
+  // ceil(n / chunk) <= ceil(n / cap) < 2 n / cap of them, and cap >= max(16, row tiles / (2 slots))).
+  const long long blocks_bound = B > 0 && B % KT != 0 ? total / B + nonempty : 0;
   const long long tiles_bound = total / KT + 1 + nonempty + blocks_bound;
   const long long positions = tiles_bound * r.hkv;
   long long row_tiles_bound = 4ll * r.slots * 16;  // full / MoA: the 4 * slots bound only
