@@ -148,6 +148,37 @@ def host_cu_seqlens(cu_seqlens):
     return cu_seqlens
 
 
+def call_cu_seqlens(cu_seqlens, like: torch.Tensor):
+    """cu_seqlens as the C++ call takes it. A tensor on the GPU of `like` stays there: the CUDA
+    backend plans from it on the device (no device-to-host copy, no stream sync), so a training
+    step can be captured in a CUDA graph. Any other device's copy comes to the host."""
+    if (isinstance(cu_seqlens, torch.Tensor) and cu_seqlens.device.type == "cuda"
+            and cu_seqlens.device == like.device):
+        return cu_seqlens
+    return host_cu_seqlens(cu_seqlens)
+
+
+def check_max_seqlen_arg(cu_seqlens, max_seqlen) -> None:
+    """check_max_seqlen for a host cu_seqlens; for one on the GPU only the type and sign (reading
+    the lengths back would synchronise; there max_seqlen is not used to plan the kernels)."""
+    if isinstance(cu_seqlens, torch.Tensor) and cu_seqlens.device.type == "cuda":
+        if isinstance(max_seqlen, bool) or not isinstance(max_seqlen, numbers.Integral):
+            fail("max_seqlen", "an int", type(max_seqlen).__name__, TypeError)
+        if max_seqlen < 0:
+            fail("max_seqlen", "a value >= 0", str(max_seqlen))
+        return
+    check_max_seqlen(cu_seqlens, max_seqlen)
+
+
+def topk_clamp_length(cu_seqlens, max_seqlen, q: torch.Tensor):
+    """The length effective_topk may clamp top-k with: max_seqlen, checked against a host
+    cu_seqlens; for one that stays on the GPU (not read back) the total token count."""
+    if isinstance(cu_seqlens, torch.Tensor) and cu_seqlens.device.type == "cuda" \
+            and cu_seqlens.device == q.device:
+        return q.shape[0]
+    return max_seqlen
+
+
 def check_max_seqlen(cu_seqlens: torch.Tensor, max_seqlen: int) -> None:
     """max_seqlen must bound every sequence of cu_seqlens (host copy; as in flash-attn's API).
 
@@ -226,8 +257,8 @@ def forward(q, k, v, cu_seqlens, max_seqlen: int, prm: dict, backend: str = "aut
             deterministic: bool = False):
     """Returns (out, lse, selection or None); selection only for MoBA."""
     check_qkv(q, k, v)
-    cu_seqlens = host_cu_seqlens(cu_seqlens)
-    check_max_seqlen(cu_seqlens, max_seqlen)
+    cu_seqlens = call_cu_seqlens(cu_seqlens, q)
+    check_max_seqlen_arg(cu_seqlens, max_seqlen)
     q, k, v = last_dim_contiguous(q), last_dim_contiguous(k), last_dim_contiguous(v)
     total, hq = q.shape[0], q.shape[1]
     out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
@@ -248,7 +279,7 @@ def backward(dout, q, k, v, out, lse, selection, cu_seqlens, prm: dict, backend:
              deterministic: bool = False):
     """Returns (dq, dk, dv) given the forward's out, lse and selection."""
     check_qkv(q, k, v)
-    cu_seqlens = host_cu_seqlens(cu_seqlens)
+    cu_seqlens = call_cu_seqlens(cu_seqlens, q)
     q, k, v = last_dim_contiguous(q), last_dim_contiguous(k), last_dim_contiguous(v)
     out, dout = last_dim_contiguous(out), last_dim_contiguous(dout)
     if dout.dtype != q.dtype:

@@ -220,7 +220,9 @@ def moba_attn_varlen(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor, max_se
     max_seqlen = _int_arg("max_seqlen", max_seqlen)
     chunk = _core.check_positive("moba_chunk_size", moba_chunk_size, "a block size")
     topk = _core.check_positive("moba_topk", moba_topk, "a top-k (it counts the own block)")
-    topk = _core.effective_topk(max_seqlen, chunk, topk)
+    # The clamp must hold for every sequence: a GPU cu_seqlens is not read back to check
+    # max_seqlen, so there the bound is the total token count.
+    topk = _core.effective_topk(_core.topk_clamp_length(cu_seqlens, max_seqlen, q), chunk, topk)
     out, lse, _ = _moba_fwd(q, k, v, cu_seqlens, max_seqlen, chunk, topk, _scale(softmax_scale),
                             backend, bool(deterministic))
     return (out, lse) if return_lse else out

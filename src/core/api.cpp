@@ -51,7 +51,9 @@ void attention_backward(const TensorView& q, const TensorView& k, const TensorVi
                         const TensorView& cu_seqlens, const AttentionParams& params,
                         const TensorView& selection, TensorView dq, TensorView dk,
                         TensorView dv, const RunOptions& options) {
-  const Problem p = make_problem(q, k, cu_seqlens, params, options.cuda_stream);
+  // A GPU cu_seqlens is not read back: the CUDA backward plans on the device (no host sync, so a
+  // training step can be captured in a CUDA graph).
+  const Problem p = make_problem(q, k, cu_seqlens, params, options.cuda_stream, false);
   const Backend b = resolve_backend(p, options);
   Backward w;
   w.q = Operand{q.data, q.stride[0], q.stride[1]};

@@ -4,6 +4,11 @@
 //  - the graph reads the lengths at replay time: new lengths written into the same cu_seqlens
 //    buffer give the eager result of the new lengths;
 //  - a cu_seqlens that is not valid (checked on the device) gives NaN, not a crash.
+// The backward plans on the device too, so a whole training step (forward + backward) captures:
+//  - replay gives the eager call's bits (deterministic mode: every output; default mode: all but
+//    the dQ of MoBA rows that chose past blocks, summed by fp32 atomics in a free order);
+//  - after new values of q, k, v, dout and new lengths are written into the same buffers, a
+//    replay gives the eager result of the new inputs (new selection, new plan).
 #include "cuda_test_util.hpp"
 
 namespace moba::testing {
@@ -12,7 +17,7 @@ namespace {
 struct DeviceProblem {
   Shape s;
   Inputs in;
-  DevBuf q, k, v, out, lse, sel, cu;
+  DevBuf q, k, v, out, lse, sel, cu, dout, dq, dk, dv;
   int past;
   DeviceProblem(const Shape& shape, std::uint32_t seed)
       : s(shape),
@@ -24,11 +29,29 @@ struct DeviceProblem {
         lse(std::size_t(shape.total()) * shape.hq * 4),
         sel(std::size_t(shape.total()) * shape.hq * std::max(shape.params.topk - 1, 1) * 4),
         cu(in.cu.size() * 4),
+        dout(in.q.bytes.size()),
+        dq(in.q.bytes.size()),
+        dk(in.k.bytes.size()),
+        dv(in.v.bytes.size()),
         past(shape.params.mode == Mode::moba ? std::max(shape.params.topk - 1, 0) : 0) {
     q.up(in.q.bytes.data());
     k.up(in.k.bytes.data());
     v.up(in.v.bytes.data());
     cu.up(in.cu.data());
+    dout.up(in.dout.bytes.data());
+    settle();
+  }
+  // New values of q, k, v and dout (same shapes) in the same buffers.
+  void set_values(std::uint32_t seed) {
+    const Inputs fresh = make_inputs(s, seed);
+    in.q = fresh.q;
+    in.k = fresh.k;
+    in.v = fresh.v;
+    in.dout = fresh.dout;
+    q.up(in.q.bytes.data());
+    k.up(in.k.bytes.data());
+    v.up(in.v.bytes.data());
+    dout.up(in.dout.bytes.data());
     settle();
   }
   // The copies and memsets here run on the legacy default stream, which a non-blocking stream
@@ -41,7 +64,7 @@ struct DeviceProblem {
     settle();
   }
   void poison() {
-    for (DevBuf* b : {&out, &lse, &sel})
+    for (DevBuf* b : {&out, &lse, &sel, &dq, &dk, &dv})
       if (cudaMemset(b->p, 0xff, b->bytes) != cudaSuccess) throw std::runtime_error("cudaMemset failed");
     settle();
   }
@@ -58,6 +81,33 @@ struct DeviceProblem {
                       dev_view(cu.p, DType::i32, {std::int64_t(in.cu.size())}), s.params,
                       dev_view(out.p, s.dtype, {T, s.hq, s.d}), dev_view(lse.p, DType::f32, {s.hq, T}),
                       selv, o);
+  }
+  // Backward from this problem's out, lse and selection (as a training step's would).
+  void backward(cudaStream_t stream, bool deterministic, const CudaOptions& cuda) {
+    const std::int64_t T = s.total();
+    RunOptions o;
+    o.backend = Backend::cuda;
+    o.cuda_stream = stream;
+    o.deterministic = deterministic;
+    o.cuda = cuda;
+    TensorView selv;
+    if (s.params.mode == Mode::moba) selv = dev_view(sel.p, DType::i32, {T, s.hq, past});
+    attention_backward(dev_view(q.p, s.dtype, {T, s.hq, s.d}), dev_view(k.p, s.dtype, {T, s.hkv, s.d}),
+                       dev_view(v.p, s.dtype, {T, s.hkv, s.d}), dev_view(out.p, s.dtype, {T, s.hq, s.d}),
+                       dev_view(lse.p, DType::f32, {s.hq, T}), dev_view(dout.p, s.dtype, {T, s.hq, s.d}),
+                       dev_view(cu.p, DType::i32, {std::int64_t(in.cu.size())}), s.params, selv,
+                       dev_view(dq.p, s.dtype, {T, s.hq, s.d}), dev_view(dk.p, s.dtype, {T, s.hkv, s.d}),
+                       dev_view(dv.p, s.dtype, {T, s.hkv, s.d}), o);
+  }
+  // dq | dk | dv, as host tensors
+  std::vector<HostTensor> grads() const {
+    const std::int64_t T = s.total();
+    std::vector<HostTensor> g{HostTensor(s.dtype, {T, s.hq, s.d}), HostTensor(s.dtype, {T, s.hkv, s.d}),
+                              HostTensor(s.dtype, {T, s.hkv, s.d})};
+    dq.down(g[0].bytes.data());
+    dk.down(g[1].bytes.data());
+    dv.down(g[2].bytes.data());
+    return g;
   }
   // out | lse | selection, as bytes
   std::vector<unsigned char> results() const {
@@ -171,6 +221,125 @@ TEST(CudaGraph, ForwardCaptureReplaysEagerAndReadsNewLengths) {
   }
 }
 
+// The backward variants a training step may run (CudaOptions and deterministic mode).
+struct BackwardVariant {
+  const char* name;
+  bool deterministic;
+  CudaOptions cuda;
+};
+std::vector<BackwardVariant> backward_variants() {
+  std::vector<BackwardVariant> v(4);
+  v[0] = {"default", false, {}};
+  v[1] = {"deterministic", true, {}};
+  v[2] = {"64-key tiles", false, {}};
+  v[2].cuda.backward_key_tile = 64;
+  v[3] = {"all-atomic dQ", false, {}};
+  v[3].cuda.backward_dq_all_atomic = true;
+  return v;
+}
+
+// Forward + backward, as one training step, on `stream`.
+void training_step(DeviceProblem& dp, cudaStream_t stream, const BackwardVariant& bv) {
+  dp.forward(stream, CudaOptions::ForwardKernel::automatic);
+  dp.backward(stream, bv.deterministic, bv.cuda);
+}
+
+struct StepResult {
+  std::vector<unsigned char> fwd;
+  std::vector<HostTensor> grads;  // dq, dk, dv
+};
+StepResult step_result(const DeviceProblem& dp) { return {dp.results(), dp.grads()}; }
+
+// dq is bit-exact unless fp32 atomics sum it (default mode: the rows that chose a past MoBA
+// block; all-atomic: every row); then replays may round differently, by about one ulp.
+bool dq_exact(const Shape& s, const BackwardVariant& bv) {
+  if (bv.deterministic) return true;
+  if (bv.cuda.backward_dq_all_atomic) return false;
+  return !(s.params.mode == Mode::moba && s.params.topk > 1);
+}
+
+void expect_same_step(const Shape& s, const BackwardVariant& bv, const StepResult& got, const StepResult& want,
+                      const std::string& what) {
+  EXPECT_TRUE(got.fwd == want.fwd) << what << ": forward outputs differ from the eager step";
+  EXPECT_TRUE(got.grads[1].bytes == want.grads[1].bytes) << what << ": dk differs from the eager step";
+  EXPECT_TRUE(got.grads[2].bytes == want.grads[2].bytes) << what << ": dv differs from the eager step";
+  if (dq_exact(s, bv)) {
+    EXPECT_TRUE(got.grads[0].bytes == want.grads[0].bytes) << what << ": dq differs from the eager step";
+    return;
+  }
+  const HostTensor& a = got.grads[0];
+  const HostTensor& b = want.grads[0];
+  double sum2 = 0;
+  for (std::int64_t i = 0; i < b.numel(); ++i) sum2 += double(b.get(i)) * b.get(i);
+  const double rms = std::sqrt(sum2 / double(std::max<std::int64_t>(b.numel(), 1)));
+  for (std::int64_t i = 0; i < a.numel(); ++i) {
+    const double x = a.get(i), y = b.get(i);
+    ASSERT_FALSE(std::isnan(x)) << what << ": dq[" << i << "] is NaN (eager " << y << ")";
+    ASSERT_LE(std::fabs(x - y), 1.6e-2 * std::fabs(y) + 1e-3 * rms)
+        << what << ": dq[" << i << "] " << x << " vs eager " << y << " (beyond rounding of fp32 atomics)";
+  }
+}
+
+std::vector<Shape> step_shapes() {
+  std::vector<Shape> v = graph_shapes();
+  // MoBA blocks not a multiple of 64 (64-key tiles, masked per row), GQA
+  v.push_back(shape_of({333, 1, 0, 420}, 4, 2, 64, DType::f16, AttentionParams::moba_blocks(80, 3)));
+  return v;
+}
+
+TEST(CudaGraph, TrainingStepCaptureReplaysEagerAndReadsNewInputs) {
+  MOBA_SKIP_WITHOUT_GPU();
+  for (const Shape& s : step_shapes()) {
+    for (const BackwardVariant& bv : backward_variants()) {
+      SCOPED_TRACE(s.str() + " | backward " + bv.name);
+      DeviceProblem dp(s, 41);
+      Stream st;
+      dp.poison();
+      training_step(dp, st.s, bv);
+      CUDA_OK(cudaStreamSynchronize(st.s));
+      const StepResult eager = step_result(dp);
+
+      Graph g;
+      dp.poison();
+      CUDA_OK(cudaStreamBeginCapture(st.s, cudaStreamCaptureModeGlobal));
+      try {
+        training_step(dp, st.s, bv);
+      } catch (...) {
+        cudaGraph_t broken = nullptr;
+        (void)cudaStreamEndCapture(st.s, &broken);
+        if (broken) cudaGraphDestroy(broken);
+        throw;
+      }
+      CUDA_OK(cudaStreamEndCapture(st.s, &g.g));
+      CUDA_OK(cudaGraphInstantiate(&g.exec, g.g, 0));
+      for (int rep = 0; rep < 2; ++rep) {
+        dp.poison();
+        CUDA_OK(cudaGraphLaunch(g.exec, st.s));
+        CUDA_OK(cudaStreamSynchronize(st.s));
+        expect_same_step(s, bv, step_result(dp), eager, "replay " + std::to_string(rep));
+      }
+
+      // New values and new lengths (same total and batch) in the same buffers: the replay must
+      // gate, plan and differentiate them anew.
+      std::vector<int> cu2 = dp.in.cu;
+      const int batch = int(cu2.size()) - 1;
+      for (int b = 1; b < batch; ++b) cu2[b] = int(std::int64_t(b) * s.total() / batch);
+      dp.set_cu(cu2);
+      dp.set_values(97);
+      dp.poison();
+      training_step(dp, st.s, bv);
+      CUDA_OK(cudaStreamSynchronize(st.s));
+      const StepResult eager2 = step_result(dp);
+      EXPECT_FALSE(eager2.grads[1].bytes == eager.grads[1].bytes) << "new inputs left dk unchanged";
+      dp.poison();
+      CUDA_OK(cudaGraphLaunch(g.exec, st.s));
+      CUDA_OK(cudaStreamSynchronize(st.s));
+      expect_same_step(s, bv, step_result(dp), eager2, "replay with new inputs");
+      if (HasFailure()) return;
+    }
+  }
+}
+
 TEST(CudaGraph, InvalidDeviceCuSeqlensGivesNaN) {
   MOBA_SKIP_WITHOUT_GPU();
   const std::vector<std::vector<int>> bad = {{0, 300, 200, 517}, {5, 300, 400, 517}, {0, 300, 400, 500}};
@@ -191,6 +360,16 @@ TEST(CudaGraph, InvalidDeviceCuSeqlensGivesNaN) {
       dp.lse.down(lse.data());
       for (std::int64_t i = 0; i < out.numel(); ++i) ASSERT_TRUE(std::isnan(out.get(i))) << "out[" << i << "]";
       for (std::size_t i = 0; i < lse.size(); ++i) ASSERT_TRUE(std::isnan(lse[i])) << "lse[" << i << "]";
+      // the backward plans from the same bad cu_seqlens: NaN gradients, not a crash
+      for (bool det : {false, true}) {
+        for (DevBuf* b : {&dp.dq, &dp.dk, &dp.dv}) CUDA_OK(cudaMemset(b->p, 0, b->bytes));
+        dp.backward(nullptr, det, CudaOptions{});
+        CUDA_OK(cudaDeviceSynchronize());
+        const std::vector<HostTensor> g = dp.grads();
+        for (int t = 0; t < 3; ++t)
+          for (std::int64_t i = 0; i < g[t].numel(); ++i)
+            ASSERT_TRUE(std::isnan(g[t].get(i))) << "gradient " << t << " [" << i << "], deterministic " << det;
+      }
     }
   }
 }

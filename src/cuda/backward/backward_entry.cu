@@ -2,12 +2,15 @@
 // out, lse and selection (the gate is never recomputed). MoA runs the causal machinery with
 // the window + sink rule as the mask (bwd_plan.hpp says which rows and keys each item visits).
 //
-// Steps, all on the caller's stream:
+// Steps, all on the caller's stream, with no device-to-host copy and no synchronisation (a
+// training step captures in a CUDA graph):
 //  1. D_t = <dout_t, out_t> (fp32, [hq, total]).
-//  2. MoBA: per-(past block, KV head, selection slot) lists of the rows (t * hq + h) that chose
+//  2. The plan, on the device (bwd_device_plan.hpp, BackwardPlan in bwd_plan.hpp). MoBA:
+//     per-(past block, KV head, selection slot) lists of the rows (t * hq + h) that chose
 //     the block: one entry per selection slot, keyed and stably radix-sorted (CUB), so the
-//     order inside a list is fixed (token, then head) and runs are bit-identical. The list
-//     offsets come back to the host (one small copy + stream sync) to plan the work.
+//     order inside a list is fixed (token, then head) and runs are bit-identical. Then the
+//     key-major items (with their splits) and the dQ items, longest first. Grids and scratch
+//     are sized by bounds from the shapes; the kernels return at once past the device counts.
 //  3. Query-major dQ pass (dq_pass.cuh) over the causal rows: one CTA per 64-token tile and
 //     head recomputes S and dP over the keys of its own block (full mode: all earlier keys) and
 //     keeps dQ in registers. No atomics; it stores dQ (to the output when nothing is listed).
@@ -23,25 +26,27 @@
 //     once more per selection slot over the listed rows, each launch touching every row at
 //     most once, so dQ is summed in a fixed order.
 // Workspace: D (4 B per row and head), the lists (4 B per selection entry, plus sort buffers
-// freed before the main passes), the fp32 dQ scratch (not needed in full mode or when no
-// past block is selected)
-// and, for split key tiles, 2 * (64 or 128) * D floats per extra CTA.
+// freed before the main passes), the work items, the fp32 dQ scratch (MoBA with top-k > 1
+// and the all-atomic variant) and the split key tiles' partials: 2 * (64 or 128) * D floats
+// per slot, min(4 * resident CTAs, row-tile bound / 8) slots (a bound: the host does not know
+// how many tiles split).
 #include <cuda_runtime.h>
 
 #include <algorithm>
 #include <chrono>
 #include <string>
-#include <cub/device/device_radix_sort.cuh>
 #include <cstdint>
 #include <vector>
 
 #include "core/backends.hpp"
 #include "core/validate.hpp"
+#include "cuda/backward/bwd_device_plan.hpp"
 #include "cuda/backward/bwd_plan.hpp"
 #include "cuda/backward/bwd_stats.hpp"
 #include "cuda/common/check.hpp"
 #include "cuda/common/dtype.cuh"
 #include "cuda/common/workspace.hpp"
+#include "cuda/forward/seq_tables.hpp"
 
 namespace moba::detail {
 namespace bwd {
@@ -71,51 +76,12 @@ __global__ void dt_kernel(const T* out, std::int64_t o_ts, std::int64_t o_hs, co
   if (lane == 0) dt[std::int64_t(h) * total + t] = acc;
 }
 
-// One entry per selection slot: key (past block, KV head, slot) or `nkeys` when unused.
-__global__ void entries_kernel(const std::int32_t* sel, int total, int hq, int group, int hkv,
-                               int P, int B, const int* cu, int batch, const int* blk_base,
-                               unsigned nkeys, unsigned* keys, int* vals) {
-  const std::int64_t i = std::int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i >= std::int64_t(total) * hq * P) return;
-  const int s = static_cast<int>(i % P);
-  const std::int64_t row = i / P;
-  const int t = static_cast<int>(row / hq), h = static_cast<int>(row % hq);
-  int lo = 0, hi = batch;  // cu[lo] <= t < cu[hi]
-  while (hi - lo > 1) {
-    const int mid = (lo + hi) >> 1;
-    if (cu[mid] <= t) lo = mid;
-    else hi = mid;
-  }
-  const int own = (t - cu[lo]) / B;
-  const int j = sel[i];
-  unsigned key = nkeys;
-  if (j >= 0 && j < own) key = (unsigned(blk_base[lo] + j) * hkv + h / group) * P + s;
-  keys[i] = key;
-  vals[i] = static_cast<int>(row);
-}
-
-// off[k] = first position of key k in the sorted keys (k = 0 .. nkeys).
-__global__ void offsets_kernel(const unsigned* keys, int n, unsigned nkeys, int* off) {
-  const unsigned k = blockIdx.x * blockDim.x + threadIdx.x;
-  if (k > nkeys) return;
-  int lo = 0, hi = n;
-  while (lo < hi) {
-    const int mid = (lo + hi) >> 1;
-    if (keys[mid] < k) lo = mid + 1;
-    else hi = mid;
-  }
-  off[k] = lo;
-}
-
-struct SplitTile {
-  int key_start, key_len, g, slot_begin, n_slots;
-};
-
 // Sums the fp32 partials of split key tiles in slot order and writes dK, dV.
 template <class T>
-__global__ void reduce_partials_kernel(const SplitTile* tiles, const float* partial, int KT, int D, T* dk,
-                                       std::int64_t dk_ts, std::int64_t dk_hs, T* dv,
+__global__ void reduce_partials_kernel(const SplitTile* tiles, const int* n_tiles, const float* partial, int KT,
+                                       int D, T* dk, std::int64_t dk_ts, std::int64_t dk_hs, T* dv,
                                        std::int64_t dv_ts, std::int64_t dv_hs) {
+  if (int(blockIdx.x) >= *n_tiles) return;  // the grid is a bound
   const SplitTile st = tiles[blockIdx.x];
   for (int e = threadIdx.x; e < KT * D; e += blockDim.x) {
     const int key = e / D, d = e % D;
@@ -148,13 +114,6 @@ __global__ void convert_dq_kernel(const float* acc, int total, int hq, int D, fl
 
 int ceil_div(long long a, long long b) { return static_cast<int>((a + b - 1) / b); }
 
-// Tracks the scratch bytes held at once.
-struct Meter {
-  std::size_t now = 0, peak = 0;
-  void add(std::size_t b) { peak = std::max(peak, now += b); }
-  void sub(std::size_t b) { now -= b; }
-};
-
 void key_pass(bool bf16, int D, const KeyPassArgs& a, int n, cudaStream_t s) {
   if (bf16) D == 64 ? launch_key_pass<true, 64>(a, n, s) : launch_key_pass<true, 128>(a, n, s);
   else D == 64 ? launch_key_pass<false, 64>(a, n, s) : launch_key_pass<false, 128>(a, n, s);
@@ -183,34 +142,27 @@ struct DeviceGuard {
   }
 };
 
+// Reads one device int (CudaOptions::collect_timing only: that mode synchronises anyway).
+long long read_count(const int* d, cudaStream_t stream) {
+  if (d == nullptr) return 0;
+  int v = 0;
+  MOBA_CUDA_CHECK(cudaMemcpyAsync(&v, d, sizeof(int), cudaMemcpyDeviceToHost, stream));
+  MOBA_CUDA_CHECK(cudaStreamSynchronize(stream));
+  return v;
+}
+
 template <class T>
 void run_backward(const Problem& p, const Backward& w, const RunOptions& o) {
   const cudaStream_t stream = cuda::stream_of(o);
   const bool det = o.deterministic;
   const bool bf16 = p.dtype == DType::bf16;
-  const int D = p.head_dim, hq = p.hq, hkv = p.hkv, G = p.group(), total = p.total;
+  const int D = p.head_dim, hq = p.hq, G = p.group(), total = p.total;
   const bool moba = p.mode == Mode::moba;
   const int B = moba ? p.block_size : 64;
   const int P = moba ? p.past_k() : 0;
   const bool moa = p.mode == Mode::moa;
   const bool any_block = moba && B % 64 != 0;  // MoBA blocks that 64-key tiles do not align with
   const int vis = moa ? kVisMoa : (any_block ? kVisBlocks : kVisCausal);
-  std::vector<int> win;  // MoA: window of (head h, sequence b) at [h * batch + b]
-  if (moa) {
-    win.resize(std::size_t(hq) * p.batch);
-    for (int h = 0; h < hq; ++h)
-      for (int b = 0; b < p.batch; ++b)
-        win[std::size_t(h) * p.batch + b] = p.moa_window(h, p.cu_seqlens[b + 1] - p.cu_seqlens[b]);
-  }
-  // MoA: the rows that see a key tile [kp0, kp0 + n) of sequence b, KV head g, end before
-  // position kp0 + n - 1 + (widest window of the group), or at the end when the tile starts in
-  // the sink (sink keys are seen by every later row).
-  auto moa_rows_end = [&](int b, int g, int kp0, int n, int len) {
-    if (kp0 < p.moa_sink) return len;
-    int wmax = 1;
-    for (int h = g * G; h < (g + 1) * G; ++h) wmax = std::max(wmax, win[std::size_t(h) * p.batch + b]);
-    return static_cast<int>(std::min<long long>(len, static_cast<long long>(kp0) + n - 1 + wmax));
-  };
   BackwardStats stats;
   Meter mem;
   // Measurement variants (CudaOptions): every dQ by atomics in the key pass; per-stage times.
@@ -233,12 +185,6 @@ void run_backward(const Problem& p, const Backward& w, const RunOptions& o) {
   MOBA_CUDA_CHECK(cudaGetDevice(&dev));
   MOBA_CUDA_CHECK(cudaDeviceGetAttribute(&nsm, cudaDevAttrMultiProcessorCount, dev));
 
-  // MoBA blocks of each sequence, numbered globally.
-  std::vector<int> blk_base(p.batch + 1, 0);
-  for (int b = 0; b < p.batch; ++b)
-    blk_base[b + 1] = blk_base[b] + ceil_div(p.cu_seqlens[b + 1] - p.cu_seqlens[b], B);
-  const long long nblk = blk_base[p.batch];
-
   cuda::Workspace ws(stream);
   float* dt = ws.alloc<float>(std::size_t(total) * hq, "D = rowsum(dout * out)");
   mem.add(std::size_t(total) * hq * 4);
@@ -251,201 +197,63 @@ void run_backward(const Problem& p, const Backward& w, const RunOptions& o) {
   }
   mark("D");
 
-  // Per-block row lists (MoBA with past blocks).
-  int* list = nullptr;
-  std::vector<int> off;  // [nkeys + 1]
-  if (P > 0) {
-    const long long E = static_cast<long long>(total) * hq * P;
-    const long long nkeys = nblk * hkv * P;
-    if (E >= (1ll << 31) || nkeys >= (1ll << 31) || static_cast<long long>(total) * hq >= (1ll << 31))
-      fail(ErrorKind::unsupported, "cuda backend: backward supports at most 2^31 selection entries (total * hq * (topk - 1)), got " + std::to_string(E));
-    list = ws.alloc<int>(E, "per-block row lists");
-    mem.add(E * 4);
-    cuda::Workspace tmp(stream);
-    int* cu_d = tmp.upload(p.cu_seqlens, "cu_seqlens");
-    int* base_d = tmp.upload(blk_base, "block offsets");
-    unsigned* keys_in = tmp.alloc<unsigned>(E, "list sort keys");
-    unsigned* keys_out = tmp.alloc<unsigned>(E, "list sort keys");
-    int* vals_in = tmp.alloc<int>(E, "list sort values");
-    int* off_d = tmp.alloc<int>(nkeys + 1, "list offsets");
-    std::size_t tmp_bytes = 0;
-    int end_bit = 1;
-    while ((1ull << end_bit) <= static_cast<unsigned long long>(nkeys)) ++end_bit;
-    MOBA_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(nullptr, tmp_bytes, keys_in, keys_out, vals_in, list,
-                                                    static_cast<int>(E), 0, end_bit, stream));
-    void* sort_tmp = tmp.alloc_bytes(tmp_bytes, "list sort");
-    mem.add(E * 12 + tmp_bytes + (nkeys + 1) * 4 + (p.batch + 1) * 8);
-    entries_kernel<<<ceil_div(E, 256), 256, 0, stream>>>(w.selection, total, hq, G, hkv, P, B, cu_d, p.batch,
-                                                         base_d, static_cast<unsigned>(nkeys), keys_in, vals_in);
-    MOBA_CUDA_LAUNCH_CHECK();
-    MOBA_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(sort_tmp, tmp_bytes, keys_in, keys_out, vals_in, list,
-                                                    static_cast<int>(E), 0, end_bit, stream));
-    offsets_kernel<<<ceil_div(nkeys + 1, 256), 256, 0, stream>>>(keys_out, static_cast<int>(E),
-                                                                static_cast<unsigned>(nkeys), off_d);
-    MOBA_CUDA_LAUNCH_CHECK();
-    off.resize(nkeys + 1);
-    MOBA_CUDA_CHECK(cudaMemcpyAsync(off.data(), off_d, (nkeys + 1) * sizeof(int), cudaMemcpyDeviceToHost, stream));
-    MOBA_CUDA_CHECK(cudaStreamSynchronize(stream));
-    mem.sub(E * 12 + tmp_bytes + (nkeys + 1) * 4 + (p.batch + 1) * 8);
-    stats.list_entries = off[nkeys];
-  }
-  const bool has_lists = P > 0 && off.back() > 0;
-  mark("lists");
-
-  // Key-major items: one per (key tile, KV head), split when far above the average. Tiles are
-  // 128 keys (NG = 2) unless MoBA blocks are not a multiple of 128. A key tile never crosses a
-  // MoBA block: each block is cut into tiles from its start (the last one partial when the
-  // block size is not a multiple of the tile), so every row of a tile sees it by one rule.
-  const bool ng1 = o.cuda.backward_key_tile == 64;  // 64-key tiles always (measurements)
+  // The plan, on the device (bwd_device_plan.hpp). Key tiles are 128 keys (NG = 2) unless MoBA
+  // blocks are not a multiple of 128 (or CudaOptions::backward_key_tile asks for 64). A key
+  // tile never crosses a MoBA block: each block is cut into tiles from its start.
+  const bool ng1 = o.cuda.backward_key_tile == 64;
   const int NG = (!ng1 && (!moba || B % 128 == 0)) ? 2 : 1, KT = 64 * NG;
-  struct Tile {
-    KeyItem it;
-    int n;
-  };
-  std::vector<Tile> tiles;
-  long long row_tiles = 0;
-  for (int b = 0; b < p.batch; ++b) {
-    const int begin = p.cu_seqlens[b], len = p.cu_seqlens[b + 1] - begin;
-    const int region = moba ? B : std::max(len, 1);  // a MoBA block, else the whole sequence
-    for (int ks = 0; ks < len; ks += std::min(KT, region - ks % region)) {
-      const int j = ks / B;
-      const int region_end = std::min(len, (ks / region + 1) * region);
-      KeyItem it{};
-      it.key_start = begin + ks;
-      it.key_len = std::min(KT, region_end - ks);
-      it.impl_begin = it.key_start;
-      it.impl_end = begin + (moba ? region_end : len);
-      it.partial = -1;
-      it.seq = b;
-      it.sink_end = begin + (moa ? p.moa_sink : 0);
-      for (int g = 0; g < hkv; ++g) {
-        it.g = g;
-        if (moa) it.impl_end = begin + moa_rows_end(b, g, ks, it.key_len, len);
-        const int n_impl = ceil_div(it.impl_end - it.impl_begin, 64) * G;
-        it.list_begin = it.list_len = 0;
-        if (P > 0) {
-          const long long kb = ((blk_base[b] + j) * static_cast<long long>(hkv) + g) * P;
-          it.list_begin = off[kb];
-          it.list_len = off[kb + P] - off[kb];
-        }
-        const int n = n_impl + ceil_div(it.list_len, 64);
-        tiles.push_back({it, n});
-        row_tiles += n;
-      }
-    }
+  BackwardPlan plan;
+  const int* win_d = nullptr;
+  {
+    cuda::Workspace tmp(stream);  // sort and scan buffers, freed before the passes
+    PlanRequest req;
+    req.total = total;
+    req.batch = p.batch;
+    req.hq = hq;
+    req.hkv = p.hkv;
+    req.moba = moba;
+    req.moa = moa;
+    req.block_size = B;
+    req.past = P;
+    req.key_tile = KT;
+    req.slots = NG == 1 ? 2 * nsm : nsm;  // resident key-pass CTAs
+    req.dq_items = !all_atomic;
+    req.listed_waves = det;
+    // A host cu_seqlens (already checked) is uploaded and planned from like a GPU one.
+    req.cu_from_caller_gpu = p.cu_seqlens.empty();
+    req.cu_dev = req.cu_from_caller_gpu ? p.cu_seqlens_dev : tmp.upload(p.cu_seqlens, "cu_seqlens");
+    req.selection = w.selection;
+    req.moa_sink = moa ? p.moa_sink : 0;
+    req.moa_alpha = &p.moa_alpha;
+    req.moa_beta = &p.moa_beta;
+    std::size_t tmp_bytes = 0;
+    plan = plan_backward(req, ws, tmp, mem, tmp_bytes, &win_d);
+    mem.sub(tmp_bytes);
   }
-  const int slots = NG == 1 ? 2 * nsm : nsm;  // resident CTAs
-  const int cap = std::max(16, ceil_div(row_tiles, 2ll * slots));
-  std::vector<KeyItem> items;
-  std::vector<SplitTile> splits;
-  int n_partials = 0;
-  for (const Tile& t : tiles) {
-    KeyItem it = t.it;
-    if (t.n <= cap) {
-      it.rt_begin = 0;
-      it.rt_end = t.n;
-      items.push_back(it);
-      continue;
-    }
-    const int k = ceil_div(t.n, cap), chunk = ceil_div(t.n, k);
-    splits.push_back({it.key_start, it.key_len, it.g, n_partials, 0});
-    for (int r = 0; r < t.n; r += chunk) {
-      it.rt_begin = r;
-      it.rt_end = std::min(t.n, r + chunk);
-      it.partial = n_partials++;
-      ++splits.back().n_slots;
-      items.push_back(it);
-    }
+  stats.dq_waves = all_atomic ? 0 : 1 + (det ? P : 0);
+  if (timing) {  // the counts, for the report (the plan itself never reads them on the host)
+    stats.key_items = static_cast<int>(read_count(plan.n_key_items, stream));
+    stats.split_tiles = static_cast<int>(read_count(plan.n_splits, stream));
+    stats.list_entries = plan.list_off ? read_count(plan.list_off + plan.n_block_ids * p.hkv * P, stream) : 0;
   }
-  std::stable_sort(items.begin(), items.end(), [](const KeyItem& a, const KeyItem& b) {
-    return a.rt_end - a.rt_begin > b.rt_end - b.rt_begin;
-  });
-  stats.key_items = static_cast<int>(items.size());
-  stats.split_tiles = static_cast<int>(splits.size());
+  mark("plan");
 
-  // Query-major dQ items. Wave 0 (both modes): the causal part per (64-token tile, head); MoA:
-  // the sink's key tiles, then the window's (one range when they meet).
-  // Waves 1 + s (deterministic mode): the rows of selection slot s, per (block, KV head).
-  std::vector<DqItem> dq_items;
-  std::vector<std::pair<int, int>> waves;  // (first item, count)
-  if (!all_atomic) {
-    for (int b = 0; b < p.batch; ++b) {
-      const int begin = p.cu_seqlens[b], len = p.cu_seqlens[b + 1] - begin;
-      for (int qt = 0; qt * 64 < len; ++qt) {
-        const int rows = std::min(64, len - qt * 64);
-        if (moa) {
-          for (int h = 0; h < hq; ++h) {
-            const int wh = win[std::size_t(h) * p.batch + b];
-            int first = std::max(0, qt * 64 - wh + 1) / 64;
-            int sink_tiles = ceil_div(p.moa_sink, 64);
-            if (sink_tiles >= first) first = sink_tiles = 0;
-            dq_items.push_back({begin + first * 64, qt - first + 1, 1, h / G, h, begin + qt * 64, rows,
-                                sink_tiles, begin, wh});
-          }
-          continue;
-        }
-        if (any_block) {  // keys from the own block of the tile's first row, masked per row
-          const int lo = (qt * 64 / B) * B;
-          for (int h = 0; h < hq; ++h)
-            dq_items.push_back({begin + lo, ceil_div(qt * 64 + rows - lo, 64), 1, h / G, h, begin + qt * 64, rows,
-                                0, begin, 0, 0});
-          continue;
-        }
-        const int first = moba ? (qt * 64 / B) * (B / 64) : 0;
-        for (int h = 0; h < hq; ++h)
-          dq_items.push_back({begin + first * 64, qt - first + 1, 1, h / G, h, begin + qt * 64, rows});
-      }
-    }
-    std::stable_sort(dq_items.begin(), dq_items.end(), [](const DqItem& a, const DqItem& b) {
-      return a.n_key_tiles + a.sink_tiles > b.n_key_tiles + b.sink_tiles;
-    });
-    waves.push_back({0, static_cast<int>(dq_items.size())});
-    for (int s = 0; s < P && has_lists && det; ++s) {
-      const int first = static_cast<int>(dq_items.size());
-      for (int b = 0; b < p.batch; ++b) {
-        const int begin = p.cu_seqlens[b];
-        for (int j = 0; j < blk_base[b + 1] - blk_base[b]; ++j)
-          for (int g = 0; g < hkv; ++g) {
-            const long long k = ((blk_base[b] + j) * static_cast<long long>(hkv) + g) * P + s;
-            for (int e = off[k]; e < off[k + 1]; e += 64)
-              dq_items.push_back({begin + j * B, ceil_div(B, 64), 0, g, -1, e, std::min(64, off[k + 1] - e),
-                                  0, begin, 0, begin + (j + 1) * B});
-          }
-      }
-      if (static_cast<int>(dq_items.size()) > first)
-        waves.push_back({first, static_cast<int>(dq_items.size()) - first});
-    }
-  }
-  stats.dq_waves = static_cast<int>(waves.size());
-
-  // Scratch for the passes.
-  KeyItem* items_d = ws.upload(items, "backward work items");
-  mem.add(items.size() * sizeof(KeyItem));
+  // Scratch for the passes, sized by the plan's bounds.
   float* partial = nullptr;
-  SplitTile* splits_d = nullptr;
-  if (n_partials > 0) {
-    partial = ws.alloc<float>(std::size_t(n_partials) * 2 * KT * D, "split dK/dV partials");
-    splits_d = ws.upload(splits, "split tiles");
-    mem.add(std::size_t(n_partials) * 2 * KT * D * 4 + splits.size() * sizeof(SplitTile));
+  if (plan.max_partials > 0) {
+    partial = ws.alloc<float>(std::size_t(plan.max_partials) * 2 * KT * D, "split dK/dV partials");
+    mem.add(std::size_t(plan.max_partials) * 2 * KT * D * 4);
   }
+  // With selection slots the listed rows' dQ is summed in fp32 (whether or not any row chose a
+  // past block: the host does not know).
   float* dq_acc = nullptr;
-  const bool need_acc = all_atomic || has_lists;
+  const bool need_acc = all_atomic || P > 0;
   if (need_acc) {
     dq_acc = ws.alloc<float>(std::size_t(total) * hq * D, "fp32 dQ accumulator");
     mem.add(std::size_t(total) * hq * D * 4);
     if (all_atomic) MOBA_CUDA_CHECK(cudaMemsetAsync(dq_acc, 0, std::size_t(total) * hq * D * 4, stream));
   }
-  const int* win_d = nullptr;
-  if (moa) {
-    win_d = ws.upload(win, "MoA windows");
-    mem.add(win.size() * sizeof(int));
-  }
-  DqItem* dq_items_d = nullptr;
-  if (!dq_items.empty()) {
-    dq_items_d = ws.upload(dq_items, "dQ work items");
-    mem.add(dq_items.size() * sizeof(DqItem));
-  }
-  mark("plan+alloc");
+  mark("alloc");
 
   Operands op{w.q.data, w.k.data, w.v.data, w.dout.data, w.dq.data, w.dk.data, w.dv.data,
               w.q.token_stride, w.q.head_stride, w.k.token_stride, w.k.head_stride,
@@ -453,29 +261,31 @@ void run_backward(const Problem& p, const Backward& w, const RunOptions& o) {
               w.dq.token_stride, w.dq.head_stride, w.dk.token_stride, w.dk.head_stride,
               w.dv.token_stride, w.dv.head_stride};
   const float scale_log2 = p.scale * 1.4426950408889634f;
-  auto wave = [&](std::size_t i) {
-    DqPassArgs da{op, w.lse, dt, list, dq_items_d + waves[i].first, dq_acc,
-                  i == 0 ? (has_lists ? kDqStoreAcc : kDqStoreOut) : kDqAddAcc,
-                  total, hq, G, p.scale, scale_log2, moa ? p.moa_sink : 0,
-                  vis, B};
-    dq_pass(bf16, D, da, waves[i].second, stream);
+  auto wave = [&](const DqItem* items, const int* n_items, int max_items, int store) {
+    DqPassArgs da{op, w.lse, dt, plan.list, items, dq_acc, store, total, hq, G, p.scale, scale_log2,
+                  moa ? p.moa_sink : 0, vis, B};
+    da.n_items = n_items;
+    dq_pass(bf16, D, da, max_items, stream);
   };
 
   // Causal rows' dQ first (it stores; the listed rows' contributions are added after it).
-  if (!waves.empty()) wave(0);
+  if (plan.dq_items) wave(plan.dq_items, plan.n_dq_items, plan.max_dq_items, P > 0 ? kDqStoreAcc : kDqStoreOut);
   mark("dq causal");
-  // dK, dV; in the default mode also the listed rows' dQ (all rows' with MOBA_BWD_DQ=atomic).
-  KeyPassArgs ka{op, w.lse, dt, list, items_d, det ? nullptr : dq_acc, all_atomic ? 0 : 1, partial,
+  // dK, dV; in the default mode also the listed rows' dQ (every row's with all-atomic dQ).
+  KeyPassArgs ka{op, w.lse, dt, plan.list, plan.key_items, det ? nullptr : dq_acc, all_atomic ? 0 : 1, partial,
                  total, hq, G, p.scale, scale_log2, NG, win_d, p.batch, vis};
-  key_pass(bf16, D, ka, static_cast<int>(items.size()), stream);
-  if (!splits.empty()) {
-    reduce_partials_kernel<T><<<static_cast<int>(splits.size()), 256, 0, stream>>>(
-        splits_d, partial, KT, D, static_cast<T*>(w.dk.data), w.dk.token_stride, w.dk.head_stride,
-        static_cast<T*>(w.dv.data), w.dv.token_stride, w.dv.head_stride);
+  ka.n_items = plan.n_key_items;
+  key_pass(bf16, D, ka, plan.max_key_items, stream);
+  if (plan.max_splits > 0) {
+    reduce_partials_kernel<T><<<plan.max_splits, 256, 0, stream>>>(
+        plan.splits, plan.n_splits, partial, KT, D, static_cast<T*>(w.dk.data), w.dk.token_stride,
+        w.dk.head_stride, static_cast<T*>(w.dv.data), w.dv.token_stride, w.dv.head_stride);
     MOBA_CUDA_LAUNCH_CHECK();
   }
   mark("key pass");
-  for (std::size_t i = 1; i < waves.size(); ++i) wave(i);
+  for (int s = 0; plan.listed_items && s < P; ++s)
+    wave(plan.listed_items + std::size_t(s) * plan.max_listed_items, plan.n_listed_items + s,
+         plan.max_listed_items, kDqAddAcc);
   mark("dq listed");
   if (need_acc) {
     const std::int64_t n = std::int64_t(total) * hq * (D / 2);
@@ -483,6 +293,13 @@ void run_backward(const Problem& p, const Backward& w, const RunOptions& o) {
                                                                static_cast<T*>(w.dq.data),
                                                                w.dq.token_stride, w.dq.head_stride);
     MOBA_CUDA_LAUNCH_CHECK();
+  }
+  if (plan.invalid) {  // a GPU cu_seqlens that failed the device check: NaN gradients, as the forward
+    cuda::poison_if_invalid(plan.invalid, w.dq.data, w.dq.token_stride, w.dq.head_stride, dt, total, hq, D, stream);
+    cuda::poison_if_invalid(plan.invalid, w.dk.data, w.dk.token_stride, w.dk.head_stride, dt, total, p.hkv, D,
+                            stream);
+    cuda::poison_if_invalid(plan.invalid, w.dv.data, w.dv.token_stride, w.dv.head_stride, dt, total, p.hkv, D,
+                            stream);
   }
   mark("convert");
   stats.peak_workspace_bytes = mem.peak;

@@ -98,6 +98,7 @@ struct KeyPassArgs {
   const int* moa_window;
   int batch;
   int visibility;  // Visibility
+  const int* n_items = nullptr;  // device count of items (the grid is a bound); nullptr: the grid
 };
 
 // How the dQ pass stores its tile's result.
@@ -116,6 +117,47 @@ struct DqPassArgs {
   int moa_sink;    // kVisMoa: sink tokens at the start of each sequence
   int visibility;  // Visibility
   int block_size;  // kVisBlocks
+  const int* n_items = nullptr;  // device count of items (the grid is a bound); nullptr: the grid
+};
+
+// A key tile whose row tiles were split over n_slots items: their fp32 dK/dV partials sit in
+// slots [slot_begin, slot_begin + n_slots) and are summed in that order.
+struct SplitTile {
+  int key_start, key_len, g, slot_begin, n_slots;
+};
+
+// The backward's work, planned on the device (bwd_device_plan.cu) from cu_seqlens and the saved
+// selection: no device-to-host copy and no host synchronisation, so a training step can be
+// captured in a CUDA graph. Every count (n_*) is a device int; the host knows only the bounds
+// (max_*), which size the grids and the scratch, and the kernels return at once past a count.
+struct BackwardPlan {
+  // MoBA row lists (selection slots P > 0): entries t * hq + h of the rows that chose a past
+  // block, grouped by key k = (id * hkv + g) * P + s (block id, KV head g, slot s) and ordered by
+  // token then head inside a group; group k is list[list_off[k] .. list_off[k + 1]).
+  // Block j of sequence b has id = cu[b] / B + j + b: increasing in (b, j), so one sort orders
+  // the groups by sequence, block, KV head, slot, and ids stay below n_block_ids.
+  const int* list = nullptr;
+  const int* list_off = nullptr;  // [n_block_ids * hkv * P + 1]
+  long long n_block_ids = 0;
+  // Key-major items, longest first (KeyItem::partial indexes the fp32 partial slots).
+  const KeyItem* key_items = nullptr;
+  const int* n_key_items = nullptr;
+  int max_key_items = 0;
+  const SplitTile* splits = nullptr;  // key tiles split over several items
+  const int* n_splits = nullptr;
+  int max_splits = 0;
+  int max_partials = 0;  // partial slots the split items may use
+  // dQ waves. Wave 0: the implicit rows, longest first. Wave 1 + s (deterministic mode): the
+  // rows of selection slot s, at listed_items + s * max_listed_items, n_listed_items[s] of them.
+  const DqItem* dq_items = nullptr;
+  const int* n_dq_items = nullptr;
+  int max_dq_items = 0;
+  const DqItem* listed_items = nullptr;
+  const int* n_listed_items = nullptr;  // [P]
+  int max_listed_items = 0;
+  // Non-null when cu_seqlens came from the GPU: 1 when it failed the device check (the plan is
+  // then empty and the gradients are filled with NaN).
+  const int* invalid = nullptr;
 };
 
 // Launchers, one instantiation per (dtype, head_dim) and .cu file. kBf16 picks the dtype.

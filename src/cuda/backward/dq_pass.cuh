@@ -29,6 +29,8 @@ __global__ void __launch_bounds__(128, 2) dq_pass_kernel(const DqPassArgs a) {
   using L = DqPassSmem<D>;
   constexpr int kC = D / 8;
   extern __shared__ __align__(128) unsigned char smem[];
+  // Grids are sized by a bound; the plan's count lives on the device.
+  if (a.n_items != nullptr && int(blockIdx.x) >= *a.n_items) return;
 
   const DqItem it = a.items[blockIdx.x];
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
