@@ -449,6 +449,10 @@ class _RankState:
                   f"{layout.world_size} ranks")
         self.pieces = layout.pieces(self.rank)
         self.L = layout.local_tokens(self.rank)
+        # Overlap accounting (info["overlap"]): query rows computed while the forward's K/V
+        # fetch was in flight, and rows whose gradients computed while the dK/dV went back.
+        self.rows_before_fetch = 0
+        self.rows_during_grad_send = 0
 
     # -- step 1: block means ------------------------------------------------------------------
 
@@ -737,6 +741,7 @@ class _RankState:
         kp, vp = k_pages.to(cdev), v_pages.to(cdev)
         for window, local, _ in self.dense_plan:  # overlapped with the fetch
             run(local, window, kp, vp)
+            self.rows_before_fetch += sum(b - a for _, a, b in local)
         complete()
         kp, vp = k_pages.to(cdev), v_pages.to(cdev)
         for window, _, remote in self.dense_plan:
@@ -815,6 +820,7 @@ class _RankState:
             lse_a = torch.empty((hq, n), dtype=torch.float32, device=cdev)
             kp, vp = k_pages.to(cdev, part_dtype), v_pages.to(cdev, part_dtype)
             call(qb, cu, kp, vp, sub_table, lens, sel_local.to(cdev), True, out_a, lse_a)  # overlapped
+            self.rows_before_fetch += n
             complete()
             kp, vp = k_pages.to(cdev, part_dtype), v_pages.to(cdev, part_dtype)
             out_b = torch.empty_like(out_a)
@@ -900,11 +906,13 @@ class _RankState:
             if body:
                 toks, dqa = call(body, None, sel_local, True, part_dtype)
                 dq[toks] = (dqa.float() + body_dq[0].float()).to(q.dtype)
+                self.rows_during_grad_send += toks.numel()
         else:
             for window, local, _ in self.dense_plan:
                 if local:
                     toks, dqg = call(local, window, None, True)
                     dq[toks] = dqg
+                    self.rows_during_grad_send += toks.numel()
         grad_pages = torch.stack([dkp.reshape(-1, D), dvp.reshape(-1, D)], 1).to(dev)
         mine = torch.zeros((L * hkv, 2, D), dtype=torch.float32, device=dev)
         if self.local_src.numel():
@@ -993,7 +1001,9 @@ class _CPAttention(torch.autograd.Function):
         else:
             out, lse = st.dense_overlapped(qc, k_pages, v_pages, complete, table, cdev)
         out, lse = out.to(q.device), lse.to(q.device)
-        ctx.st, ctx.sel, ctx.table, ctx.cdev = st, sel, table, cdev
+        info["overlap"] = {"rows": st.L, "forward_rows_during_fetch": st.rows_before_fetch,
+                           "backward_rows_during_grad_send": 0}
+        ctx.st, ctx.sel, ctx.table, ctx.cdev, ctx.info = st, sel, table, cdev, info
         ctx.save_for_backward(q, out, lse, k_pages, v_pages)
         ctx.kv_meta = (k.shape, k.dtype, v.dtype)
         ctx.mark_non_differentiable(lse)
@@ -1017,6 +1027,7 @@ class _CPAttention(torch.autograd.Function):
         dc = _core.last_dim_contiguous(dout.to(cdev).to(q.dtype))
         dq, mine = st.backward(qc, oc, lc, dc, ctx.sel, k_pages.to(cdev), v_pages.to(cdev),
                                ctx.table, cdev, dev, kshape[1])
+        ctx.info["overlap"]["backward_rows_during_grad_send"] = st.rows_during_grad_send
         return (dq.to(dev), mine[:, :, 0].to(kdtype), mine[:, :, 1].to(vdtype),
                 None, None, None, None, None)
 
@@ -1047,8 +1058,10 @@ def context_parallel_attn(q: Tensor, k: Tensor, v: Tensor, layout: ShardLayout, 
     (``alphas``/``betas`` per query or KV head, ``sink``). ``page_size``: the unit of fetching
     for full and MoA (MoBA fetches whole blocks). Communication goes over ``group`` (default
     group) or an explicit ``transport``. Returns ``out`` [L, Hq, D] or ``(out, lse)``.
-    ``info`` (a dict) receives ``"selection"`` (MoBA, global block indices) and ``"stats"``
-    (the transport's CommStats, cumulative). ``dry_run=True`` plans and counts bytes without
+    ``info`` (a dict) receives ``"selection"`` (MoBA, global block indices), ``"stats"``
+    (the transport's CommStats, cumulative), ``"compute_device"`` (where the paged kernels
+    ran) and ``"overlap"`` (query rows computed while the K/V fetch / the dK/dV return was in
+    flight; the backward's entry is filled when it has run). ``dry_run=True`` plans and counts bytes without
     moving K/V or computing attention (returns zeros).
     """
     _core.check_qkv(q, k, v)

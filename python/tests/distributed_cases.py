@@ -105,7 +105,8 @@ def _distributed(c: Case, lay, rank, q, k, v, dout, device, transport=None):
         kw.update(page_size=c.block)
     out, lse = mdist.context_parallel_attn(ql, kl, vl, lay, **kw)
     out.backward(dl)
-    return out.detach(), lse, info.get("selection"), ql.grad, kl.grad, vl.grad, info["stats"]
+    return (out.detach(), lse, info.get("selection"), ql.grad, kl.grad, vl.grad, info["stats"],
+            info)
 
 
 def _close(name, got, want, dtype, case):
@@ -128,6 +129,11 @@ def check_case(c: Case, rank: int, world: int, device="cpu", transport=None):
     _close("lse", got[1], ref[1][:, idx], torch.float32, label)
     for i, name in ((3, "dq"), (4, "dk"), (5, "dv")):
         _close(name, got[i], ref[i][idx], c.dtype, label)
+    if str(device).startswith("cuda") and c.dtype in (torch.float16, torch.bfloat16) \
+            and mdist._cuda_compiled() and lay.local_tokens(rank):
+        # bf16/f16 on a CUDA build: the paged forward and backward ran on the GPU
+        assert got[7]["compute_device"].startswith("cuda"), \
+            f"{label}: paged kernels ran on {got[7]['compute_device']}, expected the GPU"
     return got[6]
 
 
@@ -144,6 +150,10 @@ def worker(rank: int, world: int, port: int, backend: str, names: Optional[List[
     os.environ["MASTER_PORT"] = str(port)
     torch.set_num_threads(1)
     device = "cpu"
+    if backend == "gloo-cuda":  # gloo moving CUDA tensors (ranks may share one GPU)
+        backend = "gloo"
+        torch.cuda.set_device(rank % torch.cuda.device_count())
+        device = f"cuda:{torch.cuda.current_device()}"
     if backend == "nccl":
         torch.cuda.set_device(rank % torch.cuda.device_count())
         device = f"cuda:{torch.cuda.current_device()}"
