@@ -964,72 +964,147 @@ def _compute_device(t: Tensor, prm: "_Params", hq: int) -> torch.device:
     return t.device
 
 
-class _CPAttention(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, q, k, v, layout, prm, transport, dry_run, info):
-        st = _RankState(layout, prm, transport)
-        hq, hkv = q.shape[1], k.shape[1]
-        if q.shape[0] != st.L or k.shape[0] != st.L or v.shape[0] != st.L:
-            _fail("q", f"the {st.L} local tokens of rank {st.rank} in the layout (k, v too)",
-                  f"q/k/v with {q.shape[0]}/{k.shape[0]}/{v.shape[0]} tokens")
-        cu = [0]
-        for p in st.pieces:
-            cu.append(cu[-1] + p.end - p.start)
-        st.cu_q = torch.tensor(cu, dtype=torch.int32)
-        sel = None
-        if prm.mode == "moba":
-            means = st.block_means(k)
-            sel = st.gate(q, means, hkv)
-        need = st.needed(sel, hq, hkv)
-        k_pages, v_pages, complete = st.build_pages(need, k, v, hkv, dry_run)
-        info["selection"] = sel
-        info["stats"] = transport.stats
-        if dry_run:
-            out, lse = q.new_zeros(q.shape), q.new_zeros((hq, st.L), dtype=torch.float32)
-            ctx.mark_non_differentiable(out, lse)
-            return out, lse
-        cdev = _compute_device(q, prm, hq)
-        info["compute_device"] = str(cdev)
-        table, _ = st.page_table(hkv)
-        qc = _core.last_dim_contiguous(q.detach().to(cdev))
-        if not st.pieces:
-            complete()
-            out = torch.zeros(q.shape, dtype=q.dtype, device=cdev)
-            lse = torch.full((hq, st.L), -math.inf, dtype=torch.float32, device=cdev)
-        elif prm.mode == "moba":
-            out, lse = st.moba_overlapped(qc, sel, k_pages, v_pages, complete, table, cdev)
-        else:
-            out, lse = st.dense_overlapped(qc, k_pages, v_pages, complete, table, cdev)
-        out, lse = out.to(q.device), lse.to(q.device)
-        info["overlap"] = {"rows": st.L, "forward_rows_during_fetch": st.rows_before_fetch,
-                           "backward_rows_during_grad_send": 0}
-        ctx.st, ctx.sel, ctx.table, ctx.cdev, ctx.info = st, sel, table, cdev, info
-        ctx.save_for_backward(q, out, lse, k_pages, v_pages)
-        ctx.kv_meta = (k.shape, k.dtype, v.dtype)
-        ctx.mark_non_differentiable(lse)
-        return out, lse
+class _Saved:
+    """What one forward keeps for its backward."""
 
-    @staticmethod
-    def backward(ctx, dout, dlse):
-        q, out, lse, k_pages, v_pages = ctx.saved_tensors
-        st, cdev, dev = ctx.st, ctx.cdev, q.device
-        kshape, kdtype, vdtype = ctx.kv_meta
-        if not st.pieces:
-            dq = torch.zeros(q.shape, dtype=q.dtype, device=dev)
-            send = [torch.zeros(0, dtype=torch.float32, device=dev) for _ in st.fetched_dst]
-            got = st.tp.all_to_all(send, "grad_kv")
-            del got
-            z = torch.zeros(kshape, dtype=kdtype, device=dev)
-            return dq, z, z.to(vdtype), None, None, None, None, None
-        qc = _core.last_dim_contiguous(q.detach().to(cdev))
-        oc = _core.last_dim_contiguous(out.to(cdev))
-        lc = lse.to(cdev).contiguous()
-        dc = _core.last_dim_contiguous(dout.to(cdev).to(q.dtype))
-        dq, mine = st.backward(qc, oc, lc, dc, ctx.sel, k_pages.to(cdev), v_pages.to(cdev),
-                               ctx.table, cdev, dev, kshape[1])
-        ctx.info["overlap"]["backward_rows_during_grad_send"] = st.rows_during_grad_send
-        return (dq.to(dev), mine[:, :, 0].to(kdtype), mine[:, :, 1].to(vdtype),
-                None, None, None, None, None)
+    def __init__(self, st, sel, table, cdev, info, q, out, lse, k_pages, v_pages, kv_meta):
+        self.st, self.sel, self.table, self.cdev, self.info = st, sel, table, cdev, info
+        self.q, self.out, self.lse, self.k_pages, self.v_pages = q, out, lse, k_pages, v_pages
+        self.kv_meta = kv_meta
+
+
+def _cp_forward(q, k, v, layout, prm, transport, dry_run, info) -> Tuple[Tensor, Tensor, Optional[_Saved]]:
+    st = _RankState(layout, prm, transport)
+    hq, hkv = q.shape[1], k.shape[1]
+    if q.shape[0] != st.L or k.shape[0] != st.L or v.shape[0] != st.L:
+        _fail("q", f"the {st.L} local tokens of rank {st.rank} in the layout (k, v too)",
+              f"q/k/v with {q.shape[0]}/{k.shape[0]}/{v.shape[0]} tokens")
+    cu = [0]
+    for p in st.pieces:
+        cu.append(cu[-1] + p.end - p.start)
+    st.cu_q = torch.tensor(cu, dtype=torch.int32)
+    sel = None
+    if prm.mode == "moba":
+        means = st.block_means(k)
+        sel = st.gate(q, means, hkv)
+    need = st.needed(sel, hq, hkv)
+    k_pages, v_pages, complete = st.build_pages(need, k, v, hkv, dry_run)
+    info["selection"] = sel
+    info["stats"] = transport.stats
+    if dry_run:
+        return q.new_zeros(q.shape), q.new_zeros((hq, st.L), dtype=torch.float32), None
+    cdev = _compute_device(q, prm, hq)
+    info["compute_device"] = str(cdev)
+    table, _ = st.page_table(hkv)
+    qc = _core.last_dim_contiguous(q.detach().to(cdev))
+    if not st.pieces:
+        complete()
+        out = torch.zeros(q.shape, dtype=q.dtype, device=cdev)
+        lse = torch.full((hq, st.L), -math.inf, dtype=torch.float32, device=cdev)
+    elif prm.mode == "moba":
+        out, lse = st.moba_overlapped(qc, sel, k_pages, v_pages, complete, table, cdev)
+    else:
+        out, lse = st.dense_overlapped(qc, k_pages, v_pages, complete, table, cdev)
+    out, lse = out.to(q.device), lse.to(q.device)
+    info["overlap"] = {"rows": st.L, "forward_rows_during_fetch": st.rows_before_fetch,
+                       "backward_rows_during_grad_send": 0}
+    saved = _Saved(st, sel, table, cdev, info, q.detach(), out, lse, k_pages, v_pages,
+                   (k.shape, k.dtype, v.dtype))
+    return out, lse, saved
+
+
+def _cp_backward(s: _Saved, dout: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+    q, st, cdev, dev = s.q, s.st, s.cdev, s.q.device
+    kshape, kdtype, vdtype = s.kv_meta
+    if not st.pieces:
+        send = [torch.zeros(0, dtype=torch.float32, device=dev) for _ in st.fetched_dst]
+        st.tp.all_to_all(send, "grad_kv")
+        return (torch.zeros(q.shape, dtype=q.dtype, device=dev),
+                torch.zeros(kshape, dtype=kdtype, device=dev), torch.zeros(kshape, dtype=vdtype, device=dev))
+    qc = _core.last_dim_contiguous(q.to(cdev))
+    oc = _core.last_dim_contiguous(s.out.to(cdev))
+    lc = s.lse.to(cdev).contiguous()
+    dc = _core.last_dim_contiguous(dout.to(cdev).to(q.dtype))
+    dq, mine = st.backward(qc, oc, lc, dc, s.sel, s.k_pages.to(cdev), s.v_pages.to(cdev),
+                           s.table, cdev, dev, kshape[1])
+    s.info["overlap"]["backward_rows_during_grad_send"] = st.rows_during_grad_send
+    # fresh tensors (a custom op's outputs may not alias each other)
+    return dq.to(dev), mine[:, :, 0].to(kdtype, copy=True), mine[:, :, 1].to(vdtype, copy=True)
+
+
+# The op torch sees: moba::cp_attention(q, k, v, config) -> (out, lse, token), a custom op with
+# a fake implementation, so torch.compile traces around it (output shapes follow from the
+# inputs) and never into the host planning, the collectives or the raw-pointer kernel calls.
+# `config` names the (layout, parameters, transport, info) of the call in _CONFIGS (a stable
+# int per configuration: the compiled graph keeps it as a constant); `token` (int64 [1]) names
+# the forward's saved state in _SAVED for moba::cp_attention_backward, which frees it; a
+# forward whose graph is dropped without a backward frees it when the token tensor dies.
+_CONFIGS: Dict[int, tuple] = {}
+_CONFIG_IDS: Dict[tuple, int] = {}
+_SAVED: Dict[int, _Saved] = {}
+_NEXT_TOKEN = [0]
+_REG_LOCK = threading.Lock()
+
+
+def _config_id(layout, prm, tp, info) -> int:
+    key = (id(layout), id(tp), prm.mode, prm.block_size, prm.topk, prm.scale, tuple(prm.alphas),
+           tuple(prm.betas), prm.sink, prm.backend)
+    with _REG_LOCK:
+        cid = _CONFIG_IDS.setdefault(key, len(_CONFIG_IDS))
+        _CONFIGS[cid] = (layout, prm, tp, info)  # strong references: ids stay unique
+    return cid
+
+
+@torch.library.custom_op("moba::cp_attention", mutates_args=())
+def _cp_attention_op(q: Tensor, k: Tensor, v: Tensor, config: int,
+                     keep: bool) -> Tuple[Tensor, Tensor, Tensor]:
+    layout, prm, tp, info = _CONFIGS[config]
+    out, lse, saved = _cp_forward(q, k, v, layout, prm, tp, False, info)
+    with _REG_LOCK:
+        tok = _NEXT_TOKEN[0]
+        _NEXT_TOKEN[0] += 1
+    token = torch.tensor([tok], dtype=torch.int64)
+    if keep:
+        _SAVED[tok] = saved
+        import weakref
+        weakref.finalize(token, _SAVED.pop, tok, None)
+    return out, lse, token
+
+
+@_cp_attention_op.register_fake
+def _(q, k, v, config, keep):
+    return (q.new_empty(q.shape), q.new_empty((q.shape[1], q.shape[0]), dtype=torch.float32),
+            torch.empty((1,), dtype=torch.int64, device="cpu"))
+
+
+@torch.library.custom_op("moba::cp_attention_backward", mutates_args=())
+def _cp_attention_backward_op(dout: Tensor, token: Tensor, q: Tensor, k: Tensor,
+                              v: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+    saved = _SAVED.pop(int(token.item()), None)
+    if saved is None:
+        raise RuntimeError("moba.distributed: the forward's state is gone (a second backward "
+                           "through one context-parallel attention, or a forward run without "
+                           "grad); call backward once per forward")
+    return _cp_backward(saved, dout)
+
+
+@_cp_attention_backward_op.register_fake
+def _(dout, token, q, k, v):
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+
+def _cp_setup_context(ctx, inputs, output):
+    q, k, v, _, _ = inputs
+    ctx.save_for_backward(q, k, v, output[2])
+
+
+def _cp_attention_grad(ctx, dout, dlse, dtoken):
+    q, k, v, token = ctx.saved_tensors
+    dq, dk, dv = _cp_attention_backward_op(dout.contiguous(), token, q, k, v)
+    return dq, dk, dv, None, None
+
+
+_cp_attention_op.register_autograd(_cp_attention_grad, setup_context=_cp_setup_context)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1100,7 +1175,11 @@ def context_parallel_attn(q: Tensor, k: Tensor, v: Tensor, layout: ShardLayout, 
     else:
         _fail("mode", "one of 'moba', 'full', 'moa'", repr(mode))
     info = {} if info is None else info
-    out, lse = _CPAttention.apply(q, k, v, layout, prm, tp, bool(dry_run), info)
+    if dry_run:
+        out, lse, _ = _cp_forward(q.detach(), k.detach(), v.detach(), layout, prm, tp, True, info)
+    else:
+        keep = torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v))
+        out, lse, _ = _cp_attention_op(q, k, v, _config_id(layout, prm, tp, info), keep)
     return (out, lse) if return_lse else out
 
 

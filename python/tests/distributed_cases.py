@@ -165,3 +165,46 @@ def worker(rank: int, world: int, port: int, backend: str, names: Optional[List[
         dist.barrier()
     finally:
         dist.destroy_process_group()
+
+
+def compile_worker(rank: int, world: int, port: int, backend: str):
+    """torch.compile(fullgraph=False) of a context-parallel forward + backward on this rank:
+    identical to the eager run (moba::cp_attention is an opaque custom op with a fake
+    implementation, so the compiled graph calls the very same code) and to one process."""
+    import torch.distributed as dist
+    os.environ["MASTER_ADDR"] = "127.0.0.1"
+    os.environ["MASTER_PORT"] = str(port)
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        for c in (cases()[1], cases()[7], cases()[9]):  # moba GQA zigzag, full, moa (bf16)
+            q, k, v, dout, cu = _data(c)
+            ref = _single_process(c, q, k, v, dout, cu)
+            lay = _layout(c, cu, world)
+            ql, kl, vl, dl = (lay.shard(x, rank) for x in (q, k, v, dout))
+            kw = dict(mode=c.mode)
+            if c.mode == "moba":
+                kw.update(moba_chunk_size=c.block, moba_topk=c.topk)
+            elif c.mode == "moa":
+                kw.update(alphas=c.alphas, betas=c.betas, sink=c.sink, page_size=c.block)
+            else:
+                kw.update(page_size=c.block)
+
+            def step(q_, k_, v_):
+                out = mdist.context_parallel_attn(q_, k_, v_, lay, **kw)
+                return (out.float() * dl.float()).sum(), out
+
+            results = []
+            for fn in (step, torch.compile(step, fullgraph=False, backend=backend)):
+                xs = [x.clone().requires_grad_() for x in (ql, kl, vl)]
+                loss, out = fn(*xs)
+                loss.backward()
+                results.append([out.detach()] + [x.grad for x in xs])
+            idx = lay.global_index(rank)
+            for name, e, cgot, want in zip(("out", "dq", "dk", "dv"), results[0], results[1],
+                                           (ref[0][idx], ref[3][idx], ref[4][idx], ref[5][idx])):
+                assert torch.equal(e, cgot), f"[{c.name}] rank {rank}: compiled {name} != eager"
+                _close(name, cgot, want, c.dtype, f"[{c.name}] compiled rank {rank}/{world}")
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
