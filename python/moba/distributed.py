@@ -13,15 +13,20 @@ queries select. One forward on rank ``r``:
    blocks, the head of an own block that straddles a shard boundary) are requested from their
    owners in one all-to-all, deduplicated per (sequence, KV head, block).
 4. **Attention** over the rank's own pages plus the fetched pages with the external
-   selection (``paged_attention``). MoBA overlaps it with the fetch: rows whose own block is
+   selection (``paged_attention``), overlapped with the fetch: MoBA rows whose own block is
    local first attend to their own block and the locally held selected blocks while the K/V
-   all-to-all is in flight, then to the fetched blocks; the fp32 partials merge by log-sum-exp.
+   all-to-all is in flight, then to the fetched blocks (partials merged by log-sum-exp); full
+   and MoA rows whose keys are all held here attend first, the others after the fetch.
 
 The backward runs ``paged_attention_backward`` over the same pages: dq stays local, dK/dV of the
 rank's own positions are accumulated locally and those of fetched positions go back to their
-owners in one all-to-all and are summed there (fp32, rounded once). Full causal attention (every
-past block "selected": ring attention's key set) and MoA (windows reach only neighbours plus the
-sink) run through the same machinery.
+owners in one all-to-all and are summed there (fp32, rounded once). The gradients of fetched
+positions are computed first and sent asynchronously while the gradients that read only local
+keys compute. Full causal attention (every past block "selected": ring attention's key set)
+and MoA (windows reach only neighbours plus the sink) run through the same machinery. On CUDA
+tensors (bf16/f16, head_dim 64/128, a CUDA build) the paged kernels run on the GPU. The op is
+the custom op ``moba::cp_attention`` (fake implementation, autograd), so torch.compile traces
+around it.
 
 Transports: ``TorchTransport`` (any torch.distributed backend: gloo on CPUs, NCCL on GPUs) and
 ``ThreadTransport`` (P ranks as threads of one process, used by the dry-run volume count).
