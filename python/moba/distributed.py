@@ -1101,6 +1101,7 @@ def _(dout, token, q, k, v):
 def _cp_setup_context(ctx, inputs, output):
     q, k, v, _, _ = inputs
     ctx.save_for_backward(q, k, v, output[2])
+    ctx.mark_non_differentiable(output[1], output[2])  # lse, token (as the single-process ops)
 
 
 def _cp_attention_grad(ctx, dout, dlse, dtoken):

@@ -43,11 +43,16 @@ void paged_attention_backward(const TensorView& q, const TensorView& cu_seqlens_
   PagedProblem p;
   // On the GPU a device cu_seqlens is read by the kernel, never copied back.
   p.base = make_problem(q, k_like, cu_seqlens_q, params, options.cuda_stream, !on_gpu);
-  RunOptions ro = options;
-  if (ro.backend == Backend::reference) ro.backend = Backend::cpu;  // no fp64 paged path
-  Problem device_only = p.base;  // the paged kernels take any MoBA block size
-  device_only.mode = Mode::full;
-  const Backend backend = resolve_backend(device_only, ro);
+  // Host tensors run the CPU backend (any head_dim, as before); GPU tensors (or an explicit
+  // backend = cuda) go through the common backend check.
+  Backend backend = Backend::cpu;
+  if (on_gpu || options.backend == Backend::cuda) {
+    RunOptions ro = options;
+    if (ro.backend == Backend::reference) ro.backend = Backend::cpu;  // no fp64 paged path
+    Problem device_only = p.base;  // the paged kernels take any MoBA block size
+    device_only.mode = Mode::full;
+    backend = resolve_backend(device_only, ro);
+  }
   p.cache = check_paged_cache(kv, p.base.dtype, p.base.device, hkv, p.base.head_dim);
   p.include_own_block = args.include_own_block;
   if (!args.slots.empty_view() && args.slots.device.type != DeviceType::cpu) {
