@@ -11,8 +11,11 @@
 //                      written: the sum over all rows (of all cache rows and query heads) that
 //                      see a position, 0 where none does. Pages shared by several cache rows
 //                      receive the sum of all of them.
-// Arithmetic is fp32; the result is deterministic (fixed summation order). CPU only for now: a
-// GPU call throws ErrorKind::unsupported.
+// Arithmetic is fp32. CPU: deterministic (fixed summation order). CUDA (bf16/f16, head_dim 64
+// or 128, on the caller's stream, no host sync): dq in a fixed order, dK/dV summed with fp32
+// atomics (not bit-reproducible); RunOptions::deterministic = true is refused there
+// (ErrorKind::unsupported). Device contents (lengths, page ids, selections) are trusted on the
+// GPU as by paged_attention: keys on a non-resident page are skipped, not checked.
 #pragma once
 
 #include "moba/paged_attention.hpp"

@@ -13,15 +13,20 @@ queries select. One forward on rank ``r``:
    blocks, the head of an own block that straddles a shard boundary) are requested from their
    owners in one all-to-all, deduplicated per (sequence, KV head, block).
 4. **Attention** over the rank's own pages plus the fetched pages with the external
-   selection (``paged_attention``). MoBA overlaps it with the fetch: rows whose own block is
+   selection (``paged_attention``), overlapped with the fetch: MoBA rows whose own block is
    local first attend to their own block and the locally held selected blocks while the K/V
-   all-to-all is in flight, then to the fetched blocks; the fp32 partials merge by log-sum-exp.
+   all-to-all is in flight, then to the fetched blocks (partials merged by log-sum-exp); full
+   and MoA rows whose keys are all held here attend first, the others after the fetch.
 
 The backward runs ``paged_attention_backward`` over the same pages: dq stays local, dK/dV of the
 rank's own positions are accumulated locally and those of fetched positions go back to their
-owners in one all-to-all and are summed there (fp32, rounded once). Full causal attention (every
-past block "selected": ring attention's key set) and MoA (windows reach only neighbours plus the
-sink) run through the same machinery.
+owners in one all-to-all and are summed there (fp32, rounded once). The gradients of fetched
+positions are computed first and sent asynchronously while the gradients that read only local
+keys compute. Full causal attention (every past block "selected": ring attention's key set)
+and MoA (windows reach only neighbours plus the sink) run through the same machinery. On CUDA
+tensors (bf16/f16, head_dim 64/128, a CUDA build) the paged kernels run on the GPU. The op is
+the custom op ``moba::cp_attention`` (fake implementation, autograd), so torch.compile traces
+around it.
 
 Transports: ``TorchTransport`` (any torch.distributed backend: gloo on CPUs, NCCL on GPUs) and
 ``ThreadTransport`` (P ranks as threads of one process, used by the dry-run volume count).
@@ -449,6 +454,10 @@ class _RankState:
                   f"{layout.world_size} ranks")
         self.pieces = layout.pieces(self.rank)
         self.L = layout.local_tokens(self.rank)
+        # Overlap accounting (info["overlap"]): query rows computed while the forward's K/V
+        # fetch was in flight, and rows whose gradients computed while the dK/dV went back.
+        self.rows_before_fetch = 0
+        self.rows_during_grad_send = 0
 
     # -- step 1: block means ------------------------------------------------------------------
 
@@ -653,22 +662,103 @@ class _RankState:
         seq_lens = torch.tensor([p.end for p in self.pieces] or [0], dtype=torch.int32)
         return table, seq_lens
 
+    # -- splitting the work so that communication overlaps compute ---------------------------
+
+    def part_rows(self, parts, table: Tensor, cdev) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Local token indices, cu_seqlens, page-table rows and lengths of sub-rows (piece,
+        first position, end position): every sub-row is one sequence of a paged call whose
+        query rows are the last of a cache row cut at the sub-row's end."""
+        toks, cu = [], [0]
+        for i, a, b in parts:
+            p = self.pieces[i]
+            toks.append(torch.arange(p.offset + a - p.start, p.offset + b - p.start))
+            cu.append(cu[-1] + b - a)
+        sub_table = table[[i for i, _, _ in parts]].contiguous().to(cdev)
+        lens = torch.tensor([b for _, _, b in parts], dtype=torch.int32).to(cdev)
+        return torch.cat(toks).to(cdev), torch.tensor(cu, dtype=torch.int32), sub_table, lens
+
+    def local_runs(self) -> Dict[int, List[Tuple[int, int]]]:
+        """Per sequence, the maximal runs of positions this rank holds (adjacent pieces merged)."""
+        runs: Dict[int, List[Tuple[int, int]]] = {}
+        for p in sorted(self.pieces, key=lambda x: (x.seq, x.start)):
+            lst = runs.setdefault(p.seq, [])
+            if lst and lst[-1][1] == p.start:
+                lst[-1] = (lst[-1][0], p.end)
+            else:
+                lst.append((p.start, p.end))
+        return runs
+
+    def split_rows(self, idx: List[int], window: Optional[List[int]]):
+        """Full / MoA: the rows of pieces ``idx`` as runs (piece, a, b, local), ``local`` when
+        every key the rows see is held by this rank (they need nothing fetched). A row at t sees
+        full: [0, t]; MoA head h: [0, min(sink, wb)) and [wb, t], wb = max(0, t - w_h + 1)."""
+        runs = self.local_runs()
+        out = []
+        for i in idx:
+            p = self.pieces[i]
+            rs = next(a for a, b in runs[p.seq] if a <= p.start < b)   # run holding the piece
+            first_end = next((b for a, b in runs[p.seq] if a == 0), 0)  # held prefix [0, first_end)
+            t = torch.arange(p.start, p.end)
+            if self.prm.mode == "full":
+                ok = torch.full((t.numel(),), rs == 0, dtype=torch.bool)
+            else:
+                ok = torch.ones(t.numel(), dtype=torch.bool)
+                for w in sorted(set(window)):
+                    wb = (t - w + 1).clamp(min=0)
+                    ok &= (wb >= rs) & (wb.clamp(max=self.prm.sink) <= first_end)
+            cuts = (torch.nonzero(ok[1:] != ok[:-1]).flatten() + 1).tolist()
+            bounds = [0] + cuts + [t.numel()]
+            for x, y in zip(bounds, bounds[1:]):
+                out.append((i, p.start + x, p.start + y, bool(ok[x])))
+        return out
+
+    # -- full / MoA forward: rows needing nothing fetched first -------------------------------
+
+    def dense_overlapped(self, q: Tensor, k_pages: Tensor, v_pages: Tensor, complete,
+                         table: Tensor, cdev) -> Tuple[Tensor, Tensor]:
+        """out, lse of every local row (full / MoA). Rows whose keys are all held here attend
+        while the K/V fetch is in flight; the others after it landed. Every row is computed by
+        exactly one call (no merge), so the result is the single call's."""
+        L, hq, D = self.L, q.shape[1], q.shape[2]
+        out = torch.zeros((L, hq, D), dtype=q.dtype, device=cdev)
+        lse = torch.full((hq, L), -math.inf, dtype=torch.float32, device=cdev)
+        opts = _run_options(q, self.prm.backend)
+        self.dense_plan = []
+        for idx, window in self.groups(hq):
+            parts = self.split_rows(idx, window)
+            self.dense_plan.append((window, [x[:3] for x in parts if x[3]],
+                                    [x[:3] for x in parts if not x[3]]))
+
+        def run(parts, window, kp, vp):
+            if not parts:
+                return
+            toks, cu, sub_table, lens = self.part_rows(parts, table, cdev)
+            qg = q[toks].contiguous()
+            og = torch.empty_like(qg)
+            lg = torch.empty((hq, toks.numel()), dtype=torch.float32, device=cdev)
+            _C.paged_attention(_d("q", qg), _d("cu_seqlens", cu), None, _d("k_pages", kp),
+                               _d("v_pages", vp), _d("page_table", sub_table),
+                               _d("seq_lens", lens), None, None, False, True, _d("out", og),
+                               _d("lse", lg), **self.prm.kernel(window), **opts)
+            out[toks] = og
+            lse[:, toks] = lg
+
+        kp, vp = k_pages.to(cdev), v_pages.to(cdev)
+        for window, local, _ in self.dense_plan:  # overlapped with the fetch
+            run(local, window, kp, vp)
+            self.rows_before_fetch += sum(b - a for _, a, b in local)
+        complete()
+        kp, vp = k_pages.to(cdev), v_pages.to(cdev)
+        for window, _, remote in self.dense_plan:
+            run(remote, window, kp, vp)
+        return out, lse
+
     # -- MoBA forward overlapped with the K/V fetch ---------------------------------------------
 
-    def moba_overlapped(self, q: Tensor, sel: Tensor, k_pages: Tensor, v_pages: Tensor,
-                        complete, table: Tensor, cdev) -> Tuple[Tensor, Tensor]:
-        """out, lse of every local row, computing while the K/V fetch is in flight.
-
-        Each piece is cut at its first block boundary: "head" rows (own block begun on another
-        rank) and "body" rows (own block local). While the fetch runs, body rows attend to their
-        own block and the selected blocks held entirely here (call A); once it has landed, to
-        the other selected blocks (call B, no own block); A and B are merged by log-sum-exp in
-        fp32 and rounded once. Head rows attend to everything in one call (C) after the fetch.
-        A and B run on fp32 copies, so the merge adds no rounding of the input dtype.
-        """
-        B, L, hq, D = self.prm.block_size, self.L, q.shape[1], q.shape[2]
-        hkv = table.shape[1]
-        # Sub-rows: (piece, start, end) with the page table row of the piece.
+    def moba_split(self, sel: Tensor):
+        """Head rows (own block begun on another rank), body rows (own block local) and, for the
+        body rows, their selection cut into blocks held entirely here and the others."""
+        B = self.prm.block_size
         head, body = [], []
         local_block = {}
         for i, p in enumerate(self.pieces):
@@ -679,32 +769,12 @@ class _RankState:
                 body.append((i, cut, p.end))
             first, last = -(-p.start // B), p.end // B  # blocks entirely inside the piece
             local_block.setdefault(p.seq, set()).update(range(first, last))
-
-        def rows(parts):
-            toks, cu = [], [0]
-            for i, a, b in parts:
-                p = self.pieces[i]
-                toks.append(torch.arange(p.offset + a - p.start, p.offset + b - p.start))
-                cu.append(cu[-1] + b - a)
-            sub_table = table[[i for i, _, _ in parts]].contiguous()
-            lens = torch.tensor([b for _, _, b in parts], dtype=torch.int32)
-            return (torch.cat(toks), torch.tensor(cu, dtype=torch.int32), sub_table, lens)
-
-        kernel, opts = self.prm.kernel(), _run_options(q, self.prm.backend)
-
-        def call(qg, cu, kp, vp, sub_table, lens, sg, own, out, lse):
-            _C.paged_attention(_d("q", qg), _d("cu_seqlens", cu), None, _d("k_pages", kp),
-                               _d("v_pages", vp), _d("page_table", sub_table),
-                               _d("seq_lens", lens), None, _d("selection", sg), False, own,
-                               _d("out", out), _d("lse", lse), **kernel, **opts)
-
-        out = torch.zeros((L, hq, D), dtype=q.dtype, device=cdev)
-        lse = torch.full((hq, L), -math.inf, dtype=torch.float32, device=cdev)
+        sel_local = sel_remote = None
         if body:
-            toks, cu, sub_table, lens = rows(body)
-            qb = q[toks].float().contiguous()
+            toks = torch.cat([torch.arange(self.pieces[i].offset + a - self.pieces[i].start,
+                                           self.pieces[i].offset + b - self.pieces[i].start)
+                              for i, a, b in body])
             sb = sel[toks]
-            # Which selected blocks are held entirely by this rank.
             is_local = torch.zeros(sb.shape, dtype=torch.bool)
             at = 0
             for i, a, b in body:
@@ -718,35 +788,145 @@ class _RankState:
                 at += n
             sel_local = torch.where(is_local, sb, torch.full_like(sb, -1)).contiguous()
             sel_remote = torch.where(is_local, torch.full_like(sb, -1), sb).contiguous()
+        return head, body, sel_local, sel_remote
+
+    def moba_overlapped(self, q: Tensor, sel: Tensor, k_pages: Tensor, v_pages: Tensor,
+                        complete, table: Tensor, cdev) -> Tuple[Tensor, Tensor]:
+        """out, lse of every local row, computing while the K/V fetch is in flight.
+
+        Each piece is cut at its first block boundary: "head" rows (own block begun on another
+        rank) and "body" rows (own block local). While the fetch runs, body rows attend to their
+        own block and the selected blocks held entirely here (call A); once it has landed, to
+        the other selected blocks (call B, no own block); A and B are merged by log-sum-exp in
+        fp32 and rounded once. Head rows attend to everything in one call (C) after the fetch.
+        On the CPU, A and B run on fp32 copies, so the merge adds no rounding of the input
+        dtype; the CUDA kernels take bf16/f16 only, so there A and B are rounded to the dtype
+        before the fp32 merge (one extra rounding of each partial).
+        """
+        L, hq, D = self.L, q.shape[1], q.shape[2]
+        head, body, sel_local, sel_remote = self.moba_split(sel)
+        self.moba_parts = (head, body, sel_local, sel_remote)
+        kernel, opts = self.prm.kernel(), _run_options(q, self.prm.backend)
+        part_dtype = torch.float32 if cdev.type == "cpu" else q.dtype
+
+        def call(qg, cu, kp, vp, sub_table, lens, sg, own, out, lse):
+            _C.paged_attention(_d("q", qg), _d("cu_seqlens", cu), None, _d("k_pages", kp),
+                               _d("v_pages", vp), _d("page_table", sub_table),
+                               _d("seq_lens", lens), None, _d("selection", sg), False, own,
+                               _d("out", out), _d("lse", lse), **kernel, **opts)
+
+        out = torch.zeros((L, hq, D), dtype=q.dtype, device=cdev)
+        lse = torch.full((hq, L), -math.inf, dtype=torch.float32, device=cdev)
+        if body:
+            toks, cu, sub_table, lens = self.part_rows(body, table, cdev)
+            qb = q[toks].to(part_dtype).contiguous()
             n = toks.numel()
-            out_a = torch.empty((n, hq, D), dtype=torch.float32)
-            lse_a = torch.empty((hq, n), dtype=torch.float32)
-            kp32, vp32 = k_pages.to(cdev, torch.float32), v_pages.to(cdev, torch.float32)
-            call(qb, cu, kp32, vp32, sub_table, lens, sel_local, True, out_a, lse_a)  # overlapped
+            out_a = torch.empty((n, hq, D), dtype=part_dtype, device=cdev)
+            lse_a = torch.empty((hq, n), dtype=torch.float32, device=cdev)
+            kp, vp = k_pages.to(cdev, part_dtype), v_pages.to(cdev, part_dtype)
+            call(qb, cu, kp, vp, sub_table, lens, sel_local.to(cdev), True, out_a, lse_a)  # overlapped
+            self.rows_before_fetch += n
             complete()
-            kp32, vp32 = k_pages.to(cdev, torch.float32), v_pages.to(cdev, torch.float32)
+            kp, vp = k_pages.to(cdev, part_dtype), v_pages.to(cdev, part_dtype)
             out_b = torch.empty_like(out_a)
             lse_b = torch.empty_like(lse_a)
-            call(qb, cu, kp32, vp32, sub_table, lens, sel_remote, False, out_b, lse_b)
+            call(qb, cu, kp, vp, sub_table, lens, sel_remote.to(cdev), False, out_b, lse_b)
             m = torch.maximum(lse_a, lse_b)
             wa = torch.where(lse_a == -math.inf, 0.0, torch.exp(lse_a - m))
             wb = torch.where(lse_b == -math.inf, 0.0, torch.exp(lse_b - m))
             tot = wa + wb
-            merged = (out_a * wa.t()[:, :, None] + out_b * wb.t()[:, :, None]) / tot.t()[:, :, None]
+            merged = (out_a.float() * wa.t()[:, :, None] + out_b.float() * wb.t()[:, :, None]) \
+                / tot.t()[:, :, None]
             out[toks] = merged.to(q.dtype)
             lse[:, toks] = m + torch.log(tot)
         else:
             complete()
         if head:
-            toks, cu, sub_table, lens = rows(head)
-            qh, sh = q[toks].contiguous(), sel[toks].contiguous()
-            out_h = torch.empty((toks.numel(), hq, D), dtype=q.dtype)
-            lse_h = torch.empty((hq, toks.numel()), dtype=torch.float32)
+            toks, cu, sub_table, lens = self.part_rows(head, table, cdev)
+            qh, sh = q[toks].contiguous(), sel[toks.cpu()].contiguous().to(cdev)
+            out_h = torch.empty((toks.numel(), hq, D), dtype=q.dtype, device=cdev)
+            lse_h = torch.empty((hq, toks.numel()), dtype=torch.float32, device=cdev)
             call(qh, cu, k_pages.to(cdev), v_pages.to(cdev), sub_table, lens, sh, True, out_h, lse_h)
             out[toks] = out_h
             lse[:, toks] = lse_h
-        del hkv
         return out, lse
+
+    # -- the backward: gradients of fetched keys first, sent while the local ones compute -----
+
+    def backward(self, q: Tensor, out: Tensor, lse: Tensor, dout: Tensor, sel: Optional[Tensor],
+                 k_pages: Tensor, v_pages: Tensor, table: Tensor, cdev, dev, hkv: int):
+        """dq [L, Hq, D] (q's dtype, on cdev) and the fp32 dK/dV of the rank's own tokens
+        [L, Hkv, 2, D] (on dev). Phase 1 computes every row that reads fetched keys (MoBA: the
+        head rows and the body rows' remote selected blocks) and starts the all-to-all that
+        returns the fetched pages' dK/dV to their owners; phase 2 (the rows / key sets that read
+        only keys held here) runs while it is in flight, then the received gradients are added."""
+        L, hq, D = self.L, q.shape[1], q.shape[2]
+        opts = _run_options(q, self.prm.backend)
+        dq = torch.zeros((L, hq, D), dtype=q.dtype, device=cdev)
+        dkp = torch.zeros(k_pages.shape, dtype=torch.float32, device=cdev)
+        dvp = torch.zeros_like(dkp)
+        moba = self.prm.mode == "moba"
+        body_dq: List[Tensor] = []
+
+        def call(parts, window, sg, own, dtype=None):
+            """One paged backward over sub-rows; adds its page gradients, returns (toks, dq)."""
+            toks, cu, sub_table, lens = self.part_rows(parts, table, cdev)
+            dt = dtype or q.dtype
+            qg, og, dg = (x[toks].to(dt).contiguous() for x in (q, out, dout))
+            lg = lse[:, toks].contiguous()
+            kp, vp = k_pages.to(dt), v_pages.to(dt)
+            dqg = torch.empty_like(qg)
+            dkg, dvg = torch.empty_like(dkp), torch.empty_like(dvp)
+            sg = None if sg is None else sg.to(cdev)
+            _C.paged_backward(_d("q", qg), _d("cu_seqlens", cu), _d("k_pages", kp),
+                              _d("v_pages", vp), _d("page_table", sub_table),
+                              _d("seq_lens", lens), _d("selection", sg), None, own,
+                              _d("out", og), _d("lse", lg), _d("dout", dg), _d("dq", dqg),
+                              _d("dk_pages", dkg), _d("dv_pages", dvg),
+                              **self.prm.kernel(window), **opts)
+            dkp.add_(dkg)
+            dvp.add_(dvg)
+            return toks, dqg
+
+        part_dtype = torch.float32 if cdev.type == "cpu" else q.dtype
+        # Phase 1: everything that reads fetched keys.
+        if moba:
+            head, body, sel_local, sel_remote = self.moba_parts
+            if head:
+                htoks = self.part_rows(head, table, cdev)[0]
+                toks, dqg = call(head, None, sel[htoks.cpu()].contiguous(), True)
+                dq[toks] = dqg
+            if body:
+                body_dq.append(call(body, None, sel_remote, False, part_dtype)[1])
+        else:
+            for window, _, remote in self.dense_plan:
+                if remote:
+                    toks, dqg = call(remote, window, None, True)
+                    dq[toks] = dqg
+        grad_pages = torch.stack([dkp.reshape(-1, D), dvp.reshape(-1, D)], 1).to(dev)
+        send = [grad_pages[d.to(dev)].reshape(-1) for d in self.fetched_dst]
+        wait = self.tp.all_to_all_start(send, "grad_kv")
+        # Phase 2, overlapped with the send: what reads only keys held here.
+        if moba:
+            if body:
+                toks, dqa = call(body, None, sel_local, True, part_dtype)
+                dq[toks] = (dqa.float() + body_dq[0].float()).to(q.dtype)
+                self.rows_during_grad_send += toks.numel()
+        else:
+            for window, local, _ in self.dense_plan:
+                if local:
+                    toks, dqg = call(local, window, None, True)
+                    dq[toks] = dqg
+                    self.rows_during_grad_send += toks.numel()
+        grad_pages = torch.stack([dkp.reshape(-1, D), dvp.reshape(-1, D)], 1).to(dev)
+        mine = torch.zeros((L * hkv, 2, D), dtype=torch.float32, device=dev)
+        if self.local_src.numel():
+            mine.index_add_(0, self.local_src.to(dev), grad_pages[self.local_dst.to(dev)])
+        got = wait()
+        for r, rows in enumerate(self.served):
+            if rows.numel():
+                mine.index_add_(0, rows.to(dev), got[r].reshape(-1, 2, D))
+        return dq, mine.reshape(L, hkv, 2, D)
 
     # -- calls of the paged kernels: one per group of pieces with the same MoA windows --------
 
@@ -760,146 +940,177 @@ class _RankState:
             by_len.setdefault(self.layout.seqlens[p.seq], []).append(i)
         return [(idx, [self.prm.window(h, N) for h in range(hq)]) for N, idx in sorted(by_len.items())]
 
-    def group_rows(self, idx: List[int]) -> Tuple[Tensor, Tensor, Tensor]:
-        """Local token indices, cu_seqlens and slots of a group of pieces."""
-        toks, cu = [], [0]
-        for i in idx:
-            p = self.pieces[i]
-            toks.append(torch.arange(p.offset, p.offset + p.end - p.start))
-            cu.append(cu[-1] + p.end - p.start)
-        return (torch.cat(toks), torch.tensor(cu, dtype=torch.int32),
-                torch.tensor(idx, dtype=torch.int32))
-
 
 # ---------------------------------------------------------------------------------------------
 # The autograd op
 
 
-def _compute_device(t: Tensor) -> torch.device:
-    """Where the paged kernels run: the CPU unless this build runs them on t's GPU. The CUDA
-    paged kernels are not in this build yet (backward: CPU only), so GPU tensors are computed
-    on the CPU and the result moved back; communication stays on the tensors' device."""
-    return torch.device("cpu")
+_CUDA_COMPILED: Optional[bool] = None
 
 
-class _CPAttention(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, q, k, v, layout, prm, transport, dry_run, info):
-        st = _RankState(layout, prm, transport)
-        hq, hkv = q.shape[1], k.shape[1]
-        if q.shape[0] != st.L or k.shape[0] != st.L or v.shape[0] != st.L:
-            _fail("q", f"the {st.L} local tokens of rank {st.rank} in the layout (k, v too)",
-                  f"q/k/v with {q.shape[0]}/{k.shape[0]}/{v.shape[0]} tokens")
-        cu = [0]
-        for p in st.pieces:
-            cu.append(cu[-1] + p.end - p.start)
-        st.cu_q = torch.tensor(cu, dtype=torch.int32)
-        sel = None
-        if prm.mode == "moba":
-            means = st.block_means(k)
-            sel = st.gate(q, means, hkv)
-        need = st.needed(sel, hq, hkv)
-        k_pages, v_pages, complete = st.build_pages(need, k, v, hkv, dry_run)
-        info["selection"] = sel
-        info["stats"] = transport.stats
-        if dry_run:
-            out, lse = q.new_zeros(q.shape), q.new_zeros((hq, st.L), dtype=torch.float32)
-            ctx.mark_non_differentiable(out, lse)
-            return out, lse
-        cdev = _compute_device(q)
-        table, seq_lens = st.page_table(hkv)
-        qc = _core.last_dim_contiguous(q.detach().to(cdev))
-        if prm.mode == "moba" and st.pieces:
-            out, lse = st.moba_overlapped(qc, sel, k_pages, v_pages, complete, table, cdev)
-            groups = []
-        else:
-            complete()
-            groups = st.groups(hq)
-        kp, vp = k_pages.to(cdev), v_pages.to(cdev)
-        if groups:
-            out = torch.zeros(q.shape, dtype=q.dtype, device=cdev)
-            lse = torch.full((hq, st.L), -math.inf, dtype=torch.float32, device=cdev)
-        elif not st.pieces:
-            out = torch.zeros(q.shape, dtype=q.dtype, device=cdev)
-            lse = torch.full((hq, st.L), -math.inf, dtype=torch.float32, device=cdev)
-        for idx, window in groups:
-            toks, cu_g, slots = st.group_rows(idx)
-            if toks.numel() == 0:
-                continue
-            whole = len(idx) == len(st.pieces)
-            qg = qc if whole else qc[toks]
-            og = out if whole else torch.empty_like(qg)
-            lg = lse if whole else torch.empty((hq, toks.numel()), dtype=torch.float32)
-            sg = sel if (sel is None or whole) else sel[toks].contiguous()
-            _C.paged_attention(_d("q", qg), _d("cu_seqlens", cu_g), _d("slots", slots),
-                               _d("k_pages", kp), _d("v_pages", vp), _d("page_table", table),
-                               _d("seq_lens", seq_lens), None, _d("selection", sg), False, True,
-                               _d("out", og), _d("lse", lg), **prm.kernel(window),
-                               **_run_options(qg, prm.backend))
-            if not whole:
-                out[toks] = og
-                lse[:, toks] = lg
-        out, lse = out.to(q.device), lse.to(q.device)
-        ctx.st, ctx.sel, ctx.table, ctx.seq_lens = st, sel, table, seq_lens
-        ctx.save_for_backward(q, out, lse, k_pages, v_pages)
-        ctx.kv_meta = (k.shape, k.dtype, v.dtype)
-        ctx.mark_non_differentiable(lse)
-        return out, lse
+def _cuda_compiled() -> bool:
+    global _CUDA_COMPILED
+    if _CUDA_COMPILED is None:
+        _CUDA_COMPILED = any(b.get("name") == "cuda" and b.get("compiled") for b in _C.backends())
+    return _CUDA_COMPILED
 
-    @staticmethod
-    def backward(ctx, dout, dlse):
-        q, out, lse, k_pages, v_pages = ctx.saved_tensors
-        st, sel, prm = ctx.st, ctx.sel, ctx.st.prm
-        kshape, kdtype, _ = ctx.kv_meta
-        hq, hkv, D = q.shape[1], kshape[1], kshape[2]
-        cdev, dev = _compute_device(q), q.device
-        qc = _core.last_dim_contiguous(q.detach().to(cdev))
-        oc = _core.last_dim_contiguous(out.to(cdev))
-        lc = lse.to(cdev).contiguous()
-        dc = _core.last_dim_contiguous(dout.to(cdev).to(q.dtype))
-        kp, vp = k_pages.to(cdev), v_pages.to(cdev)
-        dq = torch.zeros(q.shape, dtype=q.dtype, device=cdev)
-        dkp = torch.zeros(kp.shape, dtype=torch.float32, device=cdev)
-        dvp = torch.zeros_like(dkp)
-        for idx, window in st.groups(hq):
-            toks, cu_g, slots = st.group_rows(idx)
-            if toks.numel() == 0:
-                continue
-            whole = len(idx) == len(st.pieces)
-            pick = (lambda t: t) if whole else (lambda t: t[toks].contiguous())
-            dqg = dq if whole else torch.empty((toks.numel(), hq, D), dtype=q.dtype)
-            dkg, dvg = torch.empty_like(dkp), torch.empty_like(dvp)
-            # Every tensor whose pointer crosses into C++ is held in a variable until the call.
-            sg = None if sel is None else pick(sel)
-            lg = lc if whole else lc[:, toks].contiguous()
-            qg, og, dg = pick(qc), pick(oc), pick(dc)
-            _C.paged_backward(_d("q", qg), _d("cu_seqlens", cu_g), _d("k_pages", kp),
-                              _d("v_pages", vp), _d("page_table", ctx.table),
-                              _d("seq_lens", ctx.seq_lens), _d("selection", sg),
-                              _d("slots", slots), True, _d("out", og), _d("lse", lg),
-                              _d("dout", dg), _d("dq", dqg), _d("dk_pages", dkg),
-                              _d("dv_pages", dvg), **prm.kernel(window),
-                              **_run_options(qc, prm.backend))
-            dkp += dkg
-            dvp += dvg
-            if not whole:
-                dq[toks] = dqg
-        # dK/dV: own positions locally, fetched positions back to their owners, summed in fp32.
-        C = prm.block_size
-        grad_pages = torch.stack([dkp.reshape(-1, D), dvp.reshape(-1, D)], 1).to(dev)
-        local = torch.zeros((st.L * hkv, 2, D), dtype=torch.float32, device=dev)
-        if st.local_src.numel():
-            local.index_add_(0, st.local_src.to(dev), grad_pages[st.local_dst.to(dev)])
-        send = [grad_pages[d.to(dev)].reshape(-1) for d in st.fetched_dst]
-        got = st.tp.all_to_all(send, "grad_kv")
-        for r, rows in enumerate(st.served):
-            if rows.numel():
-                local.index_add_(0, rows.to(dev), got[r].reshape(-1, 2, D))
-        local = local.reshape(st.L, hkv, 2, D)
-        dk = local[:, :, 0].to(kdtype)
-        dv = local[:, :, 1].to(kdtype)
-        del C
-        return dq.to(dev), dk, dv, None, None, None, None, None
+
+def _compute_device(t: Tensor, prm: "_Params", hq: int) -> torch.device:
+    """Where the paged kernels run: t's GPU when this build has the CUDA paged forward and
+    backward and they take the problem (bf16/f16, head_dim 64 or 128, MoBA topk <= 65, MoA
+    <= 256 query heads), else the CPU (the result moves back; communication stays on t's
+    device). ``backend="cpu"`` forces the CPU."""
+    if t.device.type != "cuda" or prm.backend in ("cpu", "reference") or not _cuda_compiled():
+        return torch.device("cpu")
+    if t.dtype not in (torch.bfloat16, torch.float16) or t.shape[-1] not in (64, 128):
+        return torch.device("cpu")
+    if (prm.mode == "moba" and prm.topk - 1 > 64) or (prm.mode == "moa" and hq > 256):
+        return torch.device("cpu")
+    return t.device
+
+
+class _Saved:
+    """What one forward keeps for its backward."""
+
+    def __init__(self, st, sel, table, cdev, info, q, out, lse, k_pages, v_pages, kv_meta):
+        self.st, self.sel, self.table, self.cdev, self.info = st, sel, table, cdev, info
+        self.q, self.out, self.lse, self.k_pages, self.v_pages = q, out, lse, k_pages, v_pages
+        self.kv_meta = kv_meta
+
+
+def _cp_forward(q, k, v, layout, prm, transport, dry_run, info) -> Tuple[Tensor, Tensor, Optional[_Saved]]:
+    st = _RankState(layout, prm, transport)
+    hq, hkv = q.shape[1], k.shape[1]
+    if q.shape[0] != st.L or k.shape[0] != st.L or v.shape[0] != st.L:
+        _fail("q", f"the {st.L} local tokens of rank {st.rank} in the layout (k, v too)",
+              f"q/k/v with {q.shape[0]}/{k.shape[0]}/{v.shape[0]} tokens")
+    cu = [0]
+    for p in st.pieces:
+        cu.append(cu[-1] + p.end - p.start)
+    st.cu_q = torch.tensor(cu, dtype=torch.int32)
+    sel = None
+    if prm.mode == "moba":
+        means = st.block_means(k)
+        sel = st.gate(q, means, hkv)
+    need = st.needed(sel, hq, hkv)
+    k_pages, v_pages, complete = st.build_pages(need, k, v, hkv, dry_run)
+    info["selection"] = sel
+    info["stats"] = transport.stats
+    if dry_run:
+        return q.new_zeros(q.shape), q.new_zeros((hq, st.L), dtype=torch.float32), None
+    cdev = _compute_device(q, prm, hq)
+    info["compute_device"] = str(cdev)
+    table, _ = st.page_table(hkv)
+    qc = _core.last_dim_contiguous(q.detach().to(cdev))
+    if not st.pieces:
+        complete()
+        out = torch.zeros(q.shape, dtype=q.dtype, device=cdev)
+        lse = torch.full((hq, st.L), -math.inf, dtype=torch.float32, device=cdev)
+    elif prm.mode == "moba":
+        out, lse = st.moba_overlapped(qc, sel, k_pages, v_pages, complete, table, cdev)
+    else:
+        out, lse = st.dense_overlapped(qc, k_pages, v_pages, complete, table, cdev)
+    out, lse = out.to(q.device), lse.to(q.device)
+    info["overlap"] = {"rows": st.L, "forward_rows_during_fetch": st.rows_before_fetch,
+                       "backward_rows_during_grad_send": 0}
+    saved = _Saved(st, sel, table, cdev, info, q.detach(), out, lse, k_pages, v_pages,
+                   (k.shape, k.dtype, v.dtype))
+    return out, lse, saved
+
+
+def _cp_backward(s: _Saved, dout: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+    q, st, cdev, dev = s.q, s.st, s.cdev, s.q.device
+    kshape, kdtype, vdtype = s.kv_meta
+    if not st.pieces:
+        send = [torch.zeros(0, dtype=torch.float32, device=dev) for _ in st.fetched_dst]
+        st.tp.all_to_all(send, "grad_kv")
+        return (torch.zeros(q.shape, dtype=q.dtype, device=dev),
+                torch.zeros(kshape, dtype=kdtype, device=dev), torch.zeros(kshape, dtype=vdtype, device=dev))
+    qc = _core.last_dim_contiguous(q.to(cdev))
+    oc = _core.last_dim_contiguous(s.out.to(cdev))
+    lc = s.lse.to(cdev).contiguous()
+    dc = _core.last_dim_contiguous(dout.to(cdev).to(q.dtype))
+    dq, mine = st.backward(qc, oc, lc, dc, s.sel, s.k_pages.to(cdev), s.v_pages.to(cdev),
+                           s.table, cdev, dev, kshape[1])
+    s.info["overlap"]["backward_rows_during_grad_send"] = st.rows_during_grad_send
+    # fresh tensors (a custom op's outputs may not alias each other)
+    return dq.to(dev), mine[:, :, 0].to(kdtype, copy=True), mine[:, :, 1].to(vdtype, copy=True)
+
+
+# The op torch sees: moba::cp_attention(q, k, v, config) -> (out, lse, token), a custom op with
+# a fake implementation, so torch.compile traces around it (output shapes follow from the
+# inputs) and never into the host planning, the collectives or the raw-pointer kernel calls.
+# `config` names the (layout, parameters, transport, info) of the call in _CONFIGS (a stable
+# int per configuration: the compiled graph keeps it as a constant); `token` (int64 [1]) names
+# the forward's saved state in _SAVED for moba::cp_attention_backward, which frees it; a
+# forward whose graph is dropped without a backward frees it when the token tensor dies.
+_CONFIGS: Dict[int, tuple] = {}
+_CONFIG_IDS: Dict[tuple, int] = {}
+_SAVED: Dict[int, _Saved] = {}
+_NEXT_TOKEN = [0]
+_REG_LOCK = threading.Lock()
+
+
+def _config_id(layout, prm, tp, info) -> int:
+    key = (id(layout), id(tp), prm.mode, prm.block_size, prm.topk, prm.scale, tuple(prm.alphas),
+           tuple(prm.betas), prm.sink, prm.backend)
+    with _REG_LOCK:
+        cid = _CONFIG_IDS.setdefault(key, len(_CONFIG_IDS))
+        _CONFIGS[cid] = (layout, prm, tp, info)  # strong references: ids stay unique
+    return cid
+
+
+@torch.library.custom_op("moba::cp_attention", mutates_args=())
+def _cp_attention_op(q: Tensor, k: Tensor, v: Tensor, config: int,
+                     keep: bool) -> Tuple[Tensor, Tensor, Tensor]:
+    layout, prm, tp, info = _CONFIGS[config]
+    out, lse, saved = _cp_forward(q, k, v, layout, prm, tp, False, info)
+    with _REG_LOCK:
+        tok = _NEXT_TOKEN[0]
+        _NEXT_TOKEN[0] += 1
+    token = torch.tensor([tok], dtype=torch.int64)
+    if keep:
+        _SAVED[tok] = saved
+        import weakref
+        weakref.finalize(token, _SAVED.pop, tok, None)
+    return out, lse, token
+
+
+@_cp_attention_op.register_fake
+def _(q, k, v, config, keep):
+    return (q.new_empty(q.shape), q.new_empty((q.shape[1], q.shape[0]), dtype=torch.float32),
+            torch.empty((1,), dtype=torch.int64, device="cpu"))
+
+
+@torch.library.custom_op("moba::cp_attention_backward", mutates_args=())
+def _cp_attention_backward_op(dout: Tensor, token: Tensor, q: Tensor, k: Tensor,
+                              v: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+    saved = _SAVED.pop(int(token.item()), None)
+    if saved is None:
+        raise RuntimeError("moba.distributed: the forward's state is gone (a second backward "
+                           "through one context-parallel attention, or a forward run without "
+                           "grad); call backward once per forward")
+    return _cp_backward(saved, dout)
+
+
+@_cp_attention_backward_op.register_fake
+def _(dout, token, q, k, v):
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+
+def _cp_setup_context(ctx, inputs, output):
+    q, k, v, _, _ = inputs
+    ctx.save_for_backward(q, k, v, output[2])
+    ctx.mark_non_differentiable(output[1], output[2])  # lse, token (as the single-process ops)
+
+
+def _cp_attention_grad(ctx, dout, dlse, dtoken):
+    q, k, v, token = ctx.saved_tensors
+    dq, dk, dv = _cp_attention_backward_op(dout.contiguous(), token, q, k, v)
+    return dq, dk, dv, None, None
+
+
+_cp_attention_op.register_autograd(_cp_attention_grad, setup_context=_cp_setup_context)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -928,8 +1139,10 @@ def context_parallel_attn(q: Tensor, k: Tensor, v: Tensor, layout: ShardLayout, 
     (``alphas``/``betas`` per query or KV head, ``sink``). ``page_size``: the unit of fetching
     for full and MoA (MoBA fetches whole blocks). Communication goes over ``group`` (default
     group) or an explicit ``transport``. Returns ``out`` [L, Hq, D] or ``(out, lse)``.
-    ``info`` (a dict) receives ``"selection"`` (MoBA, global block indices) and ``"stats"``
-    (the transport's CommStats, cumulative). ``dry_run=True`` plans and counts bytes without
+    ``info`` (a dict) receives ``"selection"`` (MoBA, global block indices), ``"stats"``
+    (the transport's CommStats, cumulative), ``"compute_device"`` (where the paged kernels
+    ran) and ``"overlap"`` (query rows computed while the K/V fetch / the dK/dV return was in
+    flight; the backward's entry is filled when it has run). ``dry_run=True`` plans and counts bytes without
     moving K/V or computing attention (returns zeros).
     """
     _core.check_qkv(q, k, v)
@@ -968,7 +1181,11 @@ def context_parallel_attn(q: Tensor, k: Tensor, v: Tensor, layout: ShardLayout, 
     else:
         _fail("mode", "one of 'moba', 'full', 'moa'", repr(mode))
     info = {} if info is None else info
-    out, lse = _CPAttention.apply(q, k, v, layout, prm, tp, bool(dry_run), info)
+    if dry_run:
+        out, lse, _ = _cp_forward(q.detach(), k.detach(), v.detach(), layout, prm, tp, True, info)
+    else:
+        keep = torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v))
+        out, lse, _ = _cp_attention_op(q, k, v, _config_id(layout, prm, tp, info), keep)
     return (out, lse) if return_lse else out
 
 

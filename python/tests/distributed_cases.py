@@ -105,7 +105,8 @@ def _distributed(c: Case, lay, rank, q, k, v, dout, device, transport=None):
         kw.update(page_size=c.block)
     out, lse = mdist.context_parallel_attn(ql, kl, vl, lay, **kw)
     out.backward(dl)
-    return out.detach(), lse, info.get("selection"), ql.grad, kl.grad, vl.grad, info["stats"]
+    return (out.detach(), lse, info.get("selection"), ql.grad, kl.grad, vl.grad, info["stats"],
+            info)
 
 
 def _close(name, got, want, dtype, case):
@@ -128,6 +129,11 @@ def check_case(c: Case, rank: int, world: int, device="cpu", transport=None):
     _close("lse", got[1], ref[1][:, idx], torch.float32, label)
     for i, name in ((3, "dq"), (4, "dk"), (5, "dv")):
         _close(name, got[i], ref[i][idx], c.dtype, label)
+    if str(device).startswith("cuda") and c.dtype in (torch.float16, torch.bfloat16) \
+            and mdist._cuda_compiled() and lay.local_tokens(rank):
+        # bf16/f16 on a CUDA build: the paged forward and backward ran on the GPU
+        assert got[7]["compute_device"].startswith("cuda"), \
+            f"{label}: paged kernels ran on {got[7]['compute_device']}, expected the GPU"
     return got[6]
 
 
@@ -144,6 +150,10 @@ def worker(rank: int, world: int, port: int, backend: str, names: Optional[List[
     os.environ["MASTER_PORT"] = str(port)
     torch.set_num_threads(1)
     device = "cpu"
+    if backend == "gloo-cuda":  # gloo moving CUDA tensors (ranks may share one GPU)
+        backend = "gloo"
+        torch.cuda.set_device(rank % torch.cuda.device_count())
+        device = f"cuda:{torch.cuda.current_device()}"
     if backend == "nccl":
         torch.cuda.set_device(rank % torch.cuda.device_count())
         device = f"cuda:{torch.cuda.current_device()}"
@@ -152,6 +162,49 @@ def worker(rank: int, world: int, port: int, backend: str, names: Optional[List[
         for c in cases():
             if names is None or c.name in names:
                 check_case(c, rank, world, device)
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+def compile_worker(rank: int, world: int, port: int, backend: str):
+    """torch.compile(fullgraph=False) of a context-parallel forward + backward on this rank:
+    identical to the eager run (moba::cp_attention is an opaque custom op with a fake
+    implementation, so the compiled graph calls the very same code) and to one process."""
+    import torch.distributed as dist
+    os.environ["MASTER_ADDR"] = "127.0.0.1"
+    os.environ["MASTER_PORT"] = str(port)
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        for c in (cases()[1], cases()[7], cases()[9]):  # moba GQA zigzag, full, moa (bf16)
+            q, k, v, dout, cu = _data(c)
+            ref = _single_process(c, q, k, v, dout, cu)
+            lay = _layout(c, cu, world)
+            ql, kl, vl, dl = (lay.shard(x, rank) for x in (q, k, v, dout))
+            kw = dict(mode=c.mode)
+            if c.mode == "moba":
+                kw.update(moba_chunk_size=c.block, moba_topk=c.topk)
+            elif c.mode == "moa":
+                kw.update(alphas=c.alphas, betas=c.betas, sink=c.sink, page_size=c.block)
+            else:
+                kw.update(page_size=c.block)
+
+            def step(q_, k_, v_):
+                out = mdist.context_parallel_attn(q_, k_, v_, lay, **kw)
+                return (out.float() * dl.float()).sum(), out
+
+            results = []
+            for fn in (step, torch.compile(step, fullgraph=False, backend=backend)):
+                xs = [x.clone().requires_grad_() for x in (ql, kl, vl)]
+                loss, out = fn(*xs)
+                loss.backward()
+                results.append([out.detach()] + [x.grad for x in xs])
+            idx = lay.global_index(rank)
+            for name, e, cgot, want in zip(("out", "dq", "dk", "dv"), results[0], results[1],
+                                           (ref[0][idx], ref[3][idx], ref[4][idx], ref[5][idx])):
+                assert torch.equal(e, cgot), f"[{c.name}] rank {rank}: compiled {name} != eager"
+                _close(name, cgot, want, c.dtype, f"[{c.name}] compiled rank {rank}/{world}")
         dist.barrier()
     finally:
         dist.destroy_process_group()

@@ -13,4 +13,11 @@ void cpu_paged_attention_backward(const PagedProblem& p, const PagedOutputs& io,
                                   void* dk_pages, void* dv_pages, DType grad_dtype,
                                   const RunOptions& o);
 
+// CUDA backend (src/cuda/paged/); a stub that throws `unsupported` when not compiled. Device
+// contents (page ids, lengths, selections) are trusted: no host synchronisation.
+void cuda_paged_attention_backward(const PagedProblem& p, const PagedOutputs& io,
+                                   const Operand& dout, const Operand& dq, const float* lse,
+                                   void* dk_pages, void* dv_pages, DType grad_dtype,
+                                   const RunOptions& o);
+
 }  // namespace moba::detail

@@ -1,5 +1,6 @@
 // paged_attention_backward (moba/paged_attention_backward.hpp): checks every view once and
-// hands the validated problem to the CPU backend (src/cpu/paged_backward.cpp).
+// hands the validated problem to the backend of the tensors' device (src/cpu/paged_backward.cpp,
+// src/cuda/paged/). Nothing here reads GPU memory: a GPU call stays free of host syncs.
 #include <string>
 
 #include "core/paged.hpp"
@@ -34,18 +35,32 @@ void paged_attention_backward(const TensorView& q, const TensorView& cu_seqlens_
   const int hkv = static_cast<int>(kv.page_table.shape[1]);
   if (hkv < 1 || q.shape[1] % hkv != 0)
     invalid("q", "num_q_heads a multiple of the cache's num_kv_heads = " + num(hkv), "shape " + q.shape_str());
-  if (q.device.type != DeviceType::cpu || cu_seqlens_q.device.type != DeviceType::cpu)
-    fail(ErrorKind::unsupported,
-         "paged_attention_backward: runs on the CPU only in this version (got " + device_name(q.device) + " tensors)");
-  if (options.backend == Backend::cuda)
-    fail(ErrorKind::unsupported, "paged_attention_backward: backend cuda is not implemented (CPU only)");
+  const bool on_gpu = q.device.type == DeviceType::cuda;
+  if (!on_gpu && cu_seqlens_q.device.type != DeviceType::cpu)
+    invalid("cu_seqlens", "device cpu (q is on the cpu)", device_name(cu_seqlens_q.device));
   TensorView k_like = q;  // make_problem checks q, params and cu_seqlens; k is a stand-in
   k_like.shape[1] = hkv;
   PagedProblem p;
-  p.base = make_problem(q, k_like, cu_seqlens_q, params);
+  // On the GPU a device cu_seqlens is read by the kernel, never copied back.
+  p.base = make_problem(q, k_like, cu_seqlens_q, params, options.cuda_stream, !on_gpu);
+  // Host tensors run the CPU backend (any head_dim, as before); GPU tensors (or an explicit
+  // backend = cuda) go through the common backend check.
+  Backend backend = Backend::cpu;
+  if (on_gpu || options.backend == Backend::cuda) {
+    RunOptions ro = options;
+    if (ro.backend == Backend::reference) ro.backend = Backend::cpu;  // no fp64 paged path
+    Problem device_only = p.base;  // the paged kernels take any MoBA block size
+    device_only.mode = Mode::full;
+    backend = resolve_backend(device_only, ro);
+  }
   p.cache = check_paged_cache(kv, p.base.dtype, p.base.device, hkv, p.base.head_dim);
   p.include_own_block = args.include_own_block;
-  if (!args.slots.empty_view()) {
+  if (!args.slots.empty_view() && args.slots.device.type != DeviceType::cpu) {
+    check_paged_view("args.slots", args.slots, 1, "[batch]", DType::i32, p.base.device);
+    if (args.slots.shape[0] != p.base.batch)
+      invalid("args.slots", "int32 [batch] = [" + num(p.base.batch) + "]", "shape " + args.slots.shape_str());
+    p.slots_dev = static_cast<const std::int32_t*>(args.slots.data);
+  } else if (!args.slots.empty_view()) {
     if (args.slots.ndim != 1 || args.slots.shape[0] != p.base.batch)
       invalid("args.slots", "int32 [batch] = [" + num(p.base.batch) + "]", "shape " + args.slots.shape_str());
     check_paged_view("args.slots", args.slots, 1, "[batch]", DType::i32, Device::cpu());
@@ -72,7 +87,10 @@ void paged_attention_backward(const TensorView& q, const TensorView& cu_seqlens_
   check_paged_view("dv_pages", dv_pages, 3, "[num_pages, page_size, head_dim]", gd, p.base.device);
   check_same_shape("dk_pages", dk_pages, kv.k_pages, "kv.k_pages");
   check_same_shape("dv_pages", dv_pages, kv.k_pages, "kv.k_pages");
-  cpu_paged_attention_backward(p, io, d_out, d_q, l, dk_pages.data, dv_pages.data, gd, options);
+  if (backend == Backend::cuda)
+    cuda_paged_attention_backward(p, io, d_out, d_q, l, dk_pages.data, dv_pages.data, gd, options);
+  else
+    cpu_paged_attention_backward(p, io, d_out, d_q, l, dk_pages.data, dv_pages.data, gd, options);
 }
 
 }  // namespace moba
