@@ -12,7 +12,9 @@
 // Memory: the backward's own workspace at its peak (what it allocates beyond the caller's
 // tensors), next to what a dense flash backward allocates (an fp32 dQ accumulator, 4 * N * H * D
 // bytes, plus D), and the ratio of whole-call peaks (tensors + workspace).
-// Usage: moba_cuda_bwd_bench [--max-n 131072] [--out results.md]
+// --kernel picks the key-pass kernel of every variant (CudaOptions::backward_kernel):
+// automatic (default), sm80_mma_sync or sm90_wgmma (sm_90a builds on compute capability 9.0).
+// Usage: moba_cuda_bwd_bench [--max-n 131072] [--kernel sm90_wgmma] [--out results.md]
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -91,10 +93,23 @@ double median(std::vector<double> v) {
 
 int main(int argc, char** argv) {
   long max_n = 131072;
-  std::string out_path;
+  std::string out_path, kernel_name = "automatic";
   for (int i = 1; i < argc; ++i) {
     if (!std::strcmp(argv[i], "--max-n") && i + 1 < argc) max_n = std::atol(argv[++i]);
     else if (!std::strcmp(argv[i], "--out") && i + 1 < argc) out_path = argv[++i];
+    else if (!std::strcmp(argv[i], "--kernel") && i + 1 < argc) kernel_name = argv[++i];
+    else {
+      std::fprintf(stderr, "usage: moba_cuda_bwd_bench [--max-n N] [--kernel automatic|sm80_mma_sync|sm90_wgmma] [--out file.md]\n");
+      return 2;
+    }
+  }
+  using BK = moba::CudaOptions::BackwardKernel;
+  BK kernel = BK::automatic;
+  if (kernel_name == "sm80_mma_sync") kernel = BK::sm80_mma_sync;
+  else if (kernel_name == "sm90_wgmma") kernel = BK::sm90_wgmma;
+  else if (kernel_name != "automatic") {
+    std::fprintf(stderr, "--kernel: expected automatic, sm80_mma_sync or sm90_wgmma, got %s\n", kernel_name.c_str());
+    return 2;
   }
   int ndev = 0;
   if (cudaGetDeviceCount(&ndev) != cudaSuccess || ndev == 0) {
@@ -109,7 +124,8 @@ int main(int argc, char** argv) {
                                  {"moba B=512 top-8", moba::AttentionParams::moba_blocks(512, 8)},
                                  {"full causal", moba::AttentionParams::full()}};
   std::ostringstream md;
-  md << "device: " << prop.name << " (" << prop.multiProcessorCount << " SMs)\n\n";
+  md << "device: " << prop.name << " (" << prop.multiProcessorCount << " SMs), backward key pass: "
+     << kernel_name << "\n\n";
   md << "| N | attention | state | pairs/row | default ms | TFLOP/s | determ. ms | TFLOP/s | det/def | "
         "workspace MiB (det) | dense-flash extra MiB | peak ratio vs dense flash | 64-key tiles ms |\n";
   md << "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
@@ -203,6 +219,7 @@ int main(int argc, char** argv) {
         moba::RunOptions o;
         o.backend = moba::Backend::cuda;
         o.deterministic = det == 1;
+        o.cuda.backward_kernel = kernel;
         if (det == 2) o.cuda.backward_key_tile = 64;
         auto call = [&]() {
           moba::attention_backward(view(q.p, bf, {T, H, D}), view(k.p, bf, {T, H, D}), view(v.p, bf, {T, H, D}),
