@@ -195,7 +195,8 @@ __global__ void __launch_bounds__(256, 1) sm90_key_pass_kernel(const KeyPassArgs
     const float* dt_b = dt_s + buf * 64;
     const int* tok_b = tok_s + buf * 64;
 
-    // S^T = K_w Q^T and dP^T = V_w dO^T (64 keys x 64 rows each), one commit group.
+    // S^T = K_w Q^T, then dP^T = V_w dO^T (64 keys x 64 rows each), one commit group each;
+    // P^T is computed while dP^T runs, dS^T while dV runs (groups retire in order).
     float s[32], g[32];
     hw::wg_fence();
 #pragma unroll
@@ -206,6 +207,7 @@ __global__ void __launch_bounds__(256, 1) sm90_key_pass_kernel(const KeyPassArgs
       if (kk == 0) hw::wgmma_ss_zero<kBf16, 64>(s, dk_, dq);
       else hw::wgmma_ss<kBf16, 64>(s, dk_, dq, 1);
     }
+    hw::wg_commit();
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk) {
       const std::uint32_t koff = (kk & 3) * 32;
@@ -215,11 +217,10 @@ __global__ void __launch_bounds__(256, 1) sm90_key_pass_kernel(const KeyPassArgs
       else hw::wgmma_ss<kBf16, 64>(g, dv_, ddo, 1);
     }
     hw::wg_commit();
-    hw::wg_wait<0>();
+    hw::wg_wait<1>();  // S^T landed; dP^T may still run
     hw::reg_fence<32>(s);
-    hw::reg_fence<32>(g);
 
-    // P^T and dS^T in place (per-element math of key_pass.cuh).
+    // P^T in place (per-element math and masks of key_pass.cuh).
 #pragma unroll
     for (int n = 0; n < 8; ++n)
 #pragma unroll
@@ -237,30 +238,48 @@ __global__ void __launch_bounds__(256, 1) sm90_key_pass_kernel(const KeyPassArgs
           if (diag && tok_b[col] < key) p = 0.f;
         }
         s[4 * n + e] = p;
-        g[4 * n + e] = p * (g[4 * n + e] - dt_b[col]);
       }
 
-    // A fragments (b16) of P^T and dS^T: k-step kq = query rows 16 kq..16 kq + 15.
+    // A fragments (b16) of P^T: k-step kq = query rows 16 kq..16 kq + 15 (n8 tiles 2 kq, 2 kq + 1).
     std::uint32_t pa[4][4], da[4][4];
 #pragma unroll
     for (int kq = 0; kq < 4; ++kq) {
-      const float* s0 = s + 8 * kq;  // n8 tiles 2 kq, 2 kq + 1
-      const float* g0 = g + 8 * kq;
+      const float* s0 = s + 8 * kq;
       pa[kq][0] = cuda::Dt<T>::pack(s0[0], s0[1]);
       pa[kq][1] = cuda::Dt<T>::pack(s0[2], s0[3]);
       pa[kq][2] = cuda::Dt<T>::pack(s0[4], s0[5]);
       pa[kq][3] = cuda::Dt<T>::pack(s0[6], s0[7]);
+    }
+    // dV_w += P^T dO (B MN-major: the 64 rows are the k dimension).
+    hw::wg_fence();
+#pragma unroll
+    for (int kq = 0; kq < 4; ++kq)
+      hw::wgmma_rs<kBf16, D>(dv, pa[kq], hw::make_desc(sDO + kq * 16 * 128, 64 * 128, 1024), 1);
+    hw::wg_commit();
+    // dP^T landed; dV may still run, except at D = 128, where dK, dV, P^T, dP^T leave no
+    // registers for P^T's fragments to stay live (waiting frees them: no spills)
+    if constexpr (D == 128) {
+      hw::wg_wait<0>();
+      hw::reg_fence_u<16>(&pa[0][0]);
+    } else {
+      hw::wg_wait<1>();
+    }
+    hw::reg_fence<32>(g);
+
+    // dS^T = P^T (dP^T - D) (fp32 P, as key_pass.cuh), its A fragments, dK_w += dS^T Q.
+#pragma unroll
+    for (int n = 0; n < 8; ++n)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) g[4 * n + e] = s[4 * n + e] * (g[4 * n + e] - dt_b[n * 8 + c4 * 2 + (e & 1)]);
+#pragma unroll
+    for (int kq = 0; kq < 4; ++kq) {
+      const float* g0 = g + 8 * kq;
       da[kq][0] = cuda::Dt<T>::pack(g0[0], g0[1]);
       da[kq][1] = cuda::Dt<T>::pack(g0[2], g0[3]);
       da[kq][2] = cuda::Dt<T>::pack(g0[4], g0[5]);
       da[kq][3] = cuda::Dt<T>::pack(g0[6], g0[7]);
     }
-
-    // dV_w += P^T dO, dK_w += dS^T Q (B MN-major: the 64 rows are the k dimension).
     hw::wg_fence();
-#pragma unroll
-    for (int kq = 0; kq < 4; ++kq)
-      hw::wgmma_rs<kBf16, D>(dv, pa[kq], hw::make_desc(sDO + kq * 16 * 128, 64 * 128, 1024), 1);
 #pragma unroll
     for (int kq = 0; kq < 4; ++kq)
       hw::wgmma_rs<kBf16, D>(dk, da[kq], hw::make_desc(sQ + kq * 16 * 128, 64 * 128, 1024), 1);
