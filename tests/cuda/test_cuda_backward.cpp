@@ -273,7 +273,7 @@ std::vector<CudaOptions::BackwardKernel> backward_kernels() {
       s.d = 64;
       s.dtype = DType::bf16;
       s.params = AttentionParams::full();
-      const Inputs in = make_inputs(s, 1);
+      Inputs in = make_inputs(s, 1);
       const ForwardResult fwd = run_forward(s, in, Backend::reference);
       CudaOptions o;
       o.backward_kernel = CudaOptions::BackwardKernel::sm90_wgmma;
