@@ -16,6 +16,8 @@
 // automatic (default), sm80_mma_sync or sm90_wgmma (sm_90a builds on compute capability 9.0).
 // --dq-all-atomic: every dQ by fp32 atomics in the key pass (CudaOptions::backward_dq_all_atomic)
 // in the non-deterministic variants, instead of the query-major dQ pass for the causal rows.
+// --no-dq-bulk (sm90_wgmma): dQ rows by per-thread fp32 atomics instead of one bulk reduce-add
+// per row (CudaOptions::backward_dq_bulk_reduce = false).
 // With the stage times (stderr), the key pass's own TFLOP/s (its products over the pairs).
 // Usage: moba_cuda_bwd_bench [--max-n 131072] [--kernel sm90_wgmma] [--dq-all-atomic] [--out results.md]
 #include <cuda_runtime.h>
@@ -97,14 +99,15 @@ double median(std::vector<double> v) {
 int main(int argc, char** argv) {
   long max_n = 131072;
   std::string out_path, kernel_name = "automatic";
-  bool dq_all_atomic = false;
+  bool dq_all_atomic = false, dq_bulk = true;
   for (int i = 1; i < argc; ++i) {
     if (!std::strcmp(argv[i], "--max-n") && i + 1 < argc) max_n = std::atol(argv[++i]);
     else if (!std::strcmp(argv[i], "--out") && i + 1 < argc) out_path = argv[++i];
     else if (!std::strcmp(argv[i], "--kernel") && i + 1 < argc) kernel_name = argv[++i];
     else if (!std::strcmp(argv[i], "--dq-all-atomic")) dq_all_atomic = true;
+    else if (!std::strcmp(argv[i], "--no-dq-bulk")) dq_bulk = false;
     else {
-      std::fprintf(stderr, "usage: moba_cuda_bwd_bench [--max-n N] [--kernel automatic|sm80_mma_sync|sm90_wgmma] [--dq-all-atomic] [--out file.md]\n");
+      std::fprintf(stderr, "usage: moba_cuda_bwd_bench [--max-n N] [--kernel automatic|sm80_mma_sync|sm90_wgmma] [--dq-all-atomic] [--no-dq-bulk] [--out file.md]\n");
       return 2;
     }
   }
@@ -130,7 +133,8 @@ int main(int argc, char** argv) {
                                  {"full causal", moba::AttentionParams::full()}};
   std::ostringstream md;
   md << "device: " << prop.name << " (" << prop.multiProcessorCount << " SMs), backward key pass: "
-     << kernel_name << (dq_all_atomic ? ", every dQ by atomics in the key pass" : "") << "\n\n";
+     << kernel_name << (dq_all_atomic ? ", every dQ by atomics in the key pass" : "")
+     << (dq_bulk ? "" : ", dQ by per-thread atomics (no bulk reduce)") << "\n\n";
   md << "| N | attention | state | pairs/row | default ms | TFLOP/s | determ. ms | TFLOP/s | det/def | "
         "workspace MiB (det) | dense-flash extra MiB | peak ratio vs dense flash | 64-key tiles ms |\n";
   md << "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
@@ -232,6 +236,7 @@ int main(int argc, char** argv) {
         o.deterministic = det == 1;
         o.cuda.backward_kernel = kernel;
         o.cuda.backward_dq_all_atomic = dq_all_atomic;
+        o.cuda.backward_dq_bulk_reduce = dq_bulk;
         if (det == 2) o.cuda.backward_key_tile = 64;
         auto call = [&]() {
           moba::attention_backward(view(q.p, bf, {T, H, D}), view(k.p, bf, {T, H, D}), view(v.p, bf, {T, H, D}),

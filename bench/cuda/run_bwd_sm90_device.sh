@@ -34,7 +34,7 @@ if has both; then
   echo "rc=$?"; summary "$OUT/test_both.log"
 fi
 if has bench; then
-  for args in "--kernel sm80_mma_sync" "--kernel sm90_wgmma" "--kernel sm90_wgmma --dq-all-atomic"; do
+  for args in "--kernel sm80_mma_sync" "--kernel sm90_wgmma" "--kernel sm90_wgmma --dq-all-atomic" "--kernel sm90_wgmma --no-dq-bulk"; do
     tag=$(echo "$args" | tr -d ' -')
     echo "== bench $args"
     timeout 200 "$BENCH" --max-n 131072 $args --out "$OUT/bench_$tag.md" > "$OUT/bench_$tag.log" 2> "$OUT/bench_$tag.err"

@@ -78,6 +78,10 @@ struct CudaOptions {
   // device and a build with sm_90a code, else moba::Error(unsupported).
   enum class BackwardKernel { automatic, sm80_mma_sync, sm90_wgmma };
   BackwardKernel backward_kernel = BackwardKernel::automatic;
+  // sm90_wgmma only: add each row's dQ (listed rows; every row with backward_dq_all_atomic) by
+  // one bulk reduce-add per row from shared memory (the TMA unit) rather than per-thread fp32
+  // atomics. A measurement variant (both are tested).
+  bool backward_dq_bulk_reduce = true;
   // Backward: synchronise the stream after each stage and record the stage times (read by the
   // benchmarks through the backend's statistics). Slows the call; never for production use.
   bool collect_timing = false;

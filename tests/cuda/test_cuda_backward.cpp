@@ -246,6 +246,13 @@ void run_case_with(const Case& c, int idx, CudaOptions::BackwardKernel kernel) {
   CudaOptions atomic = base;  // every dQ by atomics in the key pass
   atomic.backward_dq_all_atomic = true;
   check_against_truth(c, gpu_backward(c.shape, c.in, c.fwd, false, idx % 2 == 1, atomic), "all-atomic dQ");
+  if (kernel == CudaOptions::BackwardKernel::sm90_wgmma) {  // dQ by per-thread atomics, not bulk reduce-adds
+    CudaOptions per_thread = base;
+    per_thread.backward_dq_bulk_reduce = false;
+    check_against_truth(c, gpu_backward(c.shape, c.in, c.fwd, false, idx % 2 == 0, per_thread), "dQ atomics");
+    per_thread.backward_dq_all_atomic = true;
+    check_against_truth(c, gpu_backward(c.shape, c.in, c.fwd, false, idx % 2 == 1, per_thread), "all-atomic dQ, atomics");
+  }
   const BackwardResult d1 = gpu_backward(c.shape, c.in, c.fwd, true, idx % 2 == 0, base);
   check_against_truth(c, d1, "deterministic");
   const BackwardResult d2 = gpu_backward(c.shape, c.in, c.fwd, true, idx % 2 == 1, base);

@@ -98,6 +98,9 @@ struct KeyPassArgs {
   const int* moa_window;
   int batch;
   int visibility;  // Visibility
+  // sm_90a key pass only: 1 adds each row's dQ by one bulk reduce-add (TMA unit) from shared
+  // memory instead of per-thread fp32 atomics (same sums, other order). Unused by key_pass.cuh.
+  int dq_bulk;
 };
 
 // How the dQ pass stores its tile's result.

@@ -10,7 +10,9 @@
 //                                       accumulators (registers), B MN-major (Q, dO rows)
 //   dS^T -> shared; dQ (64 x D) = dS K  wgmma m64n64 per 64-column part of dQ, A = dS from
 //                                       shared by transposed ldmatrix, B = K MN-major; parts
-//                                       shared out over the warpgroups; fp32 atomics as key_pass.
+//                                       shared out over the warpgroups; added to the fp32 dQ
+//                                       scratch by one bulk reduce-add per row (TMA unit) from
+//                                       shared memory, or (dq_bulk = 0) by fp32 atomics.
 // Loads: cp.async by every thread, two row-tile buffers (the next tile's Q, dO stream in while
 // this one computes). Not TMA: listed (MoBA) row tiles gather arbitrary (token, head) rows,
 // which a 2-D TMA box cannot name, and the tile::gather4 TMA mode is sm_100 only.
@@ -30,20 +32,22 @@
 #include "cuda/backward/sm90_key_pass.hpp"
 #include "cuda/forward/hopper_kernel.cuh"
 #include "cuda/forward/hopper_wgmma.cuh"
+#include "cuda/forward/sm90_pipeline.cuh"
 
 namespace moba::detail::bwd {
 
 // Shared memory (offsets from a 1024-byte aligned base): K, V (64 NG rows each), Q[2], dO[2]
 // (64 rows), dS^T (64 NG x 64), metadata as key_pass.cuh (lse, D, token, head per row and
-// buffer; MoA: t - w).
+// buffer; MoA: t - w), with KeyPassArgs::dq_bulk the fp32 dQ rows of a tile (64 x D, padded).
 template <int D>
 struct Sm90KeyPassSmem {
   static constexpr int kRowTile = 64 * D * 2;  // bytes of one 64-row tile
-  int k, v, q, dout, ds, meta, bytes;
-  __host__ __device__ Sm90KeyPassSmem(int groups, bool moa)
+  static constexpr int kDqStride = D + 8;  // floats per dQ row (32-byte pad: no bank conflicts)
+  int k, v, q, dout, ds, meta, dq, bytes;
+  __host__ __device__ Sm90KeyPassSmem(int groups, bool moa, bool dq_bulk)
       : k(0), v(groups * kRowTile), q(2 * groups * kRowTile), dout(q + 2 * kRowTile),
         ds(dout + 2 * kRowTile), meta(ds + groups * 64 * 64 * 2),
-        bytes(1024 + meta + (moa ? 5 : 4) * 2 * 64 * 4) {}
+        dq(meta + (moa ? 5 : 4) * 2 * 64 * 4), bytes(1024 + dq + (dq_bulk ? 64 * kDqStride * 4 : 0)) {}
 };
 
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -83,7 +87,7 @@ __global__ void __launch_bounds__(256, 1) sm90_key_pass_kernel(const KeyPassArgs
 
   const KeyItem it = a.items[blockIdx.x];
   const int NG = a.groups, KT = 64 * NG, nthr = 128 * NG;
-  const Sm90KeyPassSmem<D> L(NG, kVis == kVisMoa);
+  const Sm90KeyPassSmem<D> L(NG, kVis == kVisMoa, a.dq_bulk != 0);
   const int tid = threadIdx.x, wg = tid >> 7, wi = (tid >> 5) & 3, lane = tid & 31;
   const int gq = lane >> 2, c4 = lane & 3;
   const int G = a.group, hq = a.hq;
@@ -183,6 +187,7 @@ __global__ void __launch_bounds__(256, 1) sm90_key_pass_kernel(const KeyPassArgs
     const int rt = rt_at(i);
     cp_async_wait_all();
     hw::fence_proxy_async();  // this thread's cp.async writes, next read by wgmma (async proxy)
+    if (a.dq_bulk && tid < 64) cuda::sm90::bulk_wait_read_all();  // dQ rows of the last tile read
     __syncthreads();  // tile rt landed; every wgmma / ldmatrix of the previous tile retired
     if (i + 1 < n_rt) {
       load_rows(rt_at(i + 1), buf ^ 1);
@@ -317,15 +322,41 @@ __global__ void __launch_bounds__(256, 1) sm90_key_pass_kernel(const KeyPassArgs
         const std::uint32_t kpart = sK + part * KT * 128;  // 64-column block `part` of K
         if (NG == 2) sm90_dq_part<kBf16, 8>(acc, sDS, kpart, KT, wi, lane);
         else sm90_dq_part<kBf16, 4>(acc, sDS, kpart, KT, wi, lane);
+        if (a.dq_bulk) {  // to the tile's fp32 dQ rows in shared memory
+          float* dq_s = reinterpret_cast<float*>(smem + L.dq);
 #pragma unroll
-        for (int n = 0; n < 8; ++n) {
-          const int d = part * 64 + n * 8 + c4 * 2;
-          if (t0 >= 0) atomicAdd(reinterpret_cast<float2*>(q0 + d), make_float2(acc[4 * n], acc[4 * n + 1]));
-          if (t1 >= 0) atomicAdd(reinterpret_cast<float2*>(q1 + d), make_float2(acc[4 * n + 2], acc[4 * n + 3]));
+          for (int n = 0; n < 8; ++n) {
+            const int d = part * 64 + n * 8 + c4 * 2;
+            *reinterpret_cast<float2*>(dq_s + r0 * L.kDqStride + d) = make_float2(acc[4 * n], acc[4 * n + 1]);
+            *reinterpret_cast<float2*>(dq_s + (r0 + 8) * L.kDqStride + d) = make_float2(acc[4 * n + 2], acc[4 * n + 3]);
+          }
+        } else {
+#pragma unroll
+          for (int n = 0; n < 8; ++n) {
+            const int d = part * 64 + n * 8 + c4 * 2;
+            if (t0 >= 0) atomicAdd(reinterpret_cast<float2*>(q0 + d), make_float2(acc[4 * n], acc[4 * n + 1]));
+            if (t1 >= 0) atomicAdd(reinterpret_cast<float2*>(q1 + d), make_float2(acc[4 * n + 2], acc[4 * n + 3]));
+          }
+        }
+      }
+      if (a.dq_bulk) {
+        // every part of every row written (generic proxy), then one bulk reduce-add per row,
+        // read by the TMA unit (async proxy); its source is waited for before the next tile's
+        // writes (top of the loop) and its writes before the kernel ends
+        hw::fence_proxy_async();
+        __syncthreads();
+        if (tid < 64) {
+          const int tok = tok_b[tid];
+          if (tok >= 0) {
+            float* dst = a.dq_acc + (std::int64_t(tok) * hq + head_s[buf * 64 + tid]) * D;
+            cuda::sm90::bulk_reduce_add_f32(dst, sb + L.dq + tid * L.kDqStride * 4, D * 4);
+          }
+          cuda::sm90::bulk_commit();
         }
       }
     }
   }
+  if (a.dq_bulk && tid < 64) cuda::sm90::bulk_wait_all();
 
   // dK (scaled), dV: to the outputs, or to this item's fp32 partial slot (as key_pass.cuh).
 #pragma unroll
@@ -358,7 +389,7 @@ __global__ void __launch_bounds__(256, 1) sm90_key_pass_kernel(const KeyPassArgs
 
 template <class T, int D, int kVis>
 void launch_sm90_key_pass_as(const KeyPassArgs& a, int n_items, cudaStream_t stream) {
-  const int smem = Sm90KeyPassSmem<D>(a.groups, kVis == kVisMoa).bytes;
+  const int smem = Sm90KeyPassSmem<D>(a.groups, kVis == kVisMoa, a.dq_bulk != 0).bytes;
   MOBA_CUDA_CHECK(cudaFuncSetAttribute(sm90_key_pass_kernel<T, D, kVis>,
                                        cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
   sm90_key_pass_kernel<T, D, kVis><<<n_items, 128 * a.groups, smem, stream>>>(a);
