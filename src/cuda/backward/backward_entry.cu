@@ -486,7 +486,7 @@ void run_backward(const Problem& p, const Backward& w, const RunOptions& o) {
   // dK, dV; in the default mode also the listed rows' dQ (all rows' with MOBA_BWD_DQ=atomic).
   KeyPassArgs ka{op, w.lse, dt, list, items_d, det ? nullptr : dq_acc, all_atomic ? 0 : 1, partial,
                  total, hq, G, p.scale, scale_log2, NG, win_d, p.batch, vis};
-  ka.dq_bulk = sm90 && o.cuda.backward_dq_bulk_reduce ? 1 : 0;
+  ka.dq_bulk = sm90 && o.cuda.backward_dq_bulk_reduce && ka.dq_acc != nullptr ? 1 : 0;
   if (sm90) key_pass_sm90(bf16, D, ka, static_cast<int>(items.size()), stream);
   else key_pass(bf16, D, ka, static_cast<int>(items.size()), stream);
   if (!splits.empty()) {
