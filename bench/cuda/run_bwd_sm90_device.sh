@@ -5,6 +5,7 @@
 #      failed"), 2. memcheck + racecheck of it on small shapes, 3. both kernels in one process,
 #   4. the benchmark per kernel (stage times and the key pass's TFLOP/s on stderr).
 # STEPS="test san both bench" picks parts; logs go to $OUT (default /tmp/moba-bwd-sm90).
+# Rough durations: test ~1-2 min, san ~2-3 min, both ~2 min, bench ~2-3 min (4 runs to 128K).
 set -u
 B=${1:-build}
 OUT=${OUT:-/tmp/moba-bwd-sm90}
