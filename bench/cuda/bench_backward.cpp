@@ -12,7 +12,14 @@
 // Memory: the backward's own workspace at its peak (what it allocates beyond the caller's
 // tensors), next to what a dense flash backward allocates (an fp32 dQ accumulator, 4 * N * H * D
 // bytes, plus D), and the ratio of whole-call peaks (tensors + workspace).
-// Usage: moba_cuda_bwd_bench [--max-n 131072] [--out results.md]
+// --kernel picks the key-pass kernel of every variant (CudaOptions::backward_kernel):
+// automatic (default), sm80_mma_sync or sm90_wgmma (sm_90a builds on compute capability 9.0).
+// --dq-all-atomic: every dQ by fp32 atomics in the key pass (CudaOptions::backward_dq_all_atomic)
+// in the non-deterministic variants, instead of the query-major dQ pass for the causal rows.
+// --no-dq-bulk (sm90_wgmma): dQ rows by per-thread fp32 atomics instead of one bulk reduce-add
+// per row (CudaOptions::backward_dq_bulk_reduce = false).
+// With the stage times (stderr), the key pass's own TFLOP/s (its products over the pairs).
+// Usage: moba_cuda_bwd_bench [--max-n 131072] [--kernel sm90_wgmma] [--dq-all-atomic] [--out results.md]
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -91,10 +98,26 @@ double median(std::vector<double> v) {
 
 int main(int argc, char** argv) {
   long max_n = 131072;
-  std::string out_path;
+  std::string out_path, kernel_name = "automatic";
+  bool dq_all_atomic = false, dq_bulk = true;
   for (int i = 1; i < argc; ++i) {
     if (!std::strcmp(argv[i], "--max-n") && i + 1 < argc) max_n = std::atol(argv[++i]);
     else if (!std::strcmp(argv[i], "--out") && i + 1 < argc) out_path = argv[++i];
+    else if (!std::strcmp(argv[i], "--kernel") && i + 1 < argc) kernel_name = argv[++i];
+    else if (!std::strcmp(argv[i], "--dq-all-atomic")) dq_all_atomic = true;
+    else if (!std::strcmp(argv[i], "--no-dq-bulk")) dq_bulk = false;
+    else {
+      std::fprintf(stderr, "usage: moba_cuda_bwd_bench [--max-n N] [--kernel automatic|sm80_mma_sync|sm90_wgmma] [--dq-all-atomic] [--no-dq-bulk] [--out file.md]\n");
+      return 2;
+    }
+  }
+  using BK = moba::CudaOptions::BackwardKernel;
+  BK kernel = BK::automatic;
+  if (kernel_name == "sm80_mma_sync") kernel = BK::sm80_mma_sync;
+  else if (kernel_name == "sm90_wgmma") kernel = BK::sm90_wgmma;
+  else if (kernel_name != "automatic") {
+    std::fprintf(stderr, "--kernel: expected automatic, sm80_mma_sync or sm90_wgmma, got %s\n", kernel_name.c_str());
+    return 2;
   }
   int ndev = 0;
   if (cudaGetDeviceCount(&ndev) != cudaSuccess || ndev == 0) {
@@ -109,7 +132,9 @@ int main(int argc, char** argv) {
                                  {"moba B=512 top-8", moba::AttentionParams::moba_blocks(512, 8)},
                                  {"full causal", moba::AttentionParams::full()}};
   std::ostringstream md;
-  md << "device: " << prop.name << " (" << prop.multiProcessorCount << " SMs)\n\n";
+  md << "device: " << prop.name << " (" << prop.multiProcessorCount << " SMs), backward key pass: "
+     << kernel_name << (dq_all_atomic ? ", every dQ by atomics in the key pass" : "")
+     << (dq_bulk ? "" : ", dQ by per-thread atomics (no bulk reduce)") << "\n\n";
   md << "| N | attention | state | pairs/row | default ms | TFLOP/s | determ. ms | TFLOP/s | det/def | "
         "workspace MiB (det) | dense-flash extra MiB | peak ratio vs dense flash | 64-key tiles ms |\n";
   md << "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
@@ -176,7 +201,7 @@ int main(int argc, char** argv) {
         CK(cudaMemcpy(out.p, hbuf.data(), nq * 2, cudaMemcpyHostToDevice));
       }
       // Visible pairs, from the selection.
-      double pairs = 0;
+      double pairs = 0, listed_pairs = 0;  // listed: (row, key) pairs of selected past blocks
       if (is_moba) {
         std::vector<std::int32_t> s(std::size_t(N) * H * past);
         if (past > 0) CK(cudaMemcpy(s.data(), sel.p, s.size() * 4, cudaMemcpyDeviceToHost));
@@ -187,13 +212,19 @@ int main(int argc, char** argv) {
             pairs += double(t % B + 1);
             for (int x = 0; x < past; ++x) {
               const int j = s[(std::size_t(t) * H + h) * past + x];
-              if (j >= 0 && j < own) pairs += B;
+              if (j >= 0 && j < own) {
+                pairs += B;
+                listed_pairs += B;
+              }
             }
           }
       } else {
         pairs = double(H) * double(N) * double(N + 1) / 2.0;
       }
       const double flops = 10.0 * D * pairs;
+      // The key pass alone: S, dP, dV, dK over every pair (8 D), dQ over the listed pairs (2 D;
+      // every pair with --dq-all-atomic). Its TFLOP/s is printed with the stage times.
+      const double key_flops = 8.0 * D * pairs + 2.0 * D * (dq_all_atomic ? pairs : listed_pairs);
 
       // Variants: 0 default, 1 deterministic, 2 default with 64-key tiles everywhere
       // (CudaOptions::backward_key_tile = 64, for comparison with the 128-key tiles).
@@ -203,6 +234,9 @@ int main(int argc, char** argv) {
         moba::RunOptions o;
         o.backend = moba::Backend::cuda;
         o.deterministic = det == 1;
+        o.cuda.backward_kernel = kernel;
+        o.cuda.backward_dq_all_atomic = dq_all_atomic;
+        o.cuda.backward_dq_bulk_reduce = dq_bulk;
         if (det == 2) o.cuda.backward_key_tile = 64;
         auto call = [&]() {
           moba::attention_backward(view(q.p, bf, {T, H, D}), view(k.p, bf, {T, H, D}), view(v.p, bf, {T, H, D}),
@@ -235,8 +269,11 @@ int main(int argc, char** argv) {
           o.cuda.collect_timing = false;
           std::fprintf(stderr, "[%ldK %s %s] stage ms:", N / 1024, c.name,
                        det == 1 ? "det" : (det == 2 ? "64-key tiles" : "default"));
-          for (const auto& st : moba::detail::bwd::last_backward_stats().stage_ms)
+          for (const auto& st : moba::detail::bwd::last_backward_stats().stage_ms) {
             std::fprintf(stderr, " %s %.3f", st.first, st.second);
+            if (!std::strcmp(st.first, "key pass") && st.second > 0 && det != 1)
+              std::fprintf(stderr, " (%.0f TFLOP/s)", key_flops / st.second * 1e-9);
+          }
           std::fprintf(stderr, "\n");
         } catch (const moba::Error& e) {
           std::fprintf(stderr, "backward failed (%s, N=%ld): %s\n", c.name, N, e.what());

@@ -71,6 +71,17 @@ struct CudaOptions {
   // Backward in the default (non-deterministic) mode: add every row's dQ by fp32 atomics in the
   // key pass, instead of the query-major pass for the causal rows. A measurement variant.
   bool backward_dq_all_atomic = false;
+  // Backward key pass (dK, dV and the listed rows' dQ). `automatic`: `sm80_mma_sync` (until the
+  // sm_90a kernel is measured faster and verified on the GPU). `sm90_wgmma`: the sm_90a
+  // warpgroup-MMA key pass (same work items, masks and outputs; deterministic mode supported:
+  // it then adds no float atomics, like the mma.sync pass); it needs a compute capability 9.0
+  // device and a build with sm_90a code, else moba::Error(unsupported).
+  enum class BackwardKernel { automatic, sm80_mma_sync, sm90_wgmma };
+  BackwardKernel backward_kernel = BackwardKernel::automatic;
+  // sm90_wgmma only: add each row's dQ (listed rows; every row with backward_dq_all_atomic) by
+  // one bulk reduce-add per row from shared memory (the TMA unit) rather than per-thread fp32
+  // atomics. A measurement variant (both are tested).
+  bool backward_dq_bulk_reduce = true;
   // Backward: synchronise the stream after each stage and record the stage times (read by the
   // benchmarks through the backend's statistics). Slows the call; never for production use.
   bool collect_timing = false;

@@ -14,7 +14,9 @@
 // absolute terms instead of dividing by zero. Outputs are poisoned (NaN) before every call and
 // NaN never passes. Deterministic mode must be bit-identical on repeats.
 // MOBA_CUDA_BWD_SHAPES=<n> sets the number of random shapes (default 40), e.g. for
-// compute-sanitizer runs.
+// compute-sanitizer runs. Every case runs through each backward key-pass kernel of the device
+// (CudaOptions::backward_kernel: sm80_mma_sync, and sm90_wgmma on sm_90a builds and devices;
+// MOBA_CUDA_TEST_BWD_KERNELS=sm90_wgmma keeps only the listed ones).
 #include <cstdlib>
 
 #include "cuda_test_util.hpp"
@@ -218,19 +220,106 @@ bool same_bits(const BackwardResult& a, const BackwardResult& b) {
   return a.dq.bytes == b.dq.bytes && a.dk.bytes == b.dk.bytes && a.dv.bytes == b.dv.bytes;
 }
 
-void run_case(const Case& c, int idx) {
-  const BackwardResult fast = gpu_backward(c.shape, c.in, c.fwd, false, idx % 2 == 1);
+const char* backward_kernel_name(CudaOptions::BackwardKernel k) {
+  switch (k) {
+    case CudaOptions::BackwardKernel::sm80_mma_sync: return "sm80_mma_sync";
+    case CudaOptions::BackwardKernel::sm90_wgmma: return "sm90_wgmma";
+    default: return "automatic";
+  }
+}
+
+// The backward key-pass kernels this device runs, each test case goes through all of them:
+// sm80_mma_sync always; sm90_wgmma where it can run (else skipped with a message, once).
+// MOBA_CUDA_TEST_BWD_KERNELS=<comma list of names> keeps only those (e.g. to isolate the new
+// kernel under compute-sanitizer).
+std::vector<CudaOptions::BackwardKernel> backward_kernels();
+
+void run_case_with(const Case& c, int idx, CudaOptions::BackwardKernel kernel) {
+  SCOPED_TRACE(backward_kernel_name(kernel));
+  CudaOptions base;
+  base.backward_kernel = kernel;
+  const BackwardResult fast = gpu_backward(c.shape, c.in, c.fwd, false, idx % 2 == 1, base);
   check_against_truth(c, fast, "default");
-  CudaOptions narrow;  // 64-key tiles everywhere (the path of MoBA blocks not a multiple of 128)
+  CudaOptions narrow = base;  // 64-key tiles everywhere (the path of MoBA blocks not a multiple of 128)
   narrow.backward_key_tile = 64;
   check_against_truth(c, gpu_backward(c.shape, c.in, c.fwd, false, idx % 2 == 0, narrow), "64-key tiles");
-  CudaOptions atomic;  // every dQ by atomics in the key pass
+  CudaOptions atomic = base;  // every dQ by atomics in the key pass
   atomic.backward_dq_all_atomic = true;
   check_against_truth(c, gpu_backward(c.shape, c.in, c.fwd, false, idx % 2 == 1, atomic), "all-atomic dQ");
-  const BackwardResult d1 = gpu_backward(c.shape, c.in, c.fwd, true, idx % 2 == 0);
+  if (kernel == CudaOptions::BackwardKernel::sm90_wgmma) {  // dQ by per-thread atomics, not bulk reduce-adds
+    CudaOptions per_thread = base;
+    per_thread.backward_dq_bulk_reduce = false;
+    check_against_truth(c, gpu_backward(c.shape, c.in, c.fwd, false, idx % 2 == 0, per_thread), "dQ atomics");
+    per_thread.backward_dq_all_atomic = true;
+    check_against_truth(c, gpu_backward(c.shape, c.in, c.fwd, false, idx % 2 == 1, per_thread), "all-atomic dQ, atomics");
+  }
+  const BackwardResult d1 = gpu_backward(c.shape, c.in, c.fwd, true, idx % 2 == 0, base);
   check_against_truth(c, d1, "deterministic");
-  const BackwardResult d2 = gpu_backward(c.shape, c.in, c.fwd, true, idx % 2 == 1);
+  const BackwardResult d2 = gpu_backward(c.shape, c.in, c.fwd, true, idx % 2 == 1, base);
   EXPECT_TRUE(same_bits(d1, d2)) << "deterministic mode not bit-identical on repeat | " << c.shape.str();
+}
+
+void run_case(const Case& c, int idx) {
+  for (const auto kernel : backward_kernels()) run_case_with(c, idx, kernel);
+}
+
+std::vector<CudaOptions::BackwardKernel> backward_kernels() {
+  static const std::vector<CudaOptions::BackwardKernel> kernels = [] {
+    const char* only = std::getenv("MOBA_CUDA_TEST_BWD_KERNELS");
+    auto wanted = [&](CudaOptions::BackwardKernel k) {
+      if (!only || !*only) return true;
+      const std::string list = std::string(",") + only + ",";
+      return list.find(std::string(",") + backward_kernel_name(k) + ",") != std::string::npos;
+    };
+    std::vector<CudaOptions::BackwardKernel> k;
+    if (wanted(CudaOptions::BackwardKernel::sm80_mma_sync)) k.push_back(CudaOptions::BackwardKernel::sm80_mma_sync);
+    if (wanted(CudaOptions::BackwardKernel::sm90_wgmma)) {
+      Shape s;
+      s.seqlens = {16};
+      s.hq = s.hkv = 1;
+      s.d = 64;
+      s.dtype = DType::bf16;
+      s.params = AttentionParams::full();
+      Inputs in = make_inputs(s, 1);
+      const ForwardResult fwd = run_forward(s, in, Backend::reference);
+      CudaOptions o;
+      o.backward_kernel = CudaOptions::BackwardKernel::sm90_wgmma;
+      try {
+        gpu_backward(s, in, fwd, false, false, o);
+        k.push_back(CudaOptions::BackwardKernel::sm90_wgmma);
+      } catch (const Error& e) {
+        std::printf("[ skip ] backward kernel sm90_wgmma not tested on this device: %s\n", e.what());
+      }
+    }
+    return k;
+  }();
+  return kernels;
+}
+
+// Asking for the sm_90a key pass where it cannot run is a named error, never a silent fallback.
+TEST(CudaBackward, Sm90KernelRunsOrIsRefused) {
+  MOBA_SKIP_WITHOUT_GPU();
+  Shape s;
+  s.seqlens = {70};
+  s.hq = 2;
+  s.hkv = 1;
+  s.d = 128;
+  s.dtype = DType::f16;
+  s.params = AttentionParams::moba_blocks(64, 2);
+  const Case c = make_case(s, 11);
+  CudaOptions o;
+  o.backward_kernel = CudaOptions::BackwardKernel::sm90_wgmma;
+  int major = 0, dev = 0;
+  cudaGetDevice(&dev);
+  cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
+  try {
+    check_against_truth(c, gpu_backward(s, c.in, c.fwd, false, false, o), "sm90_wgmma");
+    EXPECT_EQ(major, 9) << "sm90_wgmma ran on a compute capability " << major << " device";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::unsupported) << e.what();
+    EXPECT_NE(std::string(e.what()).find("sm90_wgmma"), std::string::npos) << e.what();
+    std::printf("[ info ] sm90_wgmma refused here (expected off sm_90a): %s\n", e.what());
+  }
 }
 
 TEST(CudaBackward, RandomShapesMatchReference) {

@@ -43,6 +43,7 @@
 #include "cuda/backward/bwd_device_plan.hpp"
 #include "cuda/backward/bwd_plan.hpp"
 #include "cuda/backward/bwd_stats.hpp"
+#include "cuda/backward/sm90_key_pass.hpp"
 #include "cuda/common/check.hpp"
 #include "cuda/common/dtype.cuh"
 #include "cuda/common/workspace.hpp"
@@ -119,6 +120,23 @@ void key_pass(bool bf16, int D, const KeyPassArgs& a, int n, cudaStream_t s) {
   else D == 64 ? launch_key_pass<false, 64>(a, n, s) : launch_key_pass<false, 128>(a, n, s);
   MOBA_CUDA_LAUNCH_CHECK();
 }
+// Which key pass runs (CudaOptions::backward_kernel): the sm_90a wgmma kernel only when asked
+// for (it throws where it cannot run); `automatic` stays on mma.sync for now.
+bool use_sm90_key_pass(bool bf16, int D, const CudaOptions& o) {
+  if (o.backward_kernel != CudaOptions::BackwardKernel::sm90_wgmma) return false;
+  const bool ok = bf16 ? (D == 64 ? sm90_key_pass_available<true, 64>() : sm90_key_pass_available<true, 128>())
+                       : (D == 64 ? sm90_key_pass_available<false, 64>() : sm90_key_pass_available<false, 128>());
+  if (!ok)
+    fail(ErrorKind::unsupported,
+         "cuda backend: CudaOptions::backward_kernel = sm90_wgmma needs a compute capability 9.0 "
+         "device and a build with sm_90a code (MOBA_CUDA_GENCODE); use automatic or sm80_mma_sync");
+  return true;
+}
+void key_pass_sm90(bool bf16, int D, const KeyPassArgs& a, int n, cudaStream_t s) {
+  if (bf16) D == 64 ? launch_sm90_key_pass<true, 64>(a, n, s) : launch_sm90_key_pass<true, 128>(a, n, s);
+  else D == 64 ? launch_sm90_key_pass<false, 64>(a, n, s) : launch_sm90_key_pass<false, 128>(a, n, s);
+  MOBA_CUDA_LAUNCH_CHECK();
+}
 void dq_pass(bool bf16, int D, const DqPassArgs& a, int n, cudaStream_t s) {
   if (bf16) D == 64 ? launch_dq_pass<true, 64>(a, n, s) : launch_dq_pass<true, 128>(a, n, s);
   else D == 64 ? launch_dq_pass<false, 64>(a, n, s) : launch_dq_pass<false, 128>(a, n, s);
@@ -168,6 +186,7 @@ void run_backward(const Problem& p, const Backward& w, const RunOptions& o) {
   // Measurement variants (CudaOptions): every dQ by atomics in the key pass; per-stage times.
   const bool all_atomic = !det && o.cuda.backward_dq_all_atomic;
   const bool timing = o.cuda.collect_timing;
+  const bool sm90 = use_sm90_key_pass(bf16, D, o.cuda);
   auto last_mark = std::chrono::steady_clock::now();
   auto mark = [&](const char* what) {
     if (!timing) return;
@@ -275,7 +294,9 @@ void run_backward(const Problem& p, const Backward& w, const RunOptions& o) {
   KeyPassArgs ka{op, w.lse, dt, plan.list, plan.key_items, det ? nullptr : dq_acc, all_atomic ? 0 : 1, partial,
                  total, hq, G, p.scale, scale_log2, NG, win_d, p.batch, vis};
   ka.n_items = plan.n_key_items;
-  key_pass(bf16, D, ka, plan.max_key_items, stream);
+  ka.dq_bulk = sm90 && o.cuda.backward_dq_bulk_reduce && ka.dq_acc != nullptr ? 1 : 0;
+  if (sm90) key_pass_sm90(bf16, D, ka, plan.max_key_items, stream);
+  else key_pass(bf16, D, ka, plan.max_key_items, stream);
   if (plan.max_splits > 0) {
     reduce_partials_kernel<T><<<plan.max_splits, 256, 0, stream>>>(
         plan.splits, plan.n_splits, partial, KT, D, static_cast<T*>(w.dk.data), w.dk.token_stride,

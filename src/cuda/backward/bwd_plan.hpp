@@ -99,6 +99,9 @@ struct KeyPassArgs {
   int batch;
   int visibility;  // Visibility
   const int* n_items = nullptr;  // device count of items (the grid is a bound); nullptr: the grid
+  // sm_90a key pass only: 1 adds each row's dQ by one bulk reduce-add (TMA unit) from shared
+  // memory instead of per-thread fp32 atomics (same sums, other order). Unused by key_pass.cuh.
+  int dq_bulk = 0;
 };
 
 // How the dQ pass stores its tile's result.

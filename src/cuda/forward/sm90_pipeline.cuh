@@ -87,4 +87,20 @@ __device__ __forceinline__ void regs_inc() {
   asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(kRegs));
 }
 
+// Bulk reduce-add (the TMA unit, no tensor map): `bytes` (a multiple of 16, both addresses
+// 16-byte aligned) of fp32 from shared memory added element-wise into global memory, each
+// element atomically (concurrent CTAs may add to the same row). Used by the sm_90a backward
+// key pass for dQ rows. Completion per thread through bulk groups: commit, then wait until the
+// shared source was read (before overwriting it) or until the writes are done (before exit).
+__device__ __forceinline__ void bulk_reduce_add_f32(float* dst, std::uint32_t src, std::uint32_t bytes) {
+  asm volatile("cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32 [%0], [%1], %2;\n" ::"l"(dst),
+               "r"(src), "r"(bytes)
+               : "memory");
+}
+__device__ __forceinline__ void bulk_commit() { asm volatile("cp.async.bulk.commit_group;\n" ::: "memory"); }
+__device__ __forceinline__ void bulk_wait_read_all() {
+  asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory");
+}
+__device__ __forceinline__ void bulk_wait_all() { asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory"); }
+
 }  // namespace moba::cuda::sm90
