@@ -14,6 +14,7 @@
 #include "moba/params.hpp"
 #include "moba/tensor.hpp"
 
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -48,5 +49,12 @@ struct BackendInfo {
 };
 std::vector<BackendInfo> backends();
 std::string build_info();  // version, compiler, CUDA archs, SIMD flags
+
+// GPU scratch of the CUDA backend: bytes in use at the high-water mark of moba's own
+// stream-ordered memory pool on `device` since the pool was made or last reset (reset = true
+// starts a new mark after reading). Scratch does not come from the caller's allocator, so this
+// is what to add to e.g. torch.cuda.max_memory_allocated() for a call's peak. 0 when the CUDA
+// backend is absent or the pool of that device was never used.
+std::uint64_t cuda_workspace_peak_bytes(int device, bool reset = false);
 
 }  // namespace moba

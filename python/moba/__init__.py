@@ -44,6 +44,13 @@ def build_info() -> str:
     return _core._C.build_info()
 
 
+def cuda_workspace_peak_bytes(device: int = 0, reset: bool = False) -> int:
+    """High-water mark (bytes) of the CUDA backend's scratch on `device` since the last reset.
+    The scratch comes from moba's own memory pool, not PyTorch's allocator, so add this to
+    torch.cuda.max_memory_allocated() for a call's peak. reset=True starts a new mark."""
+    return int(_core._C.cuda_workspace_peak_bytes(int(device), bool(reset)))
+
+
 __all__ = sorted({"moba_attn_varlen", "flash_attn_varlen", "moa_attn", "moba_gate", "MoaPlan",
-                  "OutOfMemoryError", "backends", "build_info", "__version__",
+                  "OutOfMemoryError", "backends", "build_info", "cuda_workspace_peak_bytes", "__version__",
                   "PagedKVCache", "paged_attention", "merge_attention_states"} | _HF_NAMES)

@@ -273,6 +273,8 @@ PYBIND11_MODULE(_C, m) {
     return out;
   });
   m.def("build_info", &moba::build_info);
+  m.def("cuda_workspace_peak_bytes", &moba::cuda_workspace_peak_bytes, py::arg("device"),
+        py::arg("reset") = false);
   moba_py::bind_paged(m);  // paged KV cache, decode / chunked prefill (bindings_paged.cpp)
   moba_py::bind_context_parallel(m);  // paged gate / backward for moba.distributed (bindings_cp.cpp)
   m.attr("__version__") = MOBA_VERSION_STRING;

@@ -82,6 +82,13 @@ std::vector<BackendInfo> backends() {
   return out;
 }
 
+std::uint64_t cuda_workspace_peak_bytes(int device, bool reset) {
+  if (device < 0 || device >= 64)
+    fail(ErrorKind::invalid_argument,
+         "cuda_workspace_peak_bytes: device " + std::to_string(device) + " is not 0..63");
+  return detail::cuda_workspace_peak(device, reset);
+}
+
 std::string build_info() {
   std::ostringstream os;
   os << "moba " << MOBA_VERSION_STRING;

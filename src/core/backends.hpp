@@ -23,6 +23,7 @@ void cpu_backward(const Problem& p, const Backward& b, const RunOptions& o);
 bool cuda_compiled();
 int cuda_device_count();  // 0 when not compiled or no device
 std::string cuda_describe();
+std::uint64_t cuda_workspace_peak(int device, bool reset);  // 0 when not compiled or unused
 // Synchronous copy ordered after the work already queued on `stream` (cudaStream_t).
 void cuda_copy_to_host(void* dst, const void* src, std::size_t bytes, void* stream);
 void cuda_gate(const Problem& p, const Operand& q, const Operand& k, std::int32_t* selection,

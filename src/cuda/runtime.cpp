@@ -21,6 +21,10 @@ int cuda_device_count() {
   return n;
 }
 
+std::uint64_t cuda_workspace_peak(int device, bool reset) {
+  return cuda::workspace_peak(device, reset);
+}
+
 std::string cuda_describe() {
   std::ostringstream os;
   int rt = 0, drv = 0;
@@ -61,14 +65,17 @@ void cuda_copy_to_host(void* dst, const void* src, std::size_t bytes, void* stre
 
 namespace moba::cuda {
 
+namespace {
+std::mutex pools_mu;
+cudaMemPool_t pools[64] = {};  // one per device, made on first use
+}  // namespace
+
 cudaMemPool_t workspace_pool() {
-  static std::mutex mu;
-  static cudaMemPool_t pools[64] = {};
   int dev = 0;
   MOBA_CUDA_CHECK(cudaGetDevice(&dev));
   if (dev < 0 || dev >= 64)
     throw Error(ErrorKind::unsupported, "cuda backend: device index " + std::to_string(dev) + " beyond 63");
-  std::lock_guard<std::mutex> lock(mu);
+  std::lock_guard<std::mutex> lock(pools_mu);
   if (!pools[dev]) {
     cudaMemPoolProps props{};
     props.allocType = cudaMemAllocationTypePinned;
@@ -81,6 +88,18 @@ cudaMemPool_t workspace_pool() {
     pools[dev] = pool;
   }
   return pools[dev];
+}
+
+std::uint64_t workspace_peak(int device, bool reset) {
+  std::lock_guard<std::mutex> lock(pools_mu);
+  if (device < 0 || device >= 64 || !pools[device]) return 0;  // the API checked the range
+  std::uint64_t high = 0;
+  MOBA_CUDA_CHECK(cudaMemPoolGetAttribute(pools[device], cudaMemPoolAttrUsedMemHigh, &high));
+  if (reset) {
+    std::uint64_t zero = 0;  // the only value the attribute accepts: restart the mark
+    MOBA_CUDA_CHECK(cudaMemPoolSetAttribute(pools[device], cudaMemPoolAttrUsedMemHigh, &zero));
+  }
+  return high;
 }
 
 }  // namespace moba::cuda

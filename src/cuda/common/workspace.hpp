@@ -30,6 +30,8 @@ inline cudaStream_t stream_of(const RunOptions& o) {
 // 0.5 GiB dQ scratch of a 128K-token backward).
 inline constexpr std::uint64_t kWorkspaceKeepBytes = std::uint64_t(4) << 30;
 cudaMemPool_t workspace_pool();
+// High-water mark of that pool's used bytes on `device` (0 if never made); reset restarts it.
+std::uint64_t workspace_peak(int device, bool reset);
 
 class Workspace {
  public:
