@@ -24,7 +24,9 @@
 
 namespace moba::cuda {
 
+// The names this header had when only the warp-specialised kernel used it (128-row tiles).
 MOBA_HD int ws_dense_items(const AttnParams& p) { return dense_items(p); }
+MOBA_HD void ws_dense_rows(const AttnParams& p, int i, WorkTile& w) { dense_rows<128>(p, i, w); }
 
 template <int Kind>
 struct Visibility;

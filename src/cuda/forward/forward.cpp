@@ -235,36 +235,15 @@ Engine pick_engine(const Problem& p, const CudaOptions& o) {
   return ws_available(p) ? Engine::sm90_ws : Engine::sm80;
 }
 
-// One launch of the mma.sync kernel: the kind is a template argument (its visibility functor
-// is compiled in).
-template <class T, int D>
-void launch_sm80(const AttnParams& a, int gx, int gy, void* stream) {
-  switch (a.kind) {
-    case kDenseFull: launch_attention_kind<T, D, kDenseFull>(a, gx, gy, stream); break;
-    case kDenseMobaOwn: launch_attention_kind<T, D, kDenseMobaOwn>(a, gx, gy, stream); break;
-    case kDenseMoa: launch_attention_kind<T, D, kDenseMoa>(a, gx, gy, stream); break;
-    default: launch_attention_kind<T, D, kGatherWave>(a, gx, gy, stream); break;
-  }
-}
-
-// One launch of the warp-specialised kernel: the kind is a template argument (its visibility
-// functor is compiled in).
-template <class T, int D>
-void launch_ws(const AttnParams& a, const KvTensorMaps& maps, int gx, int gy, bool persistent,
-               void* stream) {
-  switch (a.kind) {
-    case kDenseFull:
-      launch_attention_ws_kind<T, D, kDenseFull>(a, maps, gx, gy, persistent, stream);
-      break;
-    case kDenseMobaOwn:
-      launch_attention_ws_kind<T, D, kDenseMobaOwn>(a, maps, gx, gy, persistent, stream);
-      break;
-    case kDenseMoa:
-      launch_attention_ws_kind<T, D, kDenseMoa>(a, maps, gx, gy, persistent, stream);
-      break;
-    default:
-      launch_attention_ws_kind<T, D, kGatherWave>(a, maps, gx, gy, persistent, stream);
-      break;
+// Calls f with the launch kind as a compile-time constant: each kernel is instantiated per kind
+// (its visibility functor compiled in), none switches on the kind at run time.
+template <class F>
+void with_kind(int kind, F&& f) {
+  switch (kind) {
+    case kDenseFull: f(std::integral_constant<int, kDenseFull>()); break;
+    case kDenseMobaOwn: f(std::integral_constant<int, kDenseMobaOwn>()); break;
+    case kDenseMoa: f(std::integral_constant<int, kDenseMoa>()); break;
+    default: f(std::integral_constant<int, kGatherWave>()); break;
   }
 }
 
@@ -354,9 +333,13 @@ void run_attention(const Problem& p, const Forward& f, const RunOptions& o, cons
     dispatch(p, [&](auto* t, auto d) {
       using T = std::remove_pointer_t<decltype(t)>;
       constexpr int D = decltype(d)::value;
-      if (engine == Engine::sm90_ws)
-        launch_ws<T, D>(a, maps, gx, gy, o.cuda.forward_persistent, ws.stream());
-      else launch_sm80<T, D>(a, gx, gy, ws.stream());
+      with_kind(a.kind, [&](auto kind) {
+        constexpr int K = decltype(kind)::value;
+        if (engine == Engine::sm90_ws)
+          launch_attention_ws_kind<T, D, K>(a, maps, gx, gy, o.cuda.forward_persistent, ws.stream());
+        else
+          launch_attention_kind<T, D, K>(a, gx, gy, ws.stream());
+      });
     });
   };
 

@@ -2,18 +2,11 @@
 
 #include <cub/device/device_scan.cuh>
 
+#include "cuda/forward/work_item.cuh"
+
 namespace moba::cuda {
 
 namespace {
-
-__device__ __forceinline__ int last_le_w(const int* a, int lo, int hi, int x) {
-  while (hi - lo > 1) {
-    const int mid = (lo + hi) >> 1;
-    if (a[mid] <= x) lo = mid;
-    else hi = mid;
-  }
-  return lo;
-}
 
 struct SelArgs {
   const std::int32_t* sel;
@@ -30,7 +23,7 @@ __device__ __forceinline__ long long bucket_of(const SelArgs& a, long long i, in
   tok = int(i / per_tok);
   const int rem = int(i - (long long)tok * per_tok);
   const int h = rem / a.past_k, s = rem - h * a.past_k;
-  const int seq = last_le_w(a.cu, 0, a.batch, tok);
+  const int seq = ws_last_le(a.cu, 0, a.batch, tok);
   const int gb = a.blk_off[seq] + j;
   // Never true for a selection the gate wrote; keeps the lists in bounds when it wrote nothing
   // (a cu_seqlens found invalid on the device plans no tiles, the output is poisoned after).
