@@ -184,11 +184,11 @@ __global__ void __launch_bounds__(256, 1) key_pass_kernel(const KeyPassArgs a) {
               !cuda::Visibility<cuda::kDenseMoa>::visible_from(key, tok, it.sink_end, lo_s[buf * 64 + col]))
             p = 0.f;
         } else if constexpr (kVis == kVisBlocks) {
-          if ((diag && !cuda::Visibility<cuda::kDenseFull>::visible(key, tok_b[col])) ||
+          if ((diag && cuda::Visibility<cuda::kDenseFull>::hidden(key, tok_b[col])) ||
               key >= it.key_start + it.key_len)
             p = 0.f;
         } else {
-          if (diag && !cuda::Visibility<cuda::kDenseFull>::visible(key, tok_b[col])) p = 0.f;
+          if (diag && cuda::Visibility<cuda::kDenseFull>::hidden(key, tok_b[col])) p = 0.f;
         }
         s[n][e] = p;
       }

@@ -47,6 +47,8 @@ struct Visibility<kDenseFull> {
   template <int kKeys = 128>
   MOBA_HD bool all_visible(int kb, int tf, int) const { return kb + kKeys - 1 <= tf; }
   MOBA_HD static bool visible(int key, int t) { return key <= t; }
+  // !visible, spelled as the backward passes always tested it (their code generation is kept).
+  MOBA_HD static bool hidden(int key, int t) { return t < key; }
 };
 
 template <>
@@ -65,9 +67,12 @@ struct Visibility<kDenseMobaOwn> {
   MOBA_HD bool all_visible(int kb, int tf, int tl) const {
     return kb + kKeys - 1 <= tf && kb >= (tl / block) * block;
   }
-  MOBA_HD bool visible(int key, int t) const { return visible_from(key, t, (t / block) * block); }
-  // The rule with the row's block start given (the backward: absolute tokens).
-  MOBA_HD static bool visible_from(int key, int t, int block_lo) { return key <= t && key >= block_lo; }
+  MOBA_HD bool visible(int key, int t) const { return visible_in(key, t, 0, block); }
+  // The rule for absolute tokens (the backward): the row's block starts at a multiple of
+  // `block` from the sequence's first token seq_begin (computed only when key <= t).
+  MOBA_HD static bool visible_in(int key, int t, int seq_begin, int block) {
+    return key <= t && key >= seq_begin + (t - seq_begin) / block * block;
+  }
 };
 
 template <>
@@ -99,10 +104,18 @@ struct Visibility<kDenseMoa> {
   MOBA_HD bool all_visible(int kb, int tf, int tl) const {
     return kb + kKeys - 1 <= tf && (kb + kKeys - 1 < sink || kb > tl - window);
   }
-  MOBA_HD bool visible(int key, int t) const { return visible_from(key, t, sink, t - window); }
-  // The rule with the window's last hidden key t - w given (precomputed per row).
-  MOBA_HD static bool visible_from(int key, int t, int sink_end, int t_minus_w) {
-    return key <= t && (key < sink_end || key > t_minus_w);
+  MOBA_HD bool visible(int key, int t) const {
+    return key <= t && (key < sink || key > t - window);
+  }
+  // The same rule spelled as each backward pass always had it, so their code generation (and
+  // register spills) stay as measured: branch-free (the dQ pass) ...
+  MOBA_HD bool visible_branch_free(int key, int t) const {
+    return (key <= t) & ((key < sink) | (key > t - window));
+  }
+  // ... and with the window's last hidden key t - w given (precomputed per row, the key pass; a
+  // reference, so a value kept in shared memory is read only when the rule needs it).
+  MOBA_HD static bool visible_from(int key, int t, int sink_end, const int& t_minus_w) {
+    return t >= key && (key < sink_end || key > t_minus_w);
   }
 };
 
