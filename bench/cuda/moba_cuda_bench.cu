@@ -8,8 +8,9 @@
 //   moba_cuda_bench --quick    8K and 32K only
 //   moba_cuda_bench --profile  32K, 8 heads: one call each of dense causal and MoBA B=4096
 //                              top-12, untimed (for ncu / compute-sanitizer)
-//   moba_cuda_bench --kernel K forward kernel: auto (default), sm90_wgmma, sm80_mma_sync,
-//                              sm90_warp_specialized (CudaOptions::forward_kernel)
+//   moba_cuda_bench --kernel K forward kernel: auto (default), sm80_mma_sync,
+//                              sm90_warp_specialized (CudaOptions::forward_kernel; sm90_wgmma
+//                              is accepted as its alias)
 //   moba_cuda_bench --one-cta-per-tile  sm90_warp_specialized without persistent CTAs
 //   moba_cuda_bench --flashmoba FlashMoBA's setting instead (fp16, 16 heads, batch 2 x N, block
 //                              128, top-8) at 8K, 32K, 128K and 512K: config (d) of issue 11;

@@ -1,8 +1,9 @@
 #!/bin/bash
 # One device call for the warp-specialised sm_90a forward (CudaOptions sm90_warp_specialized):
 # its tests alone (so a hang or fault shows alone), all forward paths against one fp64 truth,
-# compute-sanitizer memcheck / racecheck / synccheck on small shapes, then old vs new benchmarks
-# (dense and MoBA (a) at 8K/32K/128K; FlashMoBA's setting (d) at 128K/512K).
+# compute-sanitizer memcheck / racecheck / synccheck on small shapes, then benchmarks of
+# sm80_mma_sync vs the warp-specialised kernel (dense and MoBA (a) at 8K/32K/128K;
+# FlashMoBA's setting (d) at 128K/512K).
 #   $1: the CMake build folder (default build; its tests/cuda/ and bench/cuda/ hold the
 #       binaries) or a flat folder holding test_cuda_forward and moba_cuda_bench
 #   OUT: log folder (default /tmp/moba-ws-out); SHAPES: random shapes (default 300)
@@ -41,10 +42,10 @@ case " $STEPS " in *" san "*)
   done
 ;; esac
 case " $STEPS " in *" bench "*)
-  for k in sm90_wgmma $WS; do
+  for k in sm80_mma_sync $WS; do
     echo "== bench $k"; timeout 240 "$B" --kernel $k 2>&1 | tee "$OUT/bench_$k.md"
   done
-  for k in sm90_wgmma $WS; do
+  for k in sm80_mma_sync $WS; do
     echo "== bench (d) $k"; timeout 240 "$B" --flashmoba --kernel $k 2>&1 | tee "$OUT/bench_d_$k.md"
   done
 ;; esac

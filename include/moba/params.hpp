@@ -52,13 +52,14 @@ enum class Backend { automatic, reference, cpu, cuda };
 // that one process (a test, a benchmark) can run and compare every kernel path.
 struct CudaOptions {
   // Forward attention kernel. `automatic`: `sm90_warp_specialized` where it can run (the
-  // measured fastest), else the sm_90a wgmma kernel (except MoBA at head_dim 64, faster on
-  // mma.sync), else the sm_80 mma.sync kernel. `sm90_warp_specialized`: the sm_90a kernel with
-  // a TMA producer warpgroup, mbarrier pipeline and two ping-ponged consumer warpgroups; it
-  // needs a compute capability 9.0 device, a build with sm_90a code and a driver that encodes
-  // TMA tensor maps. `sm90_wgmma`: the earlier sm_90a kernel (same device and build needs).
-  // Asking for a kernel where it cannot run throws moba::Error(unsupported); `sm80_mma_sync`
-  // runs on every supported device.
+  // measured fastest), else the sm_80 mma.sync kernel. `sm90_warp_specialized`: the sm_90a
+  // kernel with a TMA producer warpgroup, mbarrier pipeline and two ping-ponged consumer
+  // warpgroups; it needs a compute capability 9.0 device, a build with sm_90a code and a driver
+  // that encodes TMA tensor maps. `sm90_wgmma`: an alias of `sm90_warp_specialized`, kept so
+  // existing callers still run (it named an earlier lock-step sm_90a kernel, removed: the
+  // warp-specialised one covers every shape it did and is faster on all of them). Asking for a
+  // kernel where it cannot run throws moba::Error(unsupported); `sm80_mma_sync` runs on every
+  // supported device.
   enum class ForwardKernel { automatic, sm90_wgmma, sm80_mma_sync, sm90_warp_specialized };
   ForwardKernel forward_kernel = ForwardKernel::automatic;
   // sm90_warp_specialized only: persistent CTAs (one per SM walking the tiles, the next tile's

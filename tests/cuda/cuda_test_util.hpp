@@ -140,8 +140,8 @@ inline std::vector<CudaOptions::ForwardKernel> forward_kernels() {
     s.d = 128;
     s.dtype = DType::bf16;
     s.params = AttentionParams::full();
-    for (auto kernel : {CudaOptions::ForwardKernel::sm90_wgmma,
-                        CudaOptions::ForwardKernel::sm90_warp_specialized}) {
+    // (sm90_wgmma is an alias of sm90_warp_specialized: testing it again would add nothing)
+    for (auto kernel : {CudaOptions::ForwardKernel::sm90_warp_specialized}) {
       if (!wanted(kernel)) continue;
       try {
         gpu_forward(s, make_inputs(s, 1), false, kernel);

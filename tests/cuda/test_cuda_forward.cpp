@@ -198,5 +198,37 @@ TEST(CudaForward, RepeatsAreBitIdentical) {
   }
 }
 
+// CudaOptions::forward_kernel = sm90_wgmma named the lock-step sm_90a kernel, since removed; the
+// value is kept as an alias of sm90_warp_specialized: the same bits where that kernel runs, the
+// same named error where it does not.
+TEST(CudaForward, Sm90WgmmaIsAnAliasOfWarpSpecialized) {
+  MOBA_SKIP_WITHOUT_GPU();
+  Shape s;
+  s.seqlens = {700, 1};
+  s.hq = 4;
+  s.hkv = 2;
+  s.d = 64;
+  s.dtype = DType::f16;
+  s.params = AttentionParams::moba_blocks(128, 3);
+  Inputs in = make_inputs(s, 11);
+  auto run = [&](CudaOptions::ForwardKernel k, GpuRun& g) -> bool {
+    try {
+      g = gpu_forward(s, in, false, k);
+      return true;
+    } catch (const Error& e) {
+      EXPECT_EQ(e.kind(), ErrorKind::unsupported) << e.what();
+      return false;
+    }
+  };
+  GpuRun ws, alias;
+  const bool ws_ran = run(CudaOptions::ForwardKernel::sm90_warp_specialized, ws);
+  const bool alias_ran = run(CudaOptions::ForwardKernel::sm90_wgmma, alias);
+  ASSERT_EQ(ws_ran, alias_ran);
+  if (!ws_ran) GTEST_SKIP() << "the sm_90a warp-specialised kernel does not run here";
+  EXPECT_EQ(ws.out.bytes, alias.out.bytes);
+  EXPECT_EQ(ws.lse, alias.lse);
+  EXPECT_EQ(ws.sel, alias.sel);
+}
+
 }  // namespace
 }  // namespace moba::testing

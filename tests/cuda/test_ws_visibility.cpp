@@ -1,8 +1,8 @@
-// The warp-specialised forward's visibility functors (src/cuda/forward/visibility.cuh) on the
+// The visibility functors (src/cuda/common/visibility.cuh) and work items of the forward on the
 // CPU, no GPU needed: for random shapes (varlen with empty and length-1 sequences, off-grid
-// lengths, MoBA blocks 64..256, MoA windows and sinks), walk every work item exactly as
-// ws_kernel.cuh does (128-key chunks, whole-chunk `all_visible` per 16-row warp, else the
-// per-element rule) and compare each row's key set with core/visibility.hpp; every (token,
+// lengths, MoBA blocks 48..256, MoA windows and sinks), walk every work item exactly as
+// ws_kernel.cuh does (128-row tiles, 128-key chunks, whole-chunk `all_visible` per 16-row warp,
+// else the per-element rule) and as attn_kernel.cuh does (64-row tiles, 64-key chunks) and compare each row's key set with core/visibility.hpp; every (token,
 // head) must be covered by exactly one tile. Gathered waves: every (token, head, slot) with a
 // selected block must sit in exactly one tile of its slot's wave, against that whole block.
 #include <gtest/gtest.h>
@@ -13,7 +13,7 @@
 #include <vector>
 
 #include "core/visibility.hpp"
-#include "cuda/forward/visibility.cuh"
+#include "cuda/common/visibility.cuh"
 #include "cuda_test_util.hpp"
 
 namespace moba::testing {
@@ -23,14 +23,12 @@ using cuda::AttnParams;
 using cuda::Visibility;
 using cuda::WsTile;
 
-constexpr int kKeys = 128;
-
-// Host copies of forward.cpp's per-sequence tables (128-row tiles).
+// Host copies of forward.cpp's per-sequence tables (rows-row tiles).
 struct Tables {
   std::vector<int> cu, tile_off, blk_off, moa_window;
 };
 
-Tables make_tables(const Shape& s, const detail::Problem& p) {
+Tables make_tables(const Shape& s, const detail::Problem& p, int rows) {
   Tables t;
   t.cu = s.cu_seqlens();
   const int batch = int(s.seqlens.size());
@@ -38,7 +36,7 @@ Tables make_tables(const Shape& s, const detail::Problem& p) {
   t.blk_off.assign(batch + 1, 0);
   for (int b = 0; b < batch; ++b) {
     const int len = s.seqlens[b];
-    t.tile_off[b + 1] = t.tile_off[b] + (len + 127) / 128;
+    t.tile_off[b + 1] = t.tile_off[b] + (len + rows - 1) / rows;
     t.blk_off[b + 1] = t.blk_off[b] + (p.mode == Mode::moba ? len / p.block_size : 0);
   }
   if (p.mode == Mode::moa)
@@ -64,29 +62,28 @@ AttnParams params_of(const Shape& s, const detail::Problem& p, const Tables& t) 
   return a;
 }
 
-// Keys the kernel lets row r (position t) of tile w see, in chunk order.
-template <int Kind>
+// Keys the kernel lets row r (position t) of tile w see, in chunk order (kKeys-key chunks,
+// KeyChunks of work_item.cuh).
+template <int kKeys, int Kind>
 std::vector<int> kernel_keys(const Visibility<Kind>& vis, const WsTile& w, int r, int t) {
-  const int n0 = (w.e0 - w.b0 + kKeys - 1) / kKeys;
-  const int nchunks = n0 + (w.e1 - w.b1 + kKeys - 1) / kKeys;
+  const cuda::KeyChunks<kKeys> chunks(w);
   const int pos_first = w.t0 + (r / 16) * 16, pos_last = pos_first + 15;
   std::vector<int> keys;
-  for (int c = 0; c < nchunks; ++c) {
-    const int kb = c < n0 ? w.b0 + c * kKeys : w.b1 + (c - n0) * kKeys;
-    const int ke = c < n0 ? std::min(w.b0 + (c + 1) * kKeys, w.e0)
-                          : std::min(w.b1 + (c - n0 + 1) * kKeys, w.e1);
-    const bool masked = ke - kb < kKeys || !vis.all_visible(kb, pos_first, pos_last);
+  for (int c = 0; c < chunks.count; ++c) {
+    const int kb = chunks.begin(c), ke = chunks.end(c);
+    const bool masked = ke - kb < kKeys || !vis.template all_visible<kKeys>(kb, pos_first, pos_last);
     for (int key = kb; key < kb + kKeys; ++key)
       if (!masked || (key < ke && vis.visible(key, t))) keys.push_back(key);
   }
   return keys;
 }
 
-template <int Kind>
+// kRows-row tiles with kKeys-key chunks: 128 / 128 (ws_kernel.cuh) or 64 / 64 (attn_kernel.cuh).
+template <int Kind, int kRows, int kKeys>
 void check_dense(const Shape& s) {
-  SCOPED_TRACE(s.str());
+  SCOPED_TRACE(s.str() + " rows " + std::to_string(kRows));
   const detail::Problem p = problem_of(s);
-  const Tables t = make_tables(s, p);
+  const Tables t = make_tables(s, p, kRows);
   const AttnParams a = params_of(s, p, t);
   const int T = s.total();
   std::vector<int> seen(std::size_t(T) * s.hq, 0);
@@ -95,11 +92,11 @@ void check_dense(const Shape& s) {
   ASSERT_EQ(items, t.tile_off.back() * s.hq);
   for (int item = 0; item < items; ++item) {
     WsTile w;
-    Visibility<Kind>::tile(a, item, w);
+    Visibility<Kind>::template tile<kRows>(a, item, w);
     const Visibility<Kind> vis(a, w);
     const int len = t.cu[w.seq + 1] - t.cu[w.seq];
     ASSERT_GE(w.nrows, 1) << "item " << item;
-    ASSERT_LE(w.nrows, 128);
+    ASSERT_LE(w.nrows, kRows);
     ASSERT_LE(w.t0 + w.nrows, len);
     for (int r = 0; r < w.nrows; ++r) {
       const int pos = w.t0 + r, tok = t.cu[w.seq] + pos;
@@ -108,7 +105,7 @@ void check_dense(const Shape& s) {
       detail::for_each_visible_range(p, len, pos, w.h, no_sel.data(), [&](int kb, int ke) {
         for (int k = kb; k < ke; ++k) want.push_back(k);
       });
-      const std::vector<int> got = kernel_keys(vis, w, r, pos);
+      const std::vector<int> got = kernel_keys<kKeys>(vis, w, r, pos);
       ASSERT_EQ(got, want) << "item " << item << " head " << w.h << " position " << pos;
     }
   }
@@ -117,11 +114,12 @@ void check_dense(const Shape& s) {
 }
 
 // MoBA gathered waves: a random selection (distinct past blocks, ascending, -1 padded) turned
-// into forward.cpp's bucket lists for each slot, then decoded tile by tile.
+// into forward.cpp's bucket lists for each slot, then decoded tile by tile (kRows-row tiles).
+template <int kRows>
 void check_gather(const Shape& s, std::mt19937& rng) {
-  SCOPED_TRACE(s.str());
+  SCOPED_TRACE(s.str() + " rows " + std::to_string(kRows));
   const detail::Problem p = problem_of(s);
-  const Tables t = make_tables(s, p);
+  const Tables t = make_tables(s, p, kRows);
   AttnParams a = params_of(s, p, t);
   const int T = s.total(), past = p.past_k(), B = p.block_size, nb = a.num_blocks;
   if (past == 0 || nb == 0) return;
@@ -139,7 +137,7 @@ void check_gather(const Shape& s, std::mt19937& rng) {
       std::sort(blocks.begin(), blocks.end());
       for (std::size_t i = 0; i < blocks.size(); ++i) sel[(std::size_t(tok) * s.hq + h) * past + i] = blocks[i];
     }
-  // buckets b = (slot * hq + h) * nb + global block; rows in token order; 128-row tiles
+  // buckets b = (slot * hq + h) * nb + global block; rows in token order; kRows-row tiles
   const long long nbk = (long long)past * s.hq * nb;
   std::vector<std::vector<int>> bucket(nbk);
   for (int tok = 0; tok < T; ++tok)
@@ -152,7 +150,7 @@ void check_gather(const Shape& s, std::mt19937& rng) {
   for (const auto& bk : bucket) {
     rows.insert(rows.end(), bk.begin(), bk.end());
     boff.push_back(int(rows.size()));
-    toff.push_back(toff.back() + (int(bk.size()) + 127) / 128);
+    toff.push_back(toff.back() + (int(bk.size()) + kRows - 1) / kRows);
   }
   a.rows = rows.data();
   a.bucket_off = boff.data();
@@ -169,9 +167,9 @@ void check_gather(const Shape& s, std::mt19937& rng) {
     const int items = Visibility<cuda::kGatherWave>::items(a);
     for (int item = 0; item < items; ++item) {
       WsTile w;
-      Visibility<cuda::kGatherWave>::tile(a, item, w);
+      Visibility<cuda::kGatherWave>::template tile<kRows>(a, item, w);
       ASSERT_GE(w.nrows, 1);
-      ASSERT_LE(w.nrows, 128);
+      ASSERT_LE(w.nrows, kRows);
       ASSERT_EQ(w.e1 - w.b1, B);
       ASSERT_EQ(w.e0 - w.b0, 0);
       ASSERT_EQ(w.b1 % B, 0);
@@ -193,15 +191,24 @@ TEST(WsVisibility, DenseKindsMatchCoreKeySets) {
   RandomShapeOptions opt;
   opt.max_len = 700;
   opt.dtypes = {DType::bf16};
-  opt.block_sizes = {64, 128, 192, 256};
+  opt.block_sizes = {48, 64, 100, 128, 192, 256};
   int by_mode[3] = {0, 0, 0};
   for (int i = 0; i < 150; ++i) {
     const Shape s = random_shape(rng, opt);
     ++by_mode[int(s.params.mode)];
     switch (s.params.mode) {
-      case Mode::full: check_dense<cuda::kDenseFull>(s); break;
-      case Mode::moba: check_dense<cuda::kDenseMobaOwn>(s); break;
-      case Mode::moa: check_dense<cuda::kDenseMoa>(s); break;
+      case Mode::full:
+        check_dense<cuda::kDenseFull, 128, 128>(s);
+        check_dense<cuda::kDenseFull, 64, 64>(s);
+        break;
+      case Mode::moba:
+        check_dense<cuda::kDenseMobaOwn, 128, 128>(s);
+        check_dense<cuda::kDenseMobaOwn, 64, 64>(s);
+        break;
+      case Mode::moa:
+        check_dense<cuda::kDenseMoa, 128, 128>(s);
+        check_dense<cuda::kDenseMoa, 64, 64>(s);
+        break;
     }
     if (HasFatalFailure()) return;
   }
@@ -214,10 +221,12 @@ TEST(WsVisibility, GatheredWavesCoverEverySelectionOnce) {
   opt.max_len = 900;
   opt.dtypes = {DType::bf16};
   opt.modes = {Mode::moba};
-  opt.block_sizes = {64, 128, 192};
+  opt.block_sizes = {48, 64, 100, 128, 192};
   for (int i = 0; i < 60; ++i) {
     const Shape s = random_shape(rng, opt);
-    check_gather(s, rng);
+    std::mt19937 rng64 = rng;  // the same selection for both tile heights
+    check_gather<128>(s, rng);
+    check_gather<64>(s, rng64);
     if (HasFatalFailure()) return;
   }
 }

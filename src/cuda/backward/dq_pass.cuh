@@ -173,16 +173,17 @@ __global__ void __launch_bounds__(128, 2) dq_pass_kernel(const DqPassArgs a) {
         float p = cuda::fast_exp2(s[n][e] * a.scale_log2 - lse_r[h]);
         if constexpr (kVis == kVisMoa) {
           const int tok = tok_r[h];
-          if (!cuda::visibility::moa(key, tok, it.seq_begin + a.moa_sink, it.moa_w)) p = 0.f;
+          const cuda::Visibility<cuda::kDenseMoa> moa(it.seq_begin + a.moa_sink, it.moa_w);
+          if (!moa.visible_branch_free(key, tok)) p = 0.f;
         } else if constexpr (kVis == kVisBlocks) {
           const int tok = tok_r[h];
-          // (visibility::own_block spelled out: the same predicate, one spill fewer here)
           const bool vis = it.head >= 0
-                               ? key <= tok && key >= it.seq_begin + (tok - it.seq_begin) / a.block_size * a.block_size
+                               ? cuda::Visibility<cuda::kDenseMobaOwn>::visible_in(key, tok, it.seq_begin,
+                                                                                   a.block_size)
                                : key < it.key_end;
           if (!vis) p = 0.f;
         } else {
-          if (diag && key > tok_r[h]) p = 0.f;
+          if (diag && cuda::Visibility<cuda::kDenseFull>::hidden(key, tok_r[h])) p = 0.f;
         }
         g[n][e] = p * (g[n][e] - dt_r[h]);
       }

@@ -181,13 +181,16 @@ __global__ void __launch_bounds__(256, 1) key_pass_kernel(const KeyPassArgs a) {
         const int key = kabs0 + (e >> 1) * 8;
         if constexpr (kVis == kVisMoa) {
           const int tok = tok_b[col];
-          // visibility::moa with the row's t - w precomputed (lo_s)
-          if (rt < n_impl && !(tok >= key && (key < it.sink_end || key > lo_s[buf * 64 + col])))
+          // the MoA rule with the row's t - w precomputed (lo_s)
+          if (rt < n_impl &&
+              !cuda::Visibility<cuda::kDenseMoa>::visible_from(key, tok, it.sink_end, lo_s[buf * 64 + col]))
             p = 0.f;
         } else if constexpr (kVis == kVisBlocks) {
-          if ((diag && tok_b[col] < key) || key >= it.key_start + it.key_len) p = 0.f;
+          if ((diag && cuda::Visibility<cuda::kDenseFull>::hidden(key, tok_b[col])) ||
+              key >= it.key_start + it.key_len)
+            p = 0.f;
         } else {
-          if (diag && tok_b[col] < key) p = 0.f;
+          if (diag && cuda::Visibility<cuda::kDenseFull>::hidden(key, tok_b[col])) p = 0.f;
         }
         s[n][e] = p;
       }

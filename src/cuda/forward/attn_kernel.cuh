@@ -19,6 +19,7 @@
 
 #include "cuda/common/check.hpp"
 #include "cuda/common/mma.cuh"
+#include "cuda/common/online_softmax.cuh"
 #include "cuda/common/visibility.cuh"
 #include "cuda/forward/attn_params.hpp"
 #include "cuda/forward/epilogue.cuh"
@@ -33,12 +34,14 @@ struct AttnTraits {
   static constexpr int kSmemBytes = 5 * kTileElems * int(sizeof(T)) + 2 * 64 * int(sizeof(int));
 };
 
-template <class T, int D>
+template <class T, int D, int Kind>
 __global__ void __launch_bounds__(128) attn_fwd_kernel(const AttnParams p) {
   using Tr = AttnTraits<T, D>;
+  using Vis = Visibility<Kind>;
   constexpr int S = Tr::kStride;
   constexpr int KD = D / 16;  // k-steps over the head dim
   constexpr int ND = D / 8;   // n-tiles over the head dim
+  constexpr bool kGather = Vis::kGather;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   T* sQ = reinterpret_cast<T*>(smem_raw);
   T* sK = sQ + Tr::kTileElems;       // 2 buffers
@@ -48,15 +51,22 @@ __global__ void __launch_bounds__(128) attn_fwd_kernel(const AttnParams p) {
 
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   const int g = lane >> 2, c4 = lane & 3;
-  const bool gather = p.kind == kGatherWave;
 
-  // ---- which rows and which keys (work_item.cuh) ----------------------------------------
-  WorkItem w;
-  if (!resolve_work_item<64>(p, tid, sTok, sPos, w)) return;
-  const int h = w.h, seq = w.seq, nrows = w.nrows, t0 = w.t0, moa_w = w.moa_w;
-  const int r0b = w.r0b, r0e = w.r0e, r1b = w.r1b, r1e = w.r1e;
+  // ---- which rows and which keys (work_item.cuh, visibility.cuh) ------------------------
+  // dense launches: blockIdx.x = tile rank, blockIdx.y = head; gathered waves: gridDim.y = 1
+  const int item = int(blockIdx.x) * int(gridDim.y) + int(blockIdx.y);
+  if (item >= Vis::items(p)) return;  // the grid may be a bound (device-planned tables)
+  WorkTile w;
+  Vis::template tile<64>(p, item, w);
+  const Vis vis(p, w);
+  const int h = w.h, seq = w.seq;
   const int seq_begin = p.cu[seq];
   const int hk = h / p.group;
+  if (tid < 64) {
+    const int tok = row_token<kGather>(p, w, seq_begin, tid);
+    sTok[tid] = tok;
+    sPos[tid] = row_position<kGather>(w, tok, seq_begin, tid);
+  }
   __syncthreads();
 
   const T* qg = static_cast<const T*>(p.q);
@@ -75,16 +85,10 @@ __global__ void __launch_bounds__(128) attn_fwd_kernel(const AttnParams p) {
       cp_async_16(sQ + r * S + cc * 8, src, tok >= 0);
     }
   };
-  const int n0 = (r0e - r0b + 63) / 64;
-  const int n1 = (r1e - r1b + 63) / 64;
-  const int nchunks = n0 + n1;
-  auto chunk_range = [&](int cidx, int& kb, int& ke) {
-    if (cidx < n0) { kb = r0b + cidx * 64; ke = min(kb + 64, r0e); }
-    else { kb = r1b + (cidx - n0) * 64; ke = min(kb + 64, r1e); }
-  };
+  const KeyChunks<64> chunks(w);
+  const int nchunks = chunks.count;  // >= 1: a row sees its own position
   auto load_kv = [&](int cidx, int buf) {
-    int kb, ke;
-    chunk_range(cidx, kb, ke);
+    const int kb = chunks.begin(cidx), ke = chunks.end(cidx);
     T* dk = sK + buf * Tr::kTileElems;
     T* dv = sV + buf * Tr::kTileElems;
 #pragma unroll
@@ -109,23 +113,7 @@ __global__ void __launch_bounds__(128) attn_fwd_kernel(const AttnParams p) {
   for (int n = 0; n < ND; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.f;
   m[0] = m[1] = -INFINITY;
   l[0] = l[1] = 0.f;
-  if (gather) {  // resume the running state of these rows
-#pragma unroll
-    for (int i = 0; i < 2; ++i) {
-      const int tok = tok_r[i];
-      if (tok < 0) continue;
-      const std::int64_t ri = std::int64_t(h) * p.total + tok;
-      m[i] = p.mrow[ri];
-      l[i] = c4 == 0 ? p.lrow[ri] : 0.f;
-      const float* a = p.acc + (std::int64_t(tok) * p.hq + h) * D;
-#pragma unroll
-      for (int n = 0; n < ND; ++n) {
-        const float2 v2 = *reinterpret_cast<const float2*>(a + n * 8 + 2 * c4);
-        o[n][2 * i] = v2.x;
-        o[n][2 * i + 1] = v2.y;
-      }
-    }
-  }
+  if constexpr (kGather) resume_rows<D, ND>(p, tok_r, h, c4, o, m, l);  // earlier passes
 
   load_q();
   load_kv(0, 0);
@@ -133,10 +121,9 @@ __global__ void __launch_bounds__(128) attn_fwd_kernel(const AttnParams p) {
 
   std::uint32_t qf[KD][4];
   const float sl2 = p.scale_log2;
-  const int t_first = t0;  // dense: position of row 0
-  // MoBA own block: when block_size is not a multiple of 64 a tile's rows can lie in several
-  // blocks; keys before the last row's own block then need the per-row lower bound (below).
-  const int own_lo_last = p.kind == kDenseMobaOwn ? ((t0 + nrows - 1) / p.block_size) * p.block_size : 0;
+  // this warp's first and last row positions (dense kinds: rows are consecutive)
+  const int pos_first = w.t0 + warp * 16, pos_last = pos_first + 15;
+  float alpha[2];
 
   for (int cidx = 0; cidx < nchunks; ++cidx) {
     const int buf = cidx & 1;
@@ -172,58 +159,25 @@ __global__ void __launch_bounds__(128) attn_fwd_kernel(const AttnParams p) {
       }
     }
 
-    // scale, mask
-    int kb, ke;
-    chunk_range(cidx, kb, ke);
-    // A chunk shorter than 64 keys (a sequence's end, or a gathered block of a size that is not
-    // a multiple of 64) masks its zero-filled tail.
-    const bool need_mask = ke - kb < 64 || (!gather && (p.kind == kDenseMoa || kb + 63 > t_first ||
-                                                        kb < own_lo_last));
+    // scale, mask (visibility.cuh), online softmax (online_softmax.cuh)
+    const int kb = chunks.begin(cidx), ke = chunks.end(cidx);
 #pragma unroll
     for (int n = 0; n < 8; ++n)
 #pragma unroll
       for (int e = 0; e < 4; ++e) s[n][e] *= sl2;
-    if (need_mask) {
-      const int own0 = p.kind == kDenseMobaOwn ? (pos_r[0] / p.block_size) * p.block_size : 0;
-      const int own1 = p.kind == kDenseMobaOwn ? (pos_r[1] / p.block_size) * p.block_size : 0;
+    // A chunk shorter than 64 keys (a sequence's end, or a gathered block of a size that is not
+    // a multiple of 64) masks its zero-filled tail.
+    if (ke - kb < 64 || !vis.template all_visible<64>(kb, pos_first, pos_last)) {
 #pragma unroll
       for (int n = 0; n < 8; ++n)
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
           const int key = kb + n * 8 + 2 * c4 + (e & 1);
-          const int t = pos_r[e >> 1];
-          bool vis = (key < ke) & visibility::own_block(key, t, (e >> 1) ? own1 : own0);
-          if (p.kind == kDenseMoa) vis = vis & visibility::moa(key, t, p.moa_sink, moa_w);
-          if (!vis) s[n][e] = -INFINITY;
+          if (!(key < ke && vis.visible(key, pos_r[e >> 1]))) s[n][e] = -INFINITY;
         }
     }
-
-    // online softmax
-#pragma unroll
-    for (int i = 0; i < 2; ++i) {
-      float mx = -INFINITY;
-#pragma unroll
-      for (int n = 0; n < 8; ++n) mx = fmaxf(mx, fmaxf(s[n][2 * i], s[n][2 * i + 1]));
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-      const float m_new = fmaxf(m[i], mx);
-      const float m_use = m_new == -INFINITY ? 0.f : m_new;
-      const float alpha = fast_exp2(m[i] - m_use);
-      m[i] = m_new;
-      float rs = 0.f;
-#pragma unroll
-      for (int n = 0; n < 8; ++n) {
-        s[n][2 * i] = fast_exp2(s[n][2 * i] - m_use);
-        s[n][2 * i + 1] = fast_exp2(s[n][2 * i + 1] - m_use);
-        rs += s[n][2 * i] + s[n][2 * i + 1];
-      }
-      l[i] = l[i] * alpha + rs;
-#pragma unroll
-      for (int n = 0; n < ND; ++n) {
-        o[n][2 * i] *= alpha;
-        o[n][2 * i + 1] *= alpha;
-      }
-    }
+    softmax_update<false>(s, m, l, alpha, sl2);  // scores already scaled: kept bit-identical
+    rescale_rows(o, alpha);
 
     // O += P V
 #pragma unroll
@@ -245,22 +199,24 @@ __global__ void __launch_bounds__(128) attn_fwd_kernel(const AttnParams p) {
     __syncthreads();
   }
 
-  write_rows<T, D, ND>(p, o, m, l, tok_r, pos_r, h, c4, gather);
+  write_rows<T, D, ND, Kind>(p, o, m, l, tok_r, pos_r, h, c4);
 }
 
-template <class T, int D>
-void launch_attention(const AttnParams& p, int grid_x, int grid_y, void* stream) {
+template <class T, int D, int Kind>
+void launch_attention_kind(const AttnParams& p, int grid_x, int grid_y, void* stream) {
   if (grid_x <= 0 || grid_y <= 0) return;
   using Tr = AttnTraits<T, D>;
-  MOBA_CUDA_CHECK(cudaFuncSetAttribute(attn_fwd_kernel<T, D>,
+  MOBA_CUDA_CHECK(cudaFuncSetAttribute(attn_fwd_kernel<T, D, Kind>,
                                        cudaFuncAttributeMaxDynamicSharedMemorySize,
                                        Tr::kSmemBytes));
-  attn_fwd_kernel<T, D><<<dim3(grid_x, grid_y), 128, Tr::kSmemBytes,
-                          static_cast<cudaStream_t>(stream)>>>(p);
+  attn_fwd_kernel<T, D, Kind><<<dim3(grid_x, grid_y), 128, Tr::kSmemBytes,
+                                static_cast<cudaStream_t>(stream)>>>(p);
   MOBA_CUDA_LAUNCH_CHECK();
 }
 
 }  // namespace moba::cuda
 
-#define MOBA_INSTANTIATE_ATTENTION(T, D) \
-  template void moba::cuda::launch_attention<T, D>(const moba::cuda::AttnParams&, int, int, void*);
+// One (dtype, head_dim, kind) per line; the attn_<dtype>_d<D>_<kinds>.cu files use it.
+#define MOBA_INSTANTIATE_ATTENTION_KIND(T, D, KIND)                                             \
+  template void moba::cuda::launch_attention_kind<T, D, KIND>(const moba::cuda::AttnParams&, \
+                                                               int, int, void*);

@@ -1,5 +1,5 @@
 // The plain-data description of one forward launch, shared by the host planner
-// (forward.cpp) and the attention kernel (attn_kernel.cuh).
+// (forward.cpp) and the attention kernels (attn_kernel.cuh, ws_kernel.cuh).
 #pragma once
 
 #include <cstdint>
@@ -7,12 +7,12 @@
 namespace moba::cuda {
 
 // What a launch computes.
-//   kDenseFull   full causal: rows = 64-token tiles, keys 0..t
+//   kDenseFull   full causal: rows = 64-token tiles (128 on the sm_90a kernel), keys 0..t
 //   kDenseMobaOwn MoBA own block, causal; writes the final result for rows with no past
 //                 selection and the running state (scratch) for the others
 //   kDenseMoa    MoA: sink + sliding window
 //   kGatherWave  MoBA wave s: the rows whose s-th selected block is j, gathered into 64-row
-//                tiles against the whole block j; merges into the running state
+//                (128-row) tiles against the whole block j; merges into the running state
 enum AttnKind : int { kDenseFull = 0, kDenseMobaOwn = 1, kDenseMoa = 2, kGatherWave = 3 };
 
 struct AttnParams {
@@ -49,27 +49,21 @@ struct AttnParams {
   int bucket_begin, bucket_end;  // this wave's buckets: (wave * hq + h) * num_blocks + gb
 };
 
-// One instantiation per (dtype, head_dim); defined in attn_<dtype>_d<D>.cu.
-template <class T, int D>
-void launch_attention(const AttnParams& p, int grid_x, int grid_y, void* stream);
-
-// sm_90a wgmma path (hopper_kernel.cuh): 128-row tiles, so tile_off / btile_off
-// must be the 128-row tables. Defined in hopper_attn_<dtype>_d<D>.cu.
-template <class T, int D>
-void launch_attention_hopper(const AttnParams& p, int grid_x, int grid_y, void* stream);
-// Whether the current device is compute capability 9.0 and this binary holds sm_90a code.
-template <class T, int D>
-bool hopper_attention_available();
+// sm_80+ mma.sync path (attn_kernel.cuh): 64-row tables. One instantiation per (dtype,
+// head_dim, kind), defined in attn_<dtype>_d<D>_<kinds>.cu.
+template <class T, int D, int Kind>
+void launch_attention_kind(const AttnParams& p, int grid_x, int grid_y, void* stream);
 
 // sm_90a warp-specialised path (ws_kernel.cuh): producer warpgroup with TMA + mbarriers, two
-// consumer warpgroups; 128-row tables as the wgmma path. One instantiation per (dtype,
-// head_dim, kind), defined in ws_attn_<dtype>_d<D>_<kinds>.cu; the maps describe K and V
-// (tensor_map.hpp).
+// consumer warpgroups; 128-row tables (tile_off / btile_off built for 128-row tiles). One
+// instantiation per (dtype, head_dim, kind), defined in ws_attn_<dtype>_d<D>_<kinds>.cu; the
+// maps describe K and V (tensor_map.hpp).
 struct KvTensorMaps;
 template <class T, int D, int Kind>
 void launch_attention_ws_kind(const AttnParams& p, const KvTensorMaps& maps, int grid_x,
                               int grid_y, bool persistent, void* stream);
-// As hopper_attention_available, and the driver encodes tensor maps.
+// Whether the current device is compute capability 9.0, this binary holds sm_90a code and the
+// driver encodes tensor maps.
 template <class T, int D>
 bool ws_attention_available();
 

@@ -195,26 +195,9 @@ void dispatch(const Problem& p, F&& f) {
   }
 }
 
-// Which attention kernel runs (CudaOptions::forward_kernel). The sm_90a wgmma kernel
-// (hopper_kernel.cuh) needs sm_90a code in the build and a compute capability 9.0 device.
-// Measured on the H100 (bench/results/cuda-forward-2026-11-23.md, "Hopper path"), it wins for
-// head_dim 128 and for dense / MoA at 64, but not for MoBA at head_dim 64 (many short gathered
-// tiles, the 128-row CTA runs one per SM), which `automatic` keeps on mma.sync.
-bool hopper_available(const Problem& p) {
-  bool on = false;
-#if defined(MOBA_HAVE_SM90A)
-  dispatch(p, [&](auto* t, auto d) {
-    using T = std::remove_pointer_t<decltype(t)>;
-    on = hopper_attention_available<T, decltype(d)::value>();
-  });
-#else
-  (void)p;
-#endif
-  return on;
-}
-
-// The warp-specialised sm_90a kernel (ws_kernel.cuh): as hopper_available, and the driver
-// encodes TMA tensor maps.
+// Which attention kernel runs (CudaOptions::forward_kernel). The warp-specialised sm_90a kernel
+// (ws_kernel.cuh) needs sm_90a code in the build, a compute capability 9.0 device and a driver
+// that encodes TMA tensor maps.
 bool ws_available(const Problem& p) {
   bool on = false;
 #if defined(MOBA_HAVE_SM90A)
@@ -228,69 +211,39 @@ bool ws_available(const Problem& p) {
   return on;
 }
 
-enum class Engine { sm80, sm90_wgmma, sm90_ws };
-
-bool use_hopper(const Problem& p, const CudaOptions& o);
+enum class Engine { sm80, sm90_ws };
 
 Engine pick_engine(const Problem& p, const CudaOptions& o) {
   switch (o.forward_kernel) {
     case CudaOptions::ForwardKernel::sm80_mma_sync:
       return Engine::sm80;
+    case CudaOptions::ForwardKernel::sm90_wgmma:  // the removed lock-step kernel's name: an alias
     case CudaOptions::ForwardKernel::sm90_warp_specialized:
       if (!ws_available(p))
         fail(ErrorKind::unsupported,
-             "cuda backend: CudaOptions::forward_kernel = sm90_warp_specialized needs a compute "
-             "capability 9.0 device, a build with sm_90a code (MOBA_CUDA_GENCODE) and a driver "
-             "with TMA tensor maps; use automatic or sm80_mma_sync");
+             "cuda backend: CudaOptions::forward_kernel = sm90_warp_specialized (or its alias "
+             "sm90_wgmma) needs a compute capability 9.0 device, a build with sm_90a code "
+             "(MOBA_CUDA_GENCODE) and a driver with TMA tensor maps; use automatic or "
+             "sm80_mma_sync");
       return Engine::sm90_ws;
     case CudaOptions::ForwardKernel::automatic:
-      // Faster than sm90_wgmma on every forward row of the H200 run of 2026-11-29 (dense
-      // 1.2-1.6x, MoBA 1.0-1.5x; bench/results/cuda-h200-2026-11-29.md), where it also passed
-      // every forward test and compute-sanitizer.
-      if (ws_available(p)) return Engine::sm90_ws;
-      break;
-    case CudaOptions::ForwardKernel::sm90_wgmma:
       break;
   }
-  return use_hopper(p, o) ? Engine::sm90_wgmma : Engine::sm80;
+  // Faster than the lock-step sm_90a wgmma kernel it replaced on every forward row of the H200
+  // run of 2026-11-29 (dense 1.2-1.6x, MoBA 1.0-1.5x; bench/results/cuda-h200-2026-11-29.md),
+  // where it also passed every forward test and compute-sanitizer.
+  return ws_available(p) ? Engine::sm90_ws : Engine::sm80;
 }
 
-bool use_hopper(const Problem& p, const CudaOptions& o) {
-  switch (o.forward_kernel) {
-    case CudaOptions::ForwardKernel::sm80_mma_sync:
-    case CudaOptions::ForwardKernel::sm90_warp_specialized:
-      return false;
-    case CudaOptions::ForwardKernel::sm90_wgmma:
-      if (!hopper_available(p))
-        fail(ErrorKind::unsupported,
-             "cuda backend: CudaOptions::forward_kernel = sm90_wgmma needs a compute capability "
-             "9.0 device and a build with sm_90a code (MOBA_CUDA_GENCODE); use automatic or "
-             "sm80_mma_sync");
-      return true;
-    case CudaOptions::ForwardKernel::automatic:
-      break;
-  }
-  return (p.head_dim == 128 || p.mode != Mode::moba) && hopper_available(p);
-}
-
-// One launch of the warp-specialised kernel: the kind is a template argument (its visibility
-// functor is compiled in).
-template <class T, int D>
-void launch_ws(const AttnParams& a, const KvTensorMaps& maps, int gx, int gy, bool persistent,
-               void* stream) {
-  switch (a.kind) {
-    case kDenseFull:
-      launch_attention_ws_kind<T, D, kDenseFull>(a, maps, gx, gy, persistent, stream);
-      break;
-    case kDenseMobaOwn:
-      launch_attention_ws_kind<T, D, kDenseMobaOwn>(a, maps, gx, gy, persistent, stream);
-      break;
-    case kDenseMoa:
-      launch_attention_ws_kind<T, D, kDenseMoa>(a, maps, gx, gy, persistent, stream);
-      break;
-    default:
-      launch_attention_ws_kind<T, D, kGatherWave>(a, maps, gx, gy, persistent, stream);
-      break;
+// Calls f with the launch kind as a compile-time constant: each kernel is instantiated per kind
+// (its visibility functor compiled in), none switches on the kind at run time.
+template <class F>
+void with_kind(int kind, F&& f) {
+  switch (kind) {
+    case kDenseFull: f(std::integral_constant<int, kDenseFull>()); break;
+    case kDenseMobaOwn: f(std::integral_constant<int, kDenseMobaOwn>()); break;
+    case kDenseMoa: f(std::integral_constant<int, kDenseMoa>()); break;
+    default: f(std::integral_constant<int, kGatherWave>()); break;
   }
 }
 
@@ -367,7 +320,7 @@ void run_attention(const Problem& p, const Forward& f, const RunOptions& o, cons
   a.moa_sink = p.moa_sink;
 
   const Engine engine = pick_engine(p, o.cuda);
-  const bool hop = engine != Engine::sm80;  // both sm_90a kernels use 128-row tiles
+  const bool hop = engine == Engine::sm90_ws;  // 128-row tiles
   const int tile_rows = hop ? 128 : 64;
   if (hop) a.tile_off = pl.tile128_off;
   const int dense_tiles = hop ? pl.num_tiles128 : pl.num_tiles;
@@ -380,10 +333,13 @@ void run_attention(const Problem& p, const Forward& f, const RunOptions& o, cons
     dispatch(p, [&](auto* t, auto d) {
       using T = std::remove_pointer_t<decltype(t)>;
       constexpr int D = decltype(d)::value;
-      if (engine == Engine::sm90_ws)
-        launch_ws<T, D>(a, maps, gx, gy, o.cuda.forward_persistent, ws.stream());
-      else if (hop) launch_attention_hopper<T, D>(a, gx, gy, ws.stream());
-      else launch_attention<T, D>(a, gx, gy, ws.stream());
+      with_kind(a.kind, [&](auto kind) {
+        constexpr int K = decltype(kind)::value;
+        if (engine == Engine::sm90_ws)
+          launch_attention_ws_kind<T, D, K>(a, maps, gx, gy, o.cuda.forward_persistent, ws.stream());
+        else
+          launch_attention_kind<T, D, K>(a, gx, gy, ws.stream());
+      });
     });
   };
 

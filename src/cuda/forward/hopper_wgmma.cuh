@@ -2,12 +2,57 @@
 // Written out by a small script (one asm per shape: the operand lists are long). d[] is the
 // accumulator fragment, N/2 floats per thread: d[4j..4j+1] = row g, columns 8j + 2c..+1;
 // d[4j+2..4j+3] = row g + 8 (g = lane / 4, c = lane % 4, rows offset by 16 x warp-in-group).
-// `accumulate` 0 overwrites d (D = A B), 1 adds (D += A B).
+// `accumulate` 0 overwrites d (D = A B), 1 adds (D += A B). Above them, the swizzled tile
+// layout, descriptors and fences they need.
+// Shared-memory tiles use the 128-byte swizzle that wgmma reads natively: a tile of R rows x D
+// columns (b16) is stored as D/64 column blocks of R rows x 128 bytes; the 16-byte piece c of
+// row r sits at piece position c ^ (r & 7). Q and K are K-major operands (S = Q K^T); V is the
+// MN-major B operand of O += P V (P from registers, the S accumulator re-packed to b16).
 #pragma once
 
 #include <cstdint>
 
 namespace moba::cuda::hopper {
+
+// Byte offset of 16-byte piece cc (of D/8) in row r of a swizzled tile with `rows` rows.
+__device__ __forceinline__ int swz(int r, int cc, int rows) {
+  return (cc >> 3) * rows * 128 + r * 128 + (((cc & 7) ^ (r & 7)) << 4);
+}
+
+// wgmma shared-memory descriptor, 128-byte swizzle. lbo/sbo in bytes.
+__device__ __forceinline__ std::uint64_t make_desc(std::uint32_t addr, std::uint32_t lbo,
+                                                   std::uint32_t sbo) {
+  std::uint64_t d = 0;
+  d |= std::uint64_t((addr & 0x3FFFF) >> 4);
+  d |= std::uint64_t((lbo >> 4) & 0x3FFF) << 16;
+  d |= std::uint64_t((sbo >> 4) & 0x3FFF) << 32;
+  d |= std::uint64_t(1) << 62;  // 128B swizzle
+  return d;
+}
+
+__device__ __forceinline__ void wg_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wg_commit() {
+  asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+}
+template <int N>
+__device__ __forceinline__ void wg_wait() {
+  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+}
+__device__ __forceinline__ void fence_proxy_async() {
+  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+}
+// Keeps the compiler from moving accesses of an accumulator across the async MMA window.
+template <int N>
+__device__ __forceinline__ void reg_fence(float* r) {
+#pragma unroll
+  for (int i = 0; i < N; ++i) asm volatile("" : "+f"(r[i])::"memory");
+}
+
+template <int N>
+__device__ __forceinline__ void reg_fence_u(std::uint32_t* r) {
+#pragma unroll
+  for (int i = 0; i < N; ++i) asm volatile("" : "+r"(r[i])::"memory");
+}
 
 // SS: A and B from shared memory (descriptors), both K-major.
 template <bool kBf16, int N>

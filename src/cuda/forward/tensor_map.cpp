@@ -67,7 +67,7 @@ CUtensorMap encode(const KvOperand& x, int tokens, int heads, int head_dim, bool
                     " (error " + std::to_string(int(r)) + ", token stride " +
                     std::to_string(x.token_stride) + ", head stride " +
                     std::to_string(x.head_stride) +
-                    " elements); use CudaOptions::forward_kernel = sm90_wgmma or automatic");
+                    " elements); use CudaOptions::forward_kernel = sm80_mma_sync");
   return m;
 }
 

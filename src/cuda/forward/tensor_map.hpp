@@ -1,7 +1,7 @@
 // TMA descriptors (CUtensorMap) of K and V for the warp-specialised forward (ws_kernel.cuh).
 // Each describes a [tokens, heads, D] operand with its element strides as a 3-D tensor whose
 // innermost dimension is D; a box is 64 columns (128 bytes) x 1 head x 128 tokens, stored with
-// the 128-byte swizzle that wgmma reads (the layout of hopper_kernel.cuh's tiles). The two outer
+// the 128-byte swizzle that wgmma reads (the layout of hopper_wgmma.cuh's tiles). The two outer
 // dimensions are ordered by stride (heads inner when head_stride < token_stride, the usual
 // [tokens, heads, D] layout); `*_token_dim` says which coordinate is the token.
 #pragma once

@@ -4,18 +4,11 @@
 
 #include <cub/device/device_scan.cuh>
 
+#include "cuda/forward/work_item.cuh"
+
 namespace moba::cuda {
 
 namespace {
-
-__device__ __forceinline__ int last_le_w(const int* a, int lo, int hi, int x) {
-  while (hi - lo > 1) {
-    const int mid = (lo + hi) >> 1;
-    if (a[mid] <= x) lo = mid;
-    else hi = mid;
-  }
-  return lo;
-}
 
 struct SelArgs {
   const std::int32_t* sel;
@@ -42,7 +35,7 @@ __device__ __forceinline__ Entry entry_of(const SelArgs& a, int y) {
   const int h = y / a.past_k, s = y - h * a.past_k;
   const int j = a.sel[((long long)e.tok * a.hq + h) * a.past_k + s];
   if (j < 0) return e;
-  const int seq = last_le_w(a.cu, 0, a.batch, e.tok);
+  const int seq = ws_last_le(a.cu, 0, a.batch, e.tok);
   const int gb = a.blk_off[seq] + j;
   // Never true for a selection the gate wrote; keeps the lists in bounds when it wrote nothing
   // (a cu_seqlens found invalid on the device plans no tiles, the output is poisoned after).

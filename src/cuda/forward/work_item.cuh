@@ -1,20 +1,44 @@
-// Which rows and which keys one CTA of the forward attention computes: the work-item prologue
-// shared by the mma.sync kernel (attn_kernel.cuh, 64-row tiles) and the wgmma kernel
-// (hopper_kernel.cuh, 128-row tiles). kRows is the tile height; the tables (tile_off,
-// btile_off) must be the ones built for it.
-//   dense kinds (full, MoBA own block, MoA): blockIdx.x counts tiles from the longest (the last
-//     tile of the tables) down; blockIdx.y is the query head. The grid may be a bound (tables
-//     planned on the device): CTAs past tile_off[batch] have no work.
-//   gathered MoBA wave: blockIdx.x counts the wave's bucket tiles; the rows are the tokens of one
+// Which rows one CTA (or one persistent CTA's turn) of the forward attention computes: the
+// work-item decoding shared by the mma.sync kernel (attn_kernel.cuh, 64-row tiles) and the
+// warp-specialised kernel (ws_kernel.cuh, 128-row tiles). kRows is the tile height; the tables
+// (tile_off, btile_off) must be the ones built for it.
+//   dense kinds (full, MoBA own block, MoA): item i = (tile rank, head), heads fastest, the
+//     tiles longest first (ranks count down from the last tile of the tables). The tile count
+//     is read from tile_off[batch]: the tables may have been planned on the device (the grid
+//     is then a bound, and items past the count have no work).
+//   gathered MoBA wave: item i = the wave's i-th bucket tile; the rows are the tokens of one
 //     bucket (slot, head, key block) that chose the block, kRows at a time.
+// Which keys the rows see (the tile's key ranges) is the visibility policy's part
+// (common/visibility.cuh). Plain C++ as well (host and device), so CPU tests walk the same
+// decoding (tests/cuda/test_ws_visibility.cpp).
 #pragma once
 
 #include "cuda/forward/attn_params.hpp"
 
+#if defined(__CUDACC__)
+#define MOBA_HD __host__ __device__ __forceinline__
+#else
+#define MOBA_HD inline
+#endif
+
 namespace moba::cuda {
 
+MOBA_HD int ws_min(int a, int b) { return a < b ? a : b; }
+MOBA_HD int ws_max(int a, int b) { return a > b ? a : b; }
+
+// The rows and key ranges of one work item.
+struct WorkTile {
+  int h = 0, seq = 0;
+  int t0 = 0;       // dense: position of row 0; gather: unused
+  int nrows = 0;    // valid rows (<= kRows)
+  int start = 0;    // gather: index of row 0 in p.rows
+  int b0 = 0, e0 = 0, b1 = 0, e1 = 0;  // key ranges [b0, e0) then [b1, e1) (positions)
+  int moa_w = 0;    // MoA: the head's window in this sequence
+};
+using WsTile = WorkTile;  // the name the warp-specialised kernel's tests know it by
+
 // Largest index i in [lo, hi) with a[i] <= x (a non-decreasing, a[lo] <= x).
-__device__ __forceinline__ int last_le(const int* a, int lo, int hi, int x) {
+MOBA_HD int ws_last_le(const int* a, int lo, int hi, int x) {
   while (hi - lo > 1) {
     const int mid = (lo + hi) >> 1;
     if (a[mid] <= x) lo = mid;
@@ -23,69 +47,66 @@ __device__ __forceinline__ int last_le(const int* a, int lo, int hi, int x) {
   return lo;
 }
 
-struct WorkItem {
-  int h, seq, nrows;
-  int t0;                  // dense: position of the first row within the sequence (gather: 0)
-  int r0b, r0e, r1b, r1e;  // two key ranges (positions within the sequence), r0 may be empty
-  int moa_w;               // MoA: the head's window in this sequence
-};
+MOBA_HD int dense_items(const AttnParams& p) { return p.tile_off[p.batch] * p.hq; }
 
-// Fills `w` and, for threads tid < kRows, the rows' tokens (sTok, -1: no row) and positions
-// (sPos). Returns false when the CTA has no work (every thread of it returns the same).
 template <int kRows>
-__device__ __forceinline__ bool resolve_work_item(const AttnParams& p, int tid, int* sTok,
-                                                  int* sPos, WorkItem& w) {
-  w.t0 = 0;
-  w.r0b = w.r0e = w.r1b = w.r1e = 0;
-  w.moa_w = 0;
-  if (p.kind != kGatherWave) {
-    const int tile = p.tile_off[p.batch] - 1 - int(blockIdx.x);  // longest tiles first
-    if (tile < 0) return false;
-    w.h = blockIdx.y;
-    w.seq = last_le(p.tile_off, 0, p.batch, tile);
-    const int len = p.cu[w.seq + 1] - p.cu[w.seq];
-    w.t0 = (tile - p.tile_off[w.seq]) * kRows;
-    w.nrows = min(kRows, len - w.t0);
-    const int tend = w.t0 + w.nrows;
-    if (p.kind == kDenseFull) {
-      w.r1b = 0; w.r1e = tend;
-    } else if (p.kind == kDenseMobaOwn) {
-      w.r1b = (w.t0 / p.block_size) * p.block_size; w.r1e = tend;  // own block of the first row
-    } else {  // MoA
-      w.moa_w = p.moa_window[w.h * p.batch + w.seq];
-      const int lo = max(0, w.t0 - w.moa_w + 1);
-      if (p.moa_sink >= lo) {
-        w.r1b = 0; w.r1e = tend;
-      } else {
-        w.r0b = 0; w.r0e = p.moa_sink;
-        w.r1b = lo; w.r1e = tend;
-      }
-    }
-    if (tid < kRows) {
-      sTok[tid] = tid < w.nrows ? p.cu[w.seq] + w.t0 + tid : -1;
-      sPos[tid] = w.t0 + tid;
-    }
-  } else {
-    const int tiles_begin = p.btile_off[p.bucket_begin];
-    const int i = tiles_begin + int(blockIdx.x);
-    if (i >= p.btile_off[p.bucket_end]) return false;
-    const int b = last_le(p.btile_off, p.bucket_begin, p.bucket_end, i);
-    const int local = b - p.bucket_begin;
-    w.h = local / p.num_blocks;
-    const int gb = local - w.h * p.num_blocks;
-    w.seq = last_le(p.blk_off, 0, p.batch, gb);
-    const int j_block = gb - p.blk_off[w.seq];
-    w.r1b = j_block * p.block_size;
-    w.r1e = w.r1b + p.block_size;
-    const int start = p.bucket_off[b] + (i - p.btile_off[b]) * kRows;
-    w.nrows = min(kRows, p.bucket_off[b + 1] - start);
-    if (tid < kRows) {
-      const int tok = tid < w.nrows ? p.rows[start + tid] : -1;
-      sTok[tid] = tok;
-      sPos[tid] = tok >= 0 ? tok - p.cu[w.seq] : 0;
-    }
-  }
-  return true;
+MOBA_HD void dense_rows(const AttnParams& p, int i, WorkTile& w) {
+  const int tile = p.tile_off[p.batch] - 1 - i / p.hq;
+  w.h = i - (i / p.hq) * p.hq;
+  w.seq = ws_last_le(p.tile_off, 0, p.batch, tile);
+  const int len = p.cu[w.seq + 1] - p.cu[w.seq];
+  w.t0 = (tile - p.tile_off[w.seq]) * kRows;
+  w.nrows = ws_min(kRows, len - w.t0);
 }
+
+MOBA_HD int gather_items(const AttnParams& p) {
+  return p.btile_off[p.bucket_end] - p.btile_off[p.bucket_begin];
+}
+
+// The rows of a gathered bucket tile, and its key range: the whole selected block j.
+template <int kRows>
+MOBA_HD void gather_rows(const AttnParams& p, int item, WorkTile& w) {
+  const int i = p.btile_off[p.bucket_begin] + item;
+  const int b = p.tile_bucket[i];  // one load, not a binary search over the buckets
+  const int local = b - p.bucket_begin;
+  w.h = local / p.num_blocks;
+  const int gb = local - w.h * p.num_blocks;
+  w.seq = ws_last_le(p.blk_off, 0, p.batch, gb);
+  const int j_block = gb - p.blk_off[w.seq];
+  w.b1 = j_block * p.block_size;
+  w.e1 = w.b1 + p.block_size;
+  w.start = p.bucket_off[b] + (i - p.btile_off[b]) * kRows;
+  w.nrows = ws_min(kRows, p.bucket_off[b + 1] - w.start);
+}
+
+// Token of row r of a tile (-1 past its rows): gathered tiles list their rows, dense tiles are
+// consecutive positions from t0.
+template <bool kGather>
+MOBA_HD int row_token(const AttnParams& p, const WorkTile& w, int seq_begin, int r) {
+  if (r >= w.nrows) return -1;
+  if constexpr (kGather) return p.rows[w.start + r];
+  else return seq_begin + w.t0 + r;
+}
+
+// Position of row r within its sequence (rows past the tile: any value, their keys are
+// computed and discarded).
+template <bool kGather>
+MOBA_HD int row_position(const WorkTile& w, int tok, int seq_begin, int r) {
+  if constexpr (kGather) return tok >= 0 ? tok - seq_begin : 0;
+  else return w.t0 + r;
+}
+
+// Chunks of `kKeys` keys over the tile's two key ranges.
+template <int kKeys>
+struct KeyChunks {
+  int b0, e0, b1, e1, n0, count;
+  MOBA_HD explicit KeyChunks(const WorkTile& w)
+      : b0(w.b0), e0(w.e0), b1(w.b1), e1(w.e1), n0((w.e0 - w.b0 + kKeys - 1) / kKeys),
+        count(n0 + (w.e1 - w.b1 + kKeys - 1) / kKeys) {}
+  MOBA_HD int begin(int c) const { return c < n0 ? b0 + c * kKeys : b1 + (c - n0) * kKeys; }
+  MOBA_HD int end(int c) const {
+    return c < n0 ? ws_min(b0 + (c + 1) * kKeys, e0) : ws_min(b1 + (c - n0 + 1) * kKeys, e1);
+  }
+};
 
 }  // namespace moba::cuda

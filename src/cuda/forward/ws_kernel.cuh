@@ -1,10 +1,11 @@
 // The forward attention engine, sm_90a warp-specialised path (CudaOptions::forward_kernel =
-// sm90_warp_specialized). Same work items, running state and LSE conventions as
-// hopper_kernel.cuh (128-row tiles: the 128-row tables), same swizzled shared-memory tiles and
-// wgmma shapes; what changes is who does what:
+// sm90_warp_specialized; also what sm90_wgmma selects since the lock-step wgmma kernel it named
+// was removed). Same work items (work_item.cuh, 128-row tiles: the 128-row tables), visibility
+// functors, online-softmax unit and epilogue as the mma.sync kernel (attn_kernel.cuh); the
+// swizzled shared-memory tiles and wgmma shapes of hopper_wgmma.cuh. Who does what:
 //   persistent CTAs (one per SM), each walking work items (tiles) blockIdx.x, + gridDim.x, ...
 //   warpgroup 0 = producer (setmaxnreg down to 40 registers): warps 1-3 resolve each work item
-//     once (its WsTile and row tokens, into one of two shared slots, tile_full[slot]) a tile
+//     once (its WorkTile and row tokens, into one of two shared slots, tile_full[slot]) a tile
 //     ahead of the consumers, then copy its Q rows (cp.async: gathered MoBA rows are arbitrary
 //     tokens, which a TMA box cannot name) once the consumers released the previous tile's Q
 //     (q_full / q_empty). Resolving a tile is a chain of dependent global loads (a binary search
@@ -23,7 +24,7 @@
 //     GEMMs on the tensor cores.
 // Online softmax in base 2 with the scale folded into one FMA per score: p = 2^(s*c - m), where
 // c = scale * log2(e) and m is the running maximum of s*c.
-// Which keys a tile sees is the compile-time Visibility<Kind> functor (visibility.cuh).
+// Which keys a tile sees is the compile-time Visibility<Kind> functor (common/visibility.cuh).
 #pragma once
 
 #include <cuda.h>
@@ -36,12 +37,14 @@
 
 #include "cuda/common/check.hpp"
 #include "cuda/common/mma.cuh"
+#include "cuda/common/online_softmax.cuh"
+#include "cuda/common/visibility.cuh"
 #include "cuda/forward/attn_params.hpp"
 #include "cuda/forward/epilogue.cuh"
-#include "cuda/forward/hopper_kernel.cuh"
+#include "cuda/forward/hopper_wgmma.cuh"
 #include "cuda/forward/sm90_pipeline.cuh"
 #include "cuda/forward/tensor_map.hpp"
-#include "cuda/forward/visibility.cuh"
+#include "cuda/forward/work_item.cuh"
 
 namespace moba::cuda {
 
@@ -71,36 +74,15 @@ struct WsTraits {
 // A resolved work item, as the producer leaves it in shared memory for the TMA thread and the
 // consumers (two slots: tile n in slot n & 1).
 struct WsTileSlot {
-  WsTile w;
+  WorkTile w;
   int seq_begin;  // token of the sequence's position 0
 };
 static_assert(sizeof(WsTileSlot) <= 64, "two slots in the 128 bytes reserved for them");
-
-// Token of row r of a tile (-1 past its rows): gathered tiles list their rows, dense tiles are
-// consecutive positions from t0.
-template <bool kGather>
-__device__ __forceinline__ int ws_row_token(const AttnParams& p, const WsTile& w, int seq_begin,
-                                            int r) {
-  if (r >= w.nrows) return -1;
-  if constexpr (kGather) return p.rows[w.start + r];
-  else return seq_begin + w.t0 + r;
-}
 
 namespace ws {
 
 // Named barrier ids: 0 is __syncthreads; 1 + w is consumer w's turn to issue wgmmas.
 constexpr int kTurnBarrier = 1;
-
-template <int N>
-__device__ __forceinline__ void scale_rows(float (&o)[N][4], const float (&alpha)[2]) {
-#pragma unroll
-  for (int n = 0; n < N; ++n) {
-    o[n][0] *= alpha[0];
-    o[n][1] *= alpha[0];
-    o[n][2] *= alpha[1];
-    o[n][3] *= alpha[1];
-  }
-}
 
 }  // namespace ws
 
@@ -167,15 +149,14 @@ __global__ void __launch_bounds__(384, 1)
       std::uint32_t round_parity = 0;  // parity of the round stage s is in
       for (int item = blockIdx.x; item < items; item += gridDim.x, ++n) {
         mbar_wait(tile_full(n & 1), std::uint32_t(n >> 1) & 1u);
-        const WsTile w = slots[n & 1].w;
+        const WorkTile w = slots[n & 1].w;
         const int seq_begin = slots[n & 1].seq_begin;
         const int hk = w.h / p.group;
-        const int n0 = (w.e0 - w.b0 + KN - 1) / KN;
-        const int nchunks = n0 + (w.e1 - w.b1 + KN - 1) / KN;
-        for (int c = 0; c < nchunks; ++c, ++issued) {
+        const KeyChunks<KN> chunks(w);
+        for (int c = 0; c < chunks.count; ++c, ++issued) {
           // stage s is free once the consumers released its previous chunk (round - 1)
           if (issued >= S) mbar_wait(empty(s), round_parity ^ 1u);
-          const int tok = seq_begin + (c < n0 ? w.b0 + c * KN : w.b1 + (c - n0) * KN);
+          const int tok = seq_begin + chunks.begin(c);
           mbar_arrive_expect_tx(k_full(s), Tr::kTileBytes);
 #pragma unroll
           for (int cb = 0; cb < D / 64; ++cb) {
@@ -202,12 +183,12 @@ __global__ void __launch_bounds__(384, 1)
       // (zeros past the tile's rows) once the consumers are done reading the previous tile's Q
       int n = 0;
       for (int item = blockIdx.x; item < items; item += gridDim.x, ++n) {
-        WsTile w;
+        WorkTile w;
         Vis::tile(p, item, w);
         const int seq_begin = p.cu[w.seq];
         int* toks = row_tok + (n & 1) * Tr::kRows;
         for (int r = tid - 32; r < Tr::kRows; r += Tr::kQThreads)
-          toks[r] = ws_row_token<kGather>(p, w, seq_begin, r);
+          toks[r] = row_token<kGather>(p, w, seq_begin, r);
         if (tid == 32) {
           slots[n & 1].w = w;
           slots[n & 1].seq_begin = seq_begin;
@@ -289,14 +270,10 @@ __global__ void __launch_bounds__(384, 1)
   int n = 0;
   for (int item = blockIdx.x; item < items; item += gridDim.x, ++n) {
     mbar_wait(q_full, std::uint32_t(n) & 1u);  // this tile's Q rows, slot and row tokens
-    const WsTile w = slots[n & 1].w;
+    const WorkTile w = slots[n & 1].w;
     const Vis vis(p, w);
-    const int n0 = (w.e0 - w.b0 + KN - 1) / KN;
-    const int nchunks = n0 + (w.e1 - w.b1 + KN - 1) / KN;  // >= 1: a row sees its own position
-    auto chunk_begin = [&](int c) { return c < n0 ? w.b0 + c * KN : w.b1 + (c - n0) * KN; };
-    auto chunk_end = [&](int c) {
-      return c < n0 ? min(w.b0 + (c + 1) * KN, w.e0) : min(w.b1 + (c - n0 + 1) * KN, w.e1);
-    };
+    const KeyChunks<KN> chunks(w);
+    const int nchunks = chunks.count;  // >= 1: a row sees its own position
 
     // Turn accounting, per tile: each consumer takes nchunks + 1 turns (S_0, one per later
     // chunk, the last P V) and passes the turn after each, except consumer 1's last pass,
@@ -312,8 +289,9 @@ __global__ void __launch_bounds__(384, 1)
     int tok_r[2], pos_r[2];
 #pragma unroll
     for (int i = 0; i < 2; ++i) {
-      tok_r[i] = row_tok[(n & 1) * Tr::kRows + (i == 0 ? row0 : row1)];
-      pos_r[i] = kGather ? (tok_r[i] >= 0 ? tok_r[i] - seq_begin : 0) : w.t0 + (i == 0 ? row0 : row1);
+      const int r = i == 0 ? row0 : row1;
+      tok_r[i] = row_tok[(n & 1) * Tr::kRows + r];
+      pos_r[i] = row_position<kGather>(w, tok_r[i], seq_begin, r);
     }
     const int pos_first = w.t0 + cw * 64 + warp * 16, pos_last = pos_first + 15;
 
@@ -321,27 +299,12 @@ __global__ void __launch_bounds__(384, 1)
     for (int nn = 0; nn < ND; ++nn) o[nn][0] = o[nn][1] = o[nn][2] = o[nn][3] = 0.f;
     m[0] = m[1] = -INFINITY;
     l[0] = l[1] = 0.f;
-    if constexpr (kGather) {  // resume the running state of the earlier passes
-#pragma unroll
-      for (int i = 0; i < 2; ++i) {
-        const int tok = tok_r[i];
-        if (tok < 0) continue;
-        const std::int64_t ri = std::int64_t(w.h) * p.total + tok;
-        m[i] = p.mrow[ri];
-        l[i] = c4 == 0 ? p.lrow[ri] : 0.f;
-        const float* a = p.acc + (std::int64_t(tok) * p.hq + w.h) * D;
-#pragma unroll
-        for (int nn = 0; nn < ND; ++nn) {
-          const float2 v2 = *reinterpret_cast<const float2*>(a + nn * 8 + 2 * c4);
-          o[nn][2 * i] = v2.x;
-          o[nn][2 * i + 1] = v2.y;
-        }
-      }
-    }
+    if constexpr (kGather) resume_rows<D, ND>(p, tok_r, w.h, c4, o, m, l);  // earlier passes
 
-    // Mask, running max, P = 2^(s c - m) in place, running sum; alpha rescales the older O.
+    // Mask (visibility.cuh), then the online-softmax update (online_softmax.cuh): running
+    // max, P = 2^(s c - m) in place, running sum; alpha rescales the older O.
     auto softmax = [&](int c) {
-      const int kb = chunk_begin(c), ke = chunk_end(c);
+      const int kb = chunks.begin(c), ke = chunks.end(c);
       if (ke - kb < KN || !vis.all_visible(kb, pos_first, pos_last)) {
 #pragma unroll
         for (int nn = 0; nn < NS; ++nn)
@@ -351,26 +314,7 @@ __global__ void __launch_bounds__(384, 1)
             if (!(key < ke && vis.visible(key, pos_r[e >> 1]))) s[nn][e] = -INFINITY;
           }
       }
-#pragma unroll
-      for (int i = 0; i < 2; ++i) {
-        float mx = -INFINITY;
-#pragma unroll
-        for (int nn = 0; nn < NS; ++nn) mx = fmaxf(mx, fmaxf(s[nn][2 * i], s[nn][2 * i + 1]));
-        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-        const float m_new = fmaxf(m[i], mx * sl2);  // c > 0: max(s) c == max(s c)
-        const float m_use = m_new == -INFINITY ? 0.f : m_new;
-        alpha[i] = fast_exp2(m[i] - m_use);
-        m[i] = m_new;
-        float rs = 0.f;
-#pragma unroll
-        for (int nn = 0; nn < NS; ++nn) {
-          s[nn][2 * i] = fast_exp2(fmaf(s[nn][2 * i], sl2, -m_use));
-          s[nn][2 * i + 1] = fast_exp2(fmaf(s[nn][2 * i + 1], sl2, -m_use));
-          rs += s[nn][2 * i] + s[nn][2 * i + 1];
-        }
-        l[i] = l[i] * alpha[i] + rs;
-      }
+      softmax_update<true>(s, m, l, alpha, sl2);
     };
 
     // chunk 0: S_0 and its softmax; O is defined by ordinary instructions, no P V in flight
@@ -385,7 +329,7 @@ __global__ void __launch_bounds__(384, 1)
     reg_fence<NS * 4>(&s[0][0]);
     if (nchunks == 1) mbar_arrive(q_empty);  // the tile's last read of Q is done
     softmax(0);
-    ws::scale_rows(o, alpha);
+    rescale_rows(o, alpha);
     pack();
     int prev = st;                // stage of chunk c - 1
     std::uint32_t prev_ph = ph;
@@ -411,7 +355,7 @@ __global__ void __launch_bounds__(384, 1)
       reg_fence<ND * 4>(&o[0][0]);
       reg_fence_u<KN / 4>(&pa[0][0]);
       mbar_arrive(empty(prev));  // chunk c - 1's K and V are read
-      ws::scale_rows(o, alpha);
+      rescale_rows(o, alpha);
       pack();
       prev = st;
       prev_ph = ph;
@@ -432,7 +376,7 @@ __global__ void __launch_bounds__(384, 1)
     reg_fence_u<KN / 4>(&pa[0][0]);
     mbar_arrive(empty(prev));
 
-    write_rows<T, D, ND>(p, o, m, l, tok_r, pos_r, w.h, c4, kGather);
+    write_rows<T, D, ND, Kind>(p, o, m, l, tok_r, pos_r, w.h, c4);
   }
 #elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   __trap();  // a Hopper build without the sm_90a features: never selected (see forward.cpp)
