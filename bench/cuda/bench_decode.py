@@ -5,7 +5,8 @@ the bandwidth bound, in one run (issue 13's table).
 For each context N and batch b (as memory allows): one decode query per sequence, Hq=32, Hkv=8,
 D=128, bf16 (a Llama-3-8B layer). Rows:
   full      our split-KV decode over every cached page (group 4: the tensor-core kernel; and
-            with Hq=16, group 2: the CUDA-core kernel, over the same cache)
+            over the same cache with Hq=16, group 2, also tensor cores, and Hq=8, MHA: the
+            CUDA-core kernel)
   moba128   MoBA with block 128, top-8
   moa50     MoA at 50% density (window 0.5 N + sink 64), same kernel, only window pages read
   moba64    MoBA with 64 blocks (block N/64), top-3: gate over the cached means + the blocks.
@@ -191,7 +192,10 @@ def run_point(n, batch, bw, lines, summary):
     rows.append(("full (ours)", full_ms, batch * kv_bytes, "tensor-core kernel (group 4)"))
     q16 = torch.randn(batch, HQ // 2, D, dtype=DT, device="cuda")
     rows.append(("full (ours), Hq=16", time_ms(step_fn(cache, q16, "full")), batch * kv_bytes,
-                 "group 2: the CUDA-core kernel"))
+                 "group 2: tensor-core kernel"))
+    q8 = torch.randn(batch, HQ // 4, D, dtype=DT, device="cuda")
+    rows.append(("full (ours), Hq=8 (MHA)", time_ms(step_fn(cache, q8, "full")), batch * kv_bytes,
+                 "group 1: the CUDA-core kernel"))
     fn = step_fn(cache, q, "moba", block_size=128, topk=8)
     by, blocks = moba_bytes(fn, n, 128, batch)
     rows.append(("MoBA block 128 top-8", time_ms(fn), by, f"{blocks:.1f} blocks read per KV head"))

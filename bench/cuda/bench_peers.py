@@ -49,8 +49,9 @@ def fwd_flops(batch, heads, n, d, block, topk):
 # ---- timing ------------------------------------------------------------------------------------
 
 def bench(fn, budget_ms=1500.0):
-    """Median milliseconds of fn() and peak extra memory (GiB); (None, None) on OOM. The first
-    call warms up (plans, compilation, workspace); calls slower than 2 s are timed twice only."""
+    """Median milliseconds of fn() and peak extra memory (GiB); (None, None) on OOM. Two calls
+    warm up untimed (plans, compilation, workspace), a third sets the number of timed repeats;
+    calls slower than 2 s are timed once more only."""
     torch.cuda.synchronize()
     base = torch.cuda.memory_allocated()
     torch.cuda.reset_peak_memory_stats()
@@ -65,6 +66,8 @@ def bench(fn, budget_ms=1500.0):
         return start.elapsed_time(end)
 
     try:
+        fn()  # untimed: the first call of a shape plans, loads kernels and grows memory pools,
+        fn()  # and the second may still pay for the first's (it made a (a) 8K row read 8x slow)
         first = timed()
         reps = 1 if first > 2000 else max(2, min(20, int(budget_ms / max(first, 1e-3))))
         times = sorted(timed() for _ in range(reps))

@@ -72,8 +72,9 @@ struct CudaOptions {
   // Backward in the default (non-deterministic) mode: add every row's dQ by fp32 atomics in the
   // key pass, instead of the query-major pass for the causal rows. A measurement variant.
   bool backward_dq_all_atomic = false;
-  // Backward key pass (dK, dV and the listed rows' dQ). `automatic`: `sm80_mma_sync` (until the
-  // sm_90a kernel is measured faster and verified on the GPU). `sm90_wgmma`: the sm_90a
+  // Backward key pass (dK, dV and the listed rows' dQ). `automatic`: `sm90_wgmma` where it can
+  // run, except MoBA blocks under 256 tokens (there `sm80_mma_sync` measured faster on the
+  // H200), else `sm80_mma_sync`. `sm90_wgmma`: the sm_90a
   // warpgroup-MMA key pass (same work items, masks and outputs; deterministic mode supported:
   // it then adds no float atomics, like the mma.sync pass); it needs a compute capability 9.0
   // device and a build with sm_90a code, else moba::Error(unsupported).

@@ -120,12 +120,17 @@ void key_pass(bool bf16, int D, const KeyPassArgs& a, int n, cudaStream_t s) {
   else D == 64 ? launch_key_pass<false, 64>(a, n, s) : launch_key_pass<false, 128>(a, n, s);
   MOBA_CUDA_LAUNCH_CHECK();
 }
-// Which key pass runs (CudaOptions::backward_kernel): the sm_90a wgmma kernel only when asked
-// for (it throws where it cannot run); `automatic` stays on mma.sync for now.
-bool use_sm90_key_pass(bool bf16, int D, const CudaOptions& o) {
-  if (o.backward_kernel != CudaOptions::BackwardKernel::sm90_wgmma) return false;
+// Which key pass runs (CudaOptions::backward_kernel). sm90_wgmma: the sm_90a kernel (it throws
+// where it cannot run). automatic: the sm_90a kernel where it can run and was measured faster
+// (H200, bench_backward.cpp, 8K-128K: full causal 230 vs 195 TFLOP/s, MoBA blocks of 512
+// top-8 176 vs 151), mma.sync for MoBA blocks under 256 (blocks of 64: 44 vs 60 TFLOP/s, its
+// 64-key tiles see few rows each) and where sm_90a code is absent.
+bool use_sm90_key_pass(const Problem& p, bool bf16, int D, const CudaOptions& o) {
+  using BK = CudaOptions::BackwardKernel;
+  if (o.backward_kernel == BK::sm80_mma_sync) return false;
   const bool ok = bf16 ? (D == 64 ? sm90_key_pass_available<true, 64>() : sm90_key_pass_available<true, 128>())
                        : (D == 64 ? sm90_key_pass_available<false, 64>() : sm90_key_pass_available<false, 128>());
+  if (o.backward_kernel == BK::automatic) return ok && (p.mode != Mode::moba || p.block_size >= 256);
   if (!ok)
     fail(ErrorKind::unsupported,
          "cuda backend: CudaOptions::backward_kernel = sm90_wgmma needs a compute capability 9.0 "
@@ -186,7 +191,7 @@ void run_backward(const Problem& p, const Backward& w, const RunOptions& o) {
   // Measurement variants (CudaOptions): every dQ by atomics in the key pass; per-stage times.
   const bool all_atomic = !det && o.cuda.backward_dq_all_atomic;
   const bool timing = o.cuda.collect_timing;
-  const bool sm90 = use_sm90_key_pass(bf16, D, o.cuda);
+  const bool sm90 = use_sm90_key_pass(p, bf16, D, o.cuda);
   auto last_mark = std::chrono::steady_clock::now();
   auto mark = [&](const char* what) {
     if (!timing) return;

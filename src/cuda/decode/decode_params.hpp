@@ -20,9 +20,11 @@ constexpr int kGateBlocksPerCta = 256;  // gate: blocks one scoring CTA takes wh
 constexpr int kGateSmemBlocks = 10240;  // gate: one head's scores staged in shared memory (40 KB + static < 48 KB)
 constexpr int kMaxHeads = 256;  // MoA: query heads whose windows fit the launch parameters
 // GQA groups of at least this many query heads take the tensor-core attention kernel
-// (decode_mma.cuh: the heads are the rows of an m16 mma); smaller ones the CUDA-core kernel,
-// whose math per key is then small enough for the CUDA cores.
-constexpr int kMmaMinGroup = 4;
+// (decode_mma.cuh: the heads are the rows of an m16 mma, rows past the group zero); single heads
+// (MHA) the CUDA-core kernel. Measured on the H200 (bench_decode.py, 1M context, batch 8): a
+// group of 2 read at 48% of HBM bandwidth on the CUDA-core kernel against 99% for a group of 4
+// on the tensor-core one (the same bytes per mma), so groups of 2 moved to the tensor cores.
+constexpr int kMmaMinGroup = 2;
 constexpr bool uses_tensor_cores(int group) { return group >= kMmaMinGroup; }
 
 enum class Kind : int { full = 0, moba = 1, moa = 2 };
