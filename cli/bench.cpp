@@ -295,19 +295,19 @@ CommandRun add_bench_command(CLI::App& app) {
   cmd->add_option("--min-len", o->min_len, "Shortest sequence (default: cpu 1024, cuda 4096)")->check(CLI::Range(1, 1 << 24));
   cmd->add_option("--max-len", o->max_len, "Longest sequence (default: cpu 32768, cuda 131072)")->check(CLI::Range(1, 1 << 24));
   cmd->add_option("--batch", o->batch, "Sequences per batch (all of length N)")->check(CLI::Range(1, 4096))->capture_default_str();
-  cmd->add_option("--heads", o->heads, "Query heads")->check(CLI::Range(1, 1024))->capture_default_str();
-  cmd->add_option("--kv-heads", o->kv_heads, "KV heads, dividing --heads (default: --heads)")->check(CLI::Range(1, 1024));
+  cmd->add_option("--heads", o->heads, "Query heads (--decode: 32 unless given)")->check(CLI::Range(1, 1024))->capture_default_str();
+  cmd->add_option("--kv-heads", o->kv_heads, "KV heads, dividing --heads (default: --heads; --decode without --heads: 8)")->check(CLI::Range(1, 1024));
   cmd->add_option("--head-dim", o->head_dim, "Head dimension (64 or 128 on cpu/cuda)")->check(CLI::Range(1, 1024))->capture_default_str();
   cmd->add_option("--dtype", o->dtype, "Input dtype")->check(CLI::IsMember({"f32", "f16", "bf16"}))->capture_default_str();
   cmd->add_option("--block-count", o->block_count, "MoBA blocks per sequence (at most --min-len)")->check(CLI::Range(1, 1 << 20))->capture_default_str();
   cmd->add_option("--topk", o->topk, "MoBA blocks per query, own block included")->check(CLI::Range(1, 1 << 20))->capture_default_str();
   cmd->add_option("--moa-alpha", o->moa_alpha, "MoA window: alpha in floor(alpha + beta*N)")->check(CLI::NonNegativeNumber)->capture_default_str();
-  cmd->add_option("--moa-beta", o->moa_beta, "MoA window: beta in floor(alpha + beta*N)")->check(CLI::NonNegativeNumber)->capture_default_str();
+  cmd->add_option("--moa-beta", o->moa_beta, "MoA window: beta in floor(alpha + beta*N) (--decode: 0.5 unless given)")->check(CLI::NonNegativeNumber)->capture_default_str();
   cmd->add_option("--sink", o->sink, "MoA attention sink: first tokens every query sees")->check(CLI::NonNegativeNumber)->capture_default_str();
   cmd->add_option("--modes", o->modes, "Modes to time (speedups need full)")
       ->check(CLI::IsMember({"full", "moba", "moa"}))->delimiter(',')->capture_default_str();
   cmd->add_flag("--backward", o->backward, "Time the backward too");
-  cmd->add_option("--repeats", o->repeats, "Timed calls per point (after one warm-up)")->check(CLI::Range(1, 1000))->capture_default_str();
+  cmd->add_option("--repeats", o->repeats, "Timed calls per point (after one warm-up; --decode: at least 5)")->check(CLI::Range(1, 1000))->capture_default_str();
   cmd->add_option("--threads", o->threads, "CPU threads (0: all hardware threads)")->check(CLI::NonNegativeNumber)->capture_default_str();
   cmd->add_option("--time-budget", o->time_budget, "Seconds; skip lengths that would go past it (0: no limit)")->check(CLI::NonNegativeNumber)->capture_default_str();
   cmd->add_option("--plot", o->plot, "Draw time vs N and speedup into this PNG (needs gnuplot)");
