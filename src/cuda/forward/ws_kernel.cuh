@@ -8,9 +8,11 @@
 //     once (its WorkTile and row tokens, into one of two shared slots, tile_full[slot]) a tile
 //     ahead of the consumers, then copy its Q rows (cp.async: gathered MoBA rows are arbitrary
 //     tokens, which a TMA box cannot name) once the consumers released the previous tile's Q
-//     (q_full / q_empty). Resolving a tile is a chain of dependent global loads (a binary search
-//     over the bucket tables); done by the TMA thread and the consumers at every tile start it
-//     stalled the pipeline at each tile boundary (ncu: L1TEX scoreboard the top stall, ~36%);
+//     (q_full / q_empty). Resolving a tile is a chain of dependent global loads (its bucket from
+//     the tile_bucket table, a binary search over the sequences, the row tokens); done by the TMA
+//     thread and the consumers at every tile start it (then with a binary search over the
+//     buckets too) stalled the pipeline at each tile boundary (ncu: L1TEX scoreboard the top
+//     stall, ~36%);
 //     one thread of warp 0 streams every tile's K and V chunks with TMA (cp.async.bulk.tensor,
 //     128 keys x 64 columns per box, 128-byte swizzle) into kStages buffers, each guarded by
 //     mbarriers k_full / v_full (one arrival + the transaction bytes) and empty (256 consumer
