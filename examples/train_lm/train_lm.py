@@ -8,7 +8,7 @@ token position and needle retrieval accuracy over (context length x depth) (eval
     python examples/train_lm/train_lm.py --attention moba --seq-len 8192 --steps 1000 \\
         --out runs/moba --save runs/moba/ckpt
     python examples/train_lm/train_lm.py --device cpu --model tiny --seq-len 256 --steps 20 ...
-    # MoA with a plan, evaluated on a trained checkpoint (MoA gradients exist on the CPU only):
+    # MoA with a plan, evaluated on a trained checkpoint (MoA also trains, on CPU and GPU):
     python examples/train_lm/train_lm.py --init runs/full/ckpt --attention moa --plan plan.json \\
         --steps 0 --out runs/moa-eval
 
