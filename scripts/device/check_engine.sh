@@ -3,6 +3,8 @@
 # planning + graph capture, MoA gradients, the opt-in warp-specialised sm_90a forward) against
 # fp64 truth, compute-sanitizer on the new kernel, the whole pytest suite, and the forward
 # benchmark of the old and new sm_90a kernels.
+# Since the lock-step wgmma kernel was removed (sm90_wgmma is now an alias of
+# sm90_warp_specialized), its two forward benchmark kernels are the same kernel.
 set -u
 source scripts/device/lib.sh
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv,noheader

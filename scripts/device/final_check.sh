@@ -4,6 +4,8 @@
 # any block size, gate, CUDA-graph capture, device cu_seqlens, paged decode), compute-sanitizer
 # on the new kernels, the whole pytest suite, then short benchmarks: forward of the sm_90a
 # kernels (old wgmma vs warp-specialised), decode, and ours vs SDPA peers forward + backward.
+# Since the lock-step wgmma kernel was removed (sm90_wgmma is now an alias of
+# sm90_warp_specialized), its two forward benchmark kernels are the same kernel.
 set -u
 source scripts/device/lib.sh
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv,noheader
