@@ -1037,7 +1037,8 @@ def _cp_backward(s: _Saved, dout: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
     return dq.to(dev), mine[:, :, 0].to(kdtype, copy=True), mine[:, :, 1].to(vdtype, copy=True)
 
 
-# The op torch sees: moba::cp_attention(q, k, v, config) -> (out, lse, token), a custom op with
+# The op torch sees: moba::cp_attention(q, k, v, config, keep) -> (out, lse, token) (keep: a
+# backward will follow, so the forward's state is saved), a custom op with
 # a fake implementation, so torch.compile traces around it (output shapes follow from the
 # inputs) and never into the host planning, the collectives or the raw-pointer kernel calls.
 # `config` names the (layout, parameters, transport, info) of the call in _CONFIGS (a stable
