@@ -31,7 +31,6 @@
 #include "cuda/backward/bwd_common.cuh"
 #include "cuda/backward/sm90_key_pass.hpp"
 #include "cuda/forward/hopper_wgmma.cuh"
-#include "cuda/forward/hopper_wgmma.cuh"
 #include "cuda/forward/sm90_pipeline.cuh"
 
 namespace moba::detail::bwd {
