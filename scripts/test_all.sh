@@ -11,6 +11,9 @@ step() { log "$* ($(($(date +%s) - start)) s)"; }
 step "setup"
 "$MOBA_ROOT/scripts/setup.sh"
 
+step "docs name only files that exist"
+python3 "$MOBA_ROOT/scripts/check_doc_paths.py"
+
 step "build"
 "$MOBA_ROOT/scripts/build.sh"
 
