@@ -17,6 +17,8 @@ CUOBJDUMP=${CUOBJDUMP:-/root/.pyenv/versions/3.11.7/lib/python3.11/site-packages
 CUTLASS_INC=${CUTLASS_INC:-.cutlass/include}
 # the project's nvcc flags for its .cu files (src/cuda/CMakeLists.txt, Release, sm_90a only)
 FLAGS=(-std=c++17 -O3 -DNDEBUG -gencode arch=compute_90a,code=sm_90a --expt-relaxed-constexpr -lineinfo)
+# the project's full gencode list (CMakeLists.txt MOBA_CUDA_GENCODE), for the real file's scale row
+FULL_GENCODE=(-gencode arch=compute_90a,code=sm_90a -gencode arch=compute_80,code=sm_80)
 OUT=$(mktemp -d)
 trap 'rm -rf "$OUT"' EXIT
 
@@ -28,7 +30,7 @@ load() { cut -d' ' -f1 /proc/loadavg; }
 # measure NAME SRC RUNS INCLUDES...: mean wall/user seconds, ptxas regs/spills, SASS counts
 measure() {
   local name=$1 src=$2 runs=$3; shift 3
-  local inc=("$@") obj="$OUT/$name.o" log="$OUT/$name.log"
+  local inc=("$@" "${EXTRA[@]}") obj="$OUT/$name.o" log="$OUT/$name.log"
   local walls=() users=() loads=()
   for ((i = 0; i < runs; i++)); do
     loads+=("$(load)")
@@ -53,7 +55,7 @@ measure() {
   local regs spills
   regs=$(grep -oE 'Used [0-9]+ registers' "$log" | awk '{if ($2 > m) m = $2} END {print m + 0}')
   spills=$(grep -oE '[0-9]+ bytes spill stores' "$log" | awk '{s += $1} END {print s + 0}')
-  "$CUOBJDUMP" -sass "$obj" >"$OUT/$name.sass" 2>/dev/null
+  "$CUOBJDUMP" -sass "$obj" >"$OUT/$name.sass" 2>/dev/null || true  # no device code: empty
   local hgmma utma syncs total
   hgmma=$(grep -cE '\bHGMMA\.' "$OUT/$name.sass" || true)
   utma=$(grep -cE '\bUTMALDG\b' "$OUT/$name.sass" || true)
@@ -73,12 +75,25 @@ echo "start load average: $(cat /proc/loadavg)"
 echo
 echo '| translation unit | runs | wall s (mean) | user s (mean) | nvcc -E bytes / lines | non-system headers reached / bytes | regs / spill bytes | HGMMA | UTMALDG | SYNCS | SASS instrs |'
 echo '|---|---|---|---|---|---|---|---|---|---|---|'
+EXTRA=()
 measure ptx_probe bench/build/ptx_probe_sm90.cu "$RUNS" -Isrc -Iinclude
 measure cute_probe bench/build/cute_probe_sm90.cu "$RUNS" "-I$CUTLASS_INC"
+measure cute_headers_only bench/build/cute_headers_only.cu "$RUNS" "-I$CUTLASS_INC"
 measure ws_attn_bf16_d128_moba src/cuda/forward/ws_attn_bf16_d128_moba.cu "$REAL_RUNS" -Isrc -Iinclude
+EXTRA=("${FULL_GENCODE[@]}")
+measure "ws_attn_bf16_d128_moba (+sm_80)" src/cuda/forward/ws_attn_bf16_d128_moba.cu "$REAL_RUNS" -Isrc -Iinclude
+EXTRA=()
 echo
 cat "$OUT/loads"
 echo "end load average: $(cat /proc/loadavg)"
+echo
+# where the CuTe probe's time goes, per nvcc phase (one run)
+"$NVCC" "${FLAGS[@]}" "-I$CUTLASS_INC" --time "$OUT/phases.csv" -c bench/build/cute_probe_sm90.cu -o "$OUT/p.o" >/dev/null 2>&1
+echo "cute_probe nvcc phases (ms, one run, load $(load)):"
+awk -F" , " 'NR > 1 && $2 != "" {printf "  %-22s %-12s %s ms\n", $2, $5, $7}' "$OUT/phases.csv" | head -20
+"$NVCC" "${FLAGS[@]}" -Isrc -Iinclude --time "$OUT/phases2.csv" -c bench/build/ptx_probe_sm90.cu -o "$OUT/p.o" >/dev/null 2>&1
+echo "ptx_probe nvcc phases (ms, one run, load $(load)):"
+awk -F" , " 'NR > 1 && $2 != "" {printf "  %-22s %-12s %s ms\n", $2, $5, $7}' "$OUT/phases2.csv" | head -20
 echo
 echo "header payload on disk:"
 echo "  CUTLASS include tree ($CUTLASS_INC): $(du -sb "$CUTLASS_INC" | cut -f1) bytes, $(find "$CUTLASS_INC" -type f | wc -l) files"
