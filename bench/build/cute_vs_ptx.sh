@@ -53,8 +53,8 @@ measure() {
   proj_bytes=$(grep -vE '^/usr' "$OUT/$name.deps" | xargs -r cat | wc -c)
   # registers / spills of the kernels (max registers, summed spill bytes)
   local regs spills
-  regs=$(grep -oE 'Used [0-9]+ registers' "$log" | awk '{if ($2 > m) m = $2} END {print m + 0}')
-  spills=$(grep -oE '[0-9]+ bytes spill stores' "$log" | awk '{s += $1} END {print s + 0}')
+  regs=$( (grep -oE 'Used [0-9]+ registers' "$log" || true) | awk '{if ($2 > m) m = $2} END {print m + 0}')
+  spills=$( (grep -oE '[0-9]+ bytes spill stores' "$log" || true) | awk '{s += $1} END {print s + 0}')
   "$CUOBJDUMP" -sass "$obj" >"$OUT/$name.sass" 2>/dev/null || true  # no device code: empty
   local hgmma utma syncs total
   hgmma=$(grep -cE '\bHGMMA\.' "$OUT/$name.sass" || true)
