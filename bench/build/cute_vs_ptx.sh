@@ -5,7 +5,8 @@
 #   bench/build/cute_probe_sm90.cu - CuTe/CUTLASS (nvidia-cutlass 4.2.0.0 headers)
 # Both: one warpgroup, Q by TMA, per 128-key chunk K and V by TMA on one mbarrier,
 # S = Q K^T (SS wgmma 64x128x16, 128B swizzle), P = exp2(S) in bf16, O += P V (RS wgmma).
-# Compile only (no GPU needed). Prints a markdown table; run from the repository root:
+# Rows marked (+sm_80) add the project's second target (-gencode compute_80/sm_80), as the real
+# build does. Compile only (no GPU needed). Prints a markdown table; run from the repository root:
 #   bash bench/build/cute_vs_ptx.sh [runs=3] [real_runs=1]
 # Needs the CUTLASS headers in .cutlass/include (git-ignored): unzip the pinned wheel's
 # cutlass_library/source/include there (see the results file for the command).
@@ -82,6 +83,8 @@ measure cute_headers_only bench/build/cute_headers_only.cu "$RUNS" "-I$CUTLASS_I
 measure ws_attn_bf16_d128_moba src/cuda/forward/ws_attn_bf16_d128_moba.cu "$REAL_RUNS" -Isrc -Iinclude
 EXTRA=("${FULL_GENCODE[@]}")
 measure "ws_attn_bf16_d128_moba (+sm_80)" src/cuda/forward/ws_attn_bf16_d128_moba.cu "$REAL_RUNS" -Isrc -Iinclude
+measure "cute_probe (+sm_80)" bench/build/cute_probe_sm90.cu "$REAL_RUNS" "-I$CUTLASS_INC"
+measure "cute_headers_only (+sm_80)" bench/build/cute_headers_only.cu "$REAL_RUNS" "-I$CUTLASS_INC"
 EXTRA=()
 echo
 cat "$OUT/loads"
