@@ -36,17 +36,9 @@
 
 #include "cuda/backward/bwd_stats.hpp"
 #include "moba/moba.hpp"
+#include "bench_cuda.hpp"
 
 namespace {
-
-#define CK(x)                                                                          \
-  do {                                                                                 \
-    cudaError_t e_ = (x);                                                              \
-    if (e_ != cudaSuccess) {                                                           \
-      std::fprintf(stderr, "%s failed: %s (%s:%d)\n", #x, cudaGetErrorString(e_), __FILE__, __LINE__); \
-      std::exit(1);                                                                    \
-    }                                                                                  \
-  } while (0)
 
 std::uint16_t to_bf16(float f) {
   std::uint32_t u;

@@ -15,85 +15,10 @@
 #include <cstdio>
 #include <numeric>
 
-#include "paged_check.hpp"  // the verification library (test_support.hpp) and rounded()
+#include "paged_backward_check.hpp"  // Paged, l2; the verification library (test_support.hpp)
 
 namespace moba::testing {
 namespace {
-
-constexpr double kFloorBackward = 3e-5;
-
-double l2(const std::vector<double>& a) {
-  double s = 0;
-  for (double x : a) s += x * x;
-  return std::sqrt(s);
-}
-double l2_diff(const std::vector<double>& a, const std::vector<double>& b) {
-  double s = 0;
-  for (std::size_t i = 0; i < a.size(); ++i) s += std::isnan(a[i] - b[i]) ? INFINITY : (a[i] - b[i]) * (a[i] - b[i]);
-  return std::sqrt(s);
-}
-
-// K/V of a packed batch scattered over pages: page of (sequence b, KV head g, page i) is
-// ids[(b * hkv + g) * pages_per_seq + i], a shuffled permutation (plus unused pages).
-struct Paged {
-  int page_size = 16, pages_per_seq = 1, num_pages = 0;
-  HostTensor k, v;
-  std::vector<std::int32_t> table, lens;
-  PagedKV view;
-
-  Paged(const Shape& s, const Inputs& in, int page, std::mt19937& rng) : page_size(page) {
-    const int batch = static_cast<int>(s.seqlens.size()), D = s.d;
-    const int longest = std::max(1, *std::max_element(s.seqlens.begin(), s.seqlens.end()));
-    pages_per_seq = (longest + page - 1) / page;
-    num_pages = batch * s.hkv * pages_per_seq + 3;  // a few pages nobody uses
-    std::vector<std::int32_t> ids(num_pages);
-    std::iota(ids.begin(), ids.end(), 0);
-    std::shuffle(ids.begin(), ids.end(), rng);
-    k = HostTensor(s.dtype, {num_pages, page, D});
-    v = HostTensor(s.dtype, {num_pages, page, D});
-    k.fill(0.0);
-    v.fill(0.0);
-    table.assign(std::size_t(std::max(batch, 1)) * s.hkv * pages_per_seq, -1);
-    lens.assign(std::max(batch, 1), 0);
-    for (int b = 0; b < batch; ++b) {
-      lens[b] = s.seqlens[b];
-      for (int g = 0; g < s.hkv; ++g)
-        for (int i = 0; i < pages_per_seq; ++i) {
-          const std::size_t e = (std::size_t(b) * s.hkv + g) * pages_per_seq + i;
-          if (i * page < s.seqlens[b]) table[e] = ids[e];
-        }
-      for (int t = 0; t < s.seqlens[b]; ++t)
-        for (int g = 0; g < s.hkv; ++g) {
-          const std::int64_t page_id = table[(std::size_t(b) * s.hkv + g) * pages_per_seq + t / page];
-          for (int d = 0; d < D; ++d) {
-            const std::int64_t src = (std::int64_t(in.cu[b] + t) * s.hkv + g) * D + d;
-            const std::int64_t dst = (page_id * page + t % page) * D + d;
-            k.set(dst, in.k.get(src));
-            v.set(dst, in.v.get(src));
-          }
-        }
-    }
-    view.k_pages = k.view();
-    view.v_pages = v.view();
-    view.page_table = TensorView::contiguous(table.data(), DType::i32, Device::cpu(),
-                                             {std::max(batch, 1), s.hkv, pages_per_seq});
-    view.seq_lens = TensorView::contiguous(lens.data(), DType::i32, Device::cpu(), {std::max(batch, 1)});
-  }
-
-  // Page gradients back in the packed [total, hkv, D] layout.
-  std::vector<double> unpage(const Shape& s, const Inputs& in, const HostTensor& pages) const {
-    std::vector<double> x(std::size_t(s.total()) * s.hkv * s.d, 0.0);
-    for (std::size_t b = 0; b < s.seqlens.size(); ++b)
-      for (int t = 0; t < s.seqlens[b]; ++t)
-        for (int g = 0; g < s.hkv; ++g) {
-          const std::int64_t page_id = table[(b * s.hkv + g) * pages_per_seq + t / page_size];
-          for (int d = 0; d < s.d; ++d)
-            x[(std::size_t(in.cu[b] + t) * s.hkv + g) * s.d + d] =
-                pages.get((page_id * page_size + t % page_size) * s.d + d);
-        }
-    return x;
-  }
-};
 
 struct PagedGrads {
   HostTensor dq, dk_pages, dv_pages;
@@ -134,14 +59,7 @@ TEST(CpuPagedBackward, MatchesReferenceOnScatteredPages) {
     if (s.total() == 0) continue;
     Inputs in = make_inputs(s, 9000 + iter);
     ForwardResult fwd = run_forward(s, in, Backend::cpu, 1);
-    Shape s32 = s;
-    s32.dtype = DType::f32;
-    Inputs in32 = convert(in, DType::f32);
-    ForwardResult fwd32;
-    fwd32.out = HostTensor(DType::f32, fwd.out.shape);
-    fwd32.lse = fwd.lse;
-    fwd32.selection = fwd.selection;
-    const BackwardResult truth = run_backward(s32, in32, fwd32, Backend::reference);
+    const BackwardResult truth = truth_backward(s, in, fwd);
 
     const int page = std::vector<int>{1, 7, 16, 64}[iter % 4];
     Paged pk(s, in, page, rng);

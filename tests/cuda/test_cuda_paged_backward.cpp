@@ -21,84 +21,16 @@
 #include <cstring>
 #include <numeric>
 
-#include "../cpu/paged_check.hpp"
+#include "../cpu/paged_backward_check.hpp"
 #include "cuda_test_util.hpp"
 
 namespace moba::testing {
 namespace {
 
-constexpr double kFloorBackward = 3e-5;
-
-double l2(const std::vector<double>& a) {
-  double s = 0;
-  for (double x : a) s += x * x;
-  return std::sqrt(s);
-}
-double l2_diff(const std::vector<double>& a, const std::vector<double>& b) {
-  double s = 0;
-  for (std::size_t i = 0; i < a.size(); ++i) s += std::isnan(a[i] - b[i]) ? INFINITY : (a[i] - b[i]) * (a[i] - b[i]);
-  return std::sqrt(s);
-}
-
 int shape_count() {
   const char* v = std::getenv("MOBA_CUDA_PAGED_BWD_SHAPES");
   return v ? std::max(1, std::atoi(v)) : 40;
 }
-
-// K/V of a packed batch scattered over shuffled pages (page ids unrelated to positions) plus a
-// few pages nobody reads.
-struct Paged {
-  int page_size = 16, pages_per_seq = 1, num_pages = 0, rows = 1;
-  HostTensor k, v;
-  std::vector<std::int32_t> table, lens;
-
-  Paged(const Shape& s, const Inputs& in, int page, std::mt19937& rng) : page_size(page) {
-    const int batch = static_cast<int>(s.seqlens.size()), D = s.d;
-    const int longest = std::max(1, *std::max_element(s.seqlens.begin(), s.seqlens.end()));
-    rows = std::max(batch, 1);
-    pages_per_seq = (longest + page - 1) / page;
-    num_pages = batch * s.hkv * pages_per_seq + 3;
-    std::vector<std::int32_t> ids(num_pages);
-    std::iota(ids.begin(), ids.end(), 0);
-    std::shuffle(ids.begin(), ids.end(), rng);
-    k = HostTensor(s.dtype, {num_pages, page, D});
-    v = HostTensor(s.dtype, {num_pages, page, D});
-    k.fill(0.0);
-    v.fill(0.0);
-    table.assign(std::size_t(rows) * s.hkv * pages_per_seq, -1);
-    lens.assign(rows, 0);
-    for (int b = 0; b < batch; ++b) {
-      lens[b] = s.seqlens[b];
-      for (int g = 0; g < s.hkv; ++g)
-        for (int i = 0; i < pages_per_seq; ++i) {
-          const std::size_t e = (std::size_t(b) * s.hkv + g) * pages_per_seq + i;
-          if (i * page < s.seqlens[b]) table[e] = ids[e];
-        }
-      for (int t = 0; t < s.seqlens[b]; ++t)
-        for (int g = 0; g < s.hkv; ++g) {
-          const std::int64_t id = table[(std::size_t(b) * s.hkv + g) * pages_per_seq + t / page];
-          for (int d = 0; d < D; ++d) {
-            const std::int64_t src = (std::int64_t(in.cu[b] + t) * s.hkv + g) * D + d;
-            const std::int64_t dst = (id * page + t % page) * D + d;
-            k.set(dst, in.k.get(src));
-            v.set(dst, in.v.get(src));
-          }
-        }
-    }
-  }
-
-  std::vector<double> unpage(const Shape& s, const Inputs& in, const HostTensor& pages) const {
-    std::vector<double> x(std::size_t(s.total()) * s.hkv * s.d, 0.0);
-    for (std::size_t b = 0; b < s.seqlens.size(); ++b)
-      for (int t = 0; t < s.seqlens[b]; ++t)
-        for (int g = 0; g < s.hkv; ++g) {
-          const std::int64_t id = table[(b * s.hkv + g) * pages_per_seq + t / page_size];
-          for (int d = 0; d < s.d; ++d)
-            x[(std::size_t(in.cu[b] + t) * s.hkv + g) * s.d + d] = pages.get((id * page_size + t % page_size) * s.d + d);
-        }
-    return x;
-  }
-};
 
 struct Grads {
   HostTensor dq, dk, dv;
@@ -233,14 +165,7 @@ TEST(CudaPagedBackward, MatchesReferenceAndCpuOnScatteredPages) {
     if (s.total() == 0) continue;
     Inputs in = make_inputs(s, 5100 + iter);
     ForwardResult fwd = run_forward(s, in, Backend::cpu, 2);
-    Shape s32 = s;
-    s32.dtype = DType::f32;
-    Inputs in32 = convert(in, DType::f32);
-    ForwardResult fwd32;
-    fwd32.out = HostTensor(DType::f32, fwd.out.shape);
-    fwd32.lse = fwd.lse;
-    fwd32.selection = fwd.selection;
-    const BackwardResult truth = run_backward(s32, in32, fwd32, Backend::reference);
+    const BackwardResult truth = truth_backward(s, in, fwd);
 
     const int page = std::vector<int>{1, 7, 16, 64}[iter % 4];
     Paged pk(s, in, page, rng);
