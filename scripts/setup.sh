@@ -37,6 +37,9 @@ if [ "$with_python" = 1 ]; then
   fi
   "$py" -m pip install -q torch==2.11.0 numpy==2.4.6 pytest pybind11==3.1.0 scikit-build-core==1.1.2 \
     transformers==5.17.0 highspy==1.16.0 tokenizers==0.23.2 matplotlib==3.11.2
+  # CUTLASS/CuTe headers for the CUDA build (cmake/cutlass.cmake finds them here; it downloads
+  # the same pinned wheel when they are absent). Headers only: its Python deps are not needed.
+  "$py" -m pip install -q --no-deps nvidia-cutlass==4.2.0.0
   echo "$("$py" -c 'import torch; print("torch", torch.__version__)')"
 fi
 log "setup done"
