@@ -33,7 +33,7 @@ __device__ __forceinline__ int swz(int r, int cc, int rows) {
 // wgmma shared-memory descriptor (cute::GmmaDescriptor's fields), 128-byte swizzle, base
 // offset 0 (tiles start on 1024-byte boundaries). lbo/sbo in bytes; the fields hold them (and
 // the address) in 16-byte units. Written with shifts into desc_: filling CuTe's 14-bit
-// bitfield members instead costs byte permutes (PRMT) on every descriptor in the kernels' loops.
+// bitfield members instead compiles to the same work in another order (the SASS would differ).
 __device__ __forceinline__ std::uint64_t make_desc(std::uint32_t addr, std::uint32_t lbo,
                                                    std::uint32_t sbo) {
   cute::GmmaDescriptor d;
