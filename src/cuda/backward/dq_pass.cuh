@@ -1,10 +1,11 @@
 // Query-major dQ pass (mma.sync, sm_80+), in both modes: the causal rows' dQ always, and in the
-// deterministic mode also the listed rows' (one launch per selection slot). One CTA = 4 warps =
+// deterministic mode's wave path also the listed rows' (one launch per selection slot). One CTA = 4 warps =
 // one DqItem: 64 query rows (Q, dO kept in shared memory) against a run of 64-key tiles
 // (K, V double-buffered by cp.async). Warp w owns rows 16w..16w+15 and keeps their dQ in
 // registers:  S = Q K^T, P = exp(scale S - lse), dP = dO V^T, dS = P (dP - D), dQ += dS K.
-// The result is stored, added (fixed launch order) or scaled and rounded to the output; no
-// atomics, so this pass alone is bit-identical across runs.
+// The result is stored, added (fixed launch order) or scaled and rounded to the output (in the
+// deterministic slot path after adding the row's listed dQ from the key pass's slot buffers, in
+// slot order); no atomics, so this pass alone is bit-identical across runs.
 #pragma once
 
 #include <cmath>
@@ -214,6 +215,29 @@ __global__ void __launch_bounds__(128, 2) dq_pass_kernel(const DqPassArgs a) {
     const int head = head_s[r0 + 8 * h];
     float* accp = a.dq_acc + (std::int64_t(tok) * hq + head) * D;
     T* outp = static_cast<T*>(a.op.dq) + tok * a.op.dq_ts + head * a.op.dq_hs;
+    if (a.store == kDqStoreOutSlots) {
+      // The listed entries' dQ from the slot buffers, in slot order (the key pass wrote the
+      // valid ones; the others hold stale bytes and are skipped by the selection's own rule).
+      const std::int32_t* sel = a.selection + (std::int64_t(tok) * hq + head) * a.slots;
+      const int own = (tok - it.seq_begin) / a.block_size;
+      for (int sl = 0; sl < a.slots; ++sl) {
+        const int j = __ldg(sel + sl);
+        if (j < 0 || j >= own) continue;
+        const float* sp = accp + sl * a.slot_stride;
+#pragma unroll
+        for (int n = 0; n < D / 8; ++n) {
+          const float2 v = *reinterpret_cast<const float2*>(sp + n * 8 + (lane & 3) * 2);
+          acc[n][2 * h] += v.x;
+          acc[n][2 * h + 1] += v.y;
+        }
+      }
+#pragma unroll
+      for (int n = 0; n < D / 8; ++n) {
+        const int d = n * 8 + (lane & 3) * 2;
+        *reinterpret_cast<std::uint32_t*>(outp + d) = Ops::pack(acc[n][2 * h] * a.scale, acc[n][2 * h + 1] * a.scale);
+      }
+      continue;
+    }
 #pragma unroll
     for (int n = 0; n < D / 8; ++n) {
       const int d = n * 8 + (lane & 3) * 2;
