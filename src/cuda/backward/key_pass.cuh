@@ -265,20 +265,9 @@ __global__ void __launch_bounds__(256, 1) key_pass_kernel(const KeyPassArgs a) {
       // loads. NG = 1: each warp does both column halves; NG = 2: warp group w/4 does one.
       const int rw = warp & 3;
       const int r0 = rw * 16 + (lane >> 2);
-      int t0 = tok_b[r0], t1 = tok_b[r0 + 8];
+      const int t0 = tok_b[r0], t1 = tok_b[r0 + 8];
       float* q0 = a.dq_acc + (std::int64_t(t0) * hq + head_s[buf * 64 + r0]) * D;
       float* q1 = a.dq_acc + (std::int64_t(t1) * hq + head_s[buf * 64 + r0 + 8]) * D;
-      // Deterministic slot path (listed rows only): the entry's whole dQ, stored to its slot's
-      // buffer; an entry of a slot without a buffer (never planned so) is dropped.
-      const bool to_slot = a.list_slot != nullptr;
-      if (to_slot) {
-        const int e0 = it.list_begin + (rt - n_impl) * 64 + r0;
-        const int s0 = t0 >= 0 ? a.list_slot[e0] : -1, s1 = t1 >= 0 ? a.list_slot[e0 + 8] : -1;
-        if (s0 < 0) t0 = -1;
-        if (s1 < 0) t1 = -1;
-        q0 += std::int64_t(s0 < 0 ? 0 : s0) * a.dq_slot_stride;
-        q1 += std::int64_t(s1 < 0 ? 0 : s1) * a.dq_slot_stride;
-      }
       const int h_begin = NG == 1 ? 0 : (warp >> 2), h_end = NG == 1 ? 2 : h_begin + 1;
       for (int half = h_begin; half < h_end; ++half) {
         float acc[D / 16][4];
@@ -298,12 +287,18 @@ __global__ void __launch_bounds__(256, 1) key_pass_kernel(const KeyPassArgs a) {
             Ops::mma(acc[2 * dp + 1], af, bf[2], bf[3]);
           }
         }
-        if (to_slot) {
+        if (kVis != kVisMoa && a.list_slot != nullptr) {  // MoA lists no rows
+          // Deterministic slot path (listed rows only): the entry's whole dQ, stored to its
+          // selection slot's buffer (each element written once).
+          const int e0 = it.list_begin + (rt - n_impl) * 64 + r0;
+          const int s0 = t0 >= 0 ? a.list_slot[e0] : -1, s1 = t1 >= 0 ? a.list_slot[e0 + 8] : -1;
+          float* p0 = q0 + std::int64_t(s0) * a.dq_slot_stride;
+          float* p1 = q1 + std::int64_t(s1) * a.dq_slot_stride;
 #pragma unroll
           for (int n = 0; n < D / 16; ++n) {
             const int d = half * (D / 2) + n * 8 + (lane & 3) * 2;
-            if (t0 >= 0) *reinterpret_cast<float2*>(q0 + d) = make_float2(acc[n][0], acc[n][1]);
-            if (t1 >= 0) *reinterpret_cast<float2*>(q1 + d) = make_float2(acc[n][2], acc[n][3]);
+            if (s0 >= 0) *reinterpret_cast<float2*>(p0 + d) = make_float2(acc[n][0], acc[n][1]);
+            if (s1 >= 0) *reinterpret_cast<float2*>(p1 + d) = make_float2(acc[n][2], acc[n][3]);
           }
           continue;
         }
