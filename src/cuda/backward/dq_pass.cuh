@@ -24,7 +24,9 @@ struct DqPassSmem {
 
 // kVis (Visibility): the mask rule. kVisMoa visits the item's sink tiles first, then its
 // window tiles.
-template <class T, int D, int kVis>
+// kSlots: the deterministic slot path's epilogue (kDqStoreOutSlots), a separate instantiation so
+// that the other kernels' code (registers, spills) is untouched by it.
+template <class T, int D, int kVis, bool kSlots = false>
 __global__ void __launch_bounds__(128, 2) dq_pass_kernel(const DqPassArgs a) {
   using Ops = DTypeOps<T>;
   using L = DqPassSmem<D>;
@@ -215,7 +217,7 @@ __global__ void __launch_bounds__(128, 2) dq_pass_kernel(const DqPassArgs a) {
     const int head = head_s[r0 + 8 * h];
     float* accp = a.dq_acc + (std::int64_t(tok) * hq + head) * D;
     T* outp = static_cast<T*>(a.op.dq) + tok * a.op.dq_ts + head * a.op.dq_hs;
-    if (a.store == kDqStoreOutSlots) {
+    if constexpr (kSlots) {
       // The listed entries' dQ from the slot buffers, in slot order (the key pass wrote the
       // valid ones; the others hold stale bytes and are skipped by the selection's own rule).
       const std::int32_t* sel = a.selection + (std::int64_t(tok) * hq + head) * a.slots;
@@ -257,18 +259,23 @@ __global__ void __launch_bounds__(128, 2) dq_pass_kernel(const DqPassArgs a) {
   }
 }
 
-template <class T, int D, int kVis>
+template <class T, int D, int kVis, bool kSlots = false>
 void launch_dq_pass_as(const DqPassArgs& a, int n_items, cudaStream_t stream) {
   constexpr int kSmem = DqPassSmem<D>::kBytes;
-  MOBA_CUDA_CHECK(cudaFuncSetAttribute(dq_pass_kernel<T, D, kVis>,
+  MOBA_CUDA_CHECK(cudaFuncSetAttribute(dq_pass_kernel<T, D, kVis, kSlots>,
                                        cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem));
-  dq_pass_kernel<T, D, kVis><<<n_items, 128, kSmem, stream>>>(a);
+  dq_pass_kernel<T, D, kVis, kSlots><<<n_items, 128, kSmem, stream>>>(a);
 }
 
 template <class T, int D>
 void launch_dq_pass_impl(const DqPassArgs& a, int n_items, void* stream) {
   if (n_items <= 0) return;
   const auto s = static_cast<cudaStream_t>(stream);
+  if (a.store == kDqStoreOutSlots) {  // MoBA only: causal-aligned blocks or any block size
+    if (a.visibility == kVisBlocks) launch_dq_pass_as<T, D, kVisBlocks, true>(a, n_items, s);
+    else launch_dq_pass_as<T, D, kVisCausal, true>(a, n_items, s);
+    return;
+  }
   switch (a.visibility) {
     case kVisMoa: launch_dq_pass_as<T, D, kVisMoa>(a, n_items, s); break;
     case kVisBlocks: launch_dq_pass_as<T, D, kVisBlocks>(a, n_items, s); break;
