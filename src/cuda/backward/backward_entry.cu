@@ -22,12 +22,16 @@
 //     whose fp32 partials a small kernel sums in a fixed order.
 //     Default mode: the listed rows' dQ is added there by fp32 atomics into a [total, hq, D]
 //     scratch (after step 3 stored the causal part), then scaled and rounded to the output.
-//     Deterministic mode: no float atomics anywhere. The key pass skips dQ; the dQ pass runs
-//     once more per selection slot over the listed rows, each launch touching every row at
-//     most once, so dQ is summed in a fixed order.
+//     Deterministic mode: no float atomics anywhere. Slot path (a MoBA block is one key tile,
+//     P <= kDetSlotMax, mma.sync key pass): the key pass stores each listed entry's whole dQ to
+//     its selection slot's fp32 buffer, and step 3 runs after it, adding the row's valid slots
+//     in slot order (no dQ scratch, no convert). Wave path (otherwise): the key pass skips dQ;
+//     the dQ pass runs once more per selection slot over the listed rows, each launch touching
+//     every row at most once, so dQ is summed in a fixed order.
 // Workspace: D (4 B per row and head), the lists (4 B per selection entry, plus sort buffers
 // freed before the main passes), the work items, the fp32 dQ scratch (MoBA with top-k > 1
-// and the all-atomic variant) and the split key tiles' partials: 2 * (64 or 128) * D floats
+// and the all-atomic variant; P of them on the deterministic slot path) and the split key
+// tiles' partials: 2 * (64 or 128) * D floats
 // per slot, min(4 * resident CTAs, row-tile bound / 8) slots (a bound: the host does not know
 // how many tiles split).
 #include <cuda_runtime.h>

@@ -238,22 +238,22 @@ __global__ void __launch_bounds__(128, 2) dq_pass_kernel(const DqPassArgs a) {
         const int d = n * 8 + (lane & 3) * 2;
         *reinterpret_cast<std::uint32_t*>(outp + d) = Ops::pack(acc[n][2 * h] * a.scale, acc[n][2 * h + 1] * a.scale);
       }
-      continue;
-    }
+    } else {
 #pragma unroll
-    for (int n = 0; n < D / 8; ++n) {
-      const int d = n * 8 + (lane & 3) * 2;
-      float2 v = make_float2(acc[n][2 * h], acc[n][2 * h + 1]);
-      if (a.store == kDqStoreOut) {
-        *reinterpret_cast<std::uint32_t*>(outp + d) = Ops::pack(v.x * a.scale, v.y * a.scale);
-      } else {
-        float2* dst = reinterpret_cast<float2*>(accp + d);
-        if (a.store == kDqAddAcc) {
-          const float2 old = *dst;
-          v.x += old.x;
-          v.y += old.y;
+      for (int n = 0; n < D / 8; ++n) {
+        const int d = n * 8 + (lane & 3) * 2;
+        float2 v = make_float2(acc[n][2 * h], acc[n][2 * h + 1]);
+        if (a.store == kDqStoreOut) {
+          *reinterpret_cast<std::uint32_t*>(outp + d) = Ops::pack(v.x * a.scale, v.y * a.scale);
+        } else {
+          float2* dst = reinterpret_cast<float2*>(accp + d);
+          if (a.store == kDqAddAcc) {
+            const float2 old = *dst;
+            v.x += old.x;
+            v.y += old.y;
+          }
+          *dst = v;
         }
-        *dst = v;
       }
     }
   }
