@@ -19,6 +19,7 @@
 // MOBA_CUDA_TEST_BWD_KERNELS=sm90_wgmma keeps only the listed ones).
 #include <cstdlib>
 
+#include "cuda/backward/bwd_stats.hpp"
 #include "cuda_test_util.hpp"
 
 namespace moba::testing {
@@ -462,6 +463,92 @@ TEST(CudaBackward, AnyBlockSize) {
     run_case(make_case(s, 500 + i), i);
     ++i;
     if (HasFailure()) break;
+  }
+}
+
+// Deterministic mode's slot path (a MoBA block is one key tile, top-k <= 3: the mma.sync key
+// pass stores each listed entry's dQ to its slot's buffer, the dQ pass adds them last) and, for
+// comparison, shapes that keep the per-slot dQ waves: small blocks incl. non-multiples of 64,
+// varlen with empty and length-1 sequences, GQA, top-k beyond the blocks. run_case checks every
+// mode against the fp64 truth and deterministic repeats for bit-identity; here also which path
+// ran (1 dQ launch on the slot path, 1 + P on the wave path).
+TEST(CudaBackward, DeterministicSlotPath) {
+  MOBA_SKIP_WITHOUT_GPU();
+  struct DetCase { std::vector<int> lens; int hq, hkv, d; DType t; int block, topk; bool slots; };
+  const DetCase cases[] = {
+      {{700, 1, 0, 130}, 4, 2, 64, DType::bf16, 64, 3, true},
+      {{500, 0, 1, 333}, 2, 1, 128, DType::f16, 48, 3, true},   // any block size < 64
+      {{900, 1}, 2, 2, 128, DType::bf16, 128, 2, true},         // 128-key tiles, one slot
+      {{100, 1, 0, 40}, 4, 1, 64, DType::f16, 64, 3, true},     // top-k beyond the blocks
+      {{300, 17}, 2, 1, 64, DType::bf16, 16, 3, true},          // smallest block
+      {{600, 1, 250}, 2, 1, 64, DType::bf16, 100, 3, false},    // block over two key tiles
+      {{800, 0, 70}, 4, 2, 64, DType::f16, 64, 5, false},       // top-k > 3
+  };
+  int i = 0;
+  for (const DetCase& dc : cases) {
+    Shape s;
+    s.seqlens = dc.lens;
+    s.hq = dc.hq;
+    s.hkv = dc.hkv;
+    s.d = dc.d;
+    s.dtype = dc.t;
+    s.params = AttentionParams::moba_blocks(dc.block, dc.topk);
+    SCOPED_TRACE(s.str());
+    const Case c = make_case(s, 700 + i);
+    run_case(c, i);
+    CudaOptions o;
+    o.backward_kernel = CudaOptions::BackwardKernel::sm80_mma_sync;
+    const BackwardResult a = gpu_backward(s, c.in, c.fwd, true, i % 2 == 0, o);
+    const int waves = moba::detail::bwd::last_backward_stats().dq_waves;
+    EXPECT_EQ(waves, dc.slots ? 1 : dc.topk) << "dQ launches of the deterministic backward";
+    check_against_truth(c, a, "deterministic mma.sync");
+    EXPECT_TRUE(same_bits(a, gpu_backward(s, c.in, c.fwd, true, i % 2 == 1, o)))
+        << "deterministic mode not bit-identical on repeat (cu_seqlens on the host vs the GPU)";
+    ++i;
+    if (HasFailure()) break;
+  }
+}
+
+// The backward's scratch at a mid shape (16K tokens, 8 heads, D 128, blocks of 64 top-3) stays
+// under the analytic bound of docs/architecture.md ("Backward scratch"), in both modes: the
+// pool's high-water mark of the call (moba::cuda_workspace_peak_bytes) and the backward's own
+// count of what it held at once.
+TEST(CudaBackward, ScratchWithinBound) {
+  MOBA_SKIP_WITHOUT_GPU();
+  Shape s;
+  s.seqlens = {10000, 1, 0, 6383};
+  s.hq = 8;
+  s.hkv = 8;
+  s.d = 128;
+  s.dtype = DType::bf16;
+  s.params = AttentionParams::moba_blocks(64, 3);
+  Case c{s, make_inputs(s, 31), {}, {}, {}};
+  c.fwd = run_forward(s, c.in, Backend::cpu);  // the saved state only (no yardsticks needed)
+  int dev = 0, nsm = 0;
+  cudaGetDevice(&dev);
+  cudaDeviceGetAttribute(&nsm, cudaDevAttrMultiProcessorCount, dev);
+  const double T = double(s.total()), hq = s.hq, D = s.d, P = s.params.topk - 1, B = 64;
+  const double batch = double(s.seqlens.size());
+  const double E = T * hq * P;                                  // selection entries
+  const double nkeys = (T / B + batch + 1) * s.hkv * P;        // list groups
+  const double lists = 4 * E + 4 * (nkeys + 1) + 1 * E;        // lists, offsets, entry slots
+  const double sort = 12 * E + 8 * E + (1 << 20);             // plan-time: keys, values, CUB
+  const double partials = 4.0 * (2 * nsm) * 2 * 64 * D * 4;     // 4 x resident CTAs, 64-key tiles
+  const double small = 32.0 * (1 << 20);  // items, tables (< 1 MiB here), pool rounding
+  for (const bool det : {false, true}) {
+    SCOPED_TRACE(det ? "deterministic" : "default");
+    const double dq = 4 * T * hq * D * (det ? P : 1);          // fp32 dQ scratch (slot path: P)
+    const double bound = 4 * T * hq + dq + lists + sort + partials + small;
+    moba::cuda_workspace_peak_bytes(dev, true);
+    gpu_backward(s, c.in, c.fwd, det, true);
+    const double pool = double(moba::cuda_workspace_peak_bytes(dev));
+    const double counted = double(moba::detail::bwd::last_backward_stats().peak_workspace_bytes);
+    std::printf("[ info ] backward scratch %s: pool peak %.1f MiB, counted %.1f MiB, bound %.1f MiB "
+                "(dQ scratch %.1f)\n", det ? "det" : "default", pool / 1048576, counted / 1048576,
+                bound / 1048576, dq / 1048576);
+    EXPECT_LE(pool, bound);
+    EXPECT_LE(counted, bound);
+    EXPECT_GE(counted, dq) << "the count misses the dQ scratch";
   }
 }
 
