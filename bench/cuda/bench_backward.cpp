@@ -13,7 +13,8 @@
 // tensors), next to what a dense flash backward allocates (an fp32 dQ accumulator, 4 * N * H * D
 // bytes, plus D), and the ratio of whole-call peaks (tensors + workspace).
 // --kernel picks the key-pass kernel of every variant (CudaOptions::backward_kernel):
-// automatic (default), sm80_mma_sync or sm90_wgmma (sm_90a builds on compute capability 9.0).
+// automatic (default), sm80_mma_sync, sm90_wgmma or sm90_warp_specialized (the last two: sm_90a
+// builds on compute capability 9.0).
 // --dq-all-atomic: every dQ by fp32 atomics in the key pass (CudaOptions::backward_dq_all_atomic)
 // in the non-deterministic variants, instead of the query-major dQ pass for the causal rows.
 // --no-dq-bulk (sm90_wgmma): dQ rows by per-thread fp32 atomics instead of one bulk reduce-add
@@ -99,7 +100,7 @@ int main(int argc, char** argv) {
     else if (!std::strcmp(argv[i], "--dq-all-atomic")) dq_all_atomic = true;
     else if (!std::strcmp(argv[i], "--no-dq-bulk")) dq_bulk = false;
     else {
-      std::fprintf(stderr, "usage: moba_cuda_bwd_bench [--max-n N] [--kernel automatic|sm80_mma_sync|sm90_wgmma] [--dq-all-atomic] [--no-dq-bulk] [--out file.md]\n");
+      std::fprintf(stderr, "usage: moba_cuda_bwd_bench [--max-n N] [--kernel automatic|sm80_mma_sync|sm90_wgmma|sm90_warp_specialized] [--dq-all-atomic] [--no-dq-bulk] [--out file.md]\n");
       return 2;
     }
   }
@@ -107,8 +108,10 @@ int main(int argc, char** argv) {
   BK kernel = BK::automatic;
   if (kernel_name == "sm80_mma_sync") kernel = BK::sm80_mma_sync;
   else if (kernel_name == "sm90_wgmma") kernel = BK::sm90_wgmma;
+  else if (kernel_name == "sm90_warp_specialized") kernel = BK::sm90_warp_specialized;
   else if (kernel_name != "automatic") {
-    std::fprintf(stderr, "--kernel: expected automatic, sm80_mma_sync or sm90_wgmma, got %s\n", kernel_name.c_str());
+    std::fprintf(stderr, "--kernel: expected automatic, sm80_mma_sync, sm90_wgmma or sm90_warp_specialized, got %s\n",
+                 kernel_name.c_str());
     return 2;
   }
   int ndev = 0;
