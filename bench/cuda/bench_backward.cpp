@@ -20,7 +20,8 @@
 // --no-dq-bulk (sm90_wgmma): dQ rows by per-thread fp32 atomics instead of one bulk reduce-add
 // per row (CudaOptions::backward_dq_bulk_reduce = false).
 // With the stage times (stderr), the key pass's own TFLOP/s (its products over the pairs).
-// Usage: moba_cuda_bwd_bench [--max-n 131072] [--kernel sm90_wgmma] [--dq-all-atomic] [--out results.md]
+// --configs: which attention settings (b64, a = 64 blocks of N / 64 top-3, b512, full).
+// Usage: moba_cuda_bwd_bench [--max-n 131072] [--kernel sm90_wgmma] [--dq-all-atomic] [--configs a,b512] [--out results.md]
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -91,16 +92,17 @@ double median(std::vector<double> v) {
 
 int main(int argc, char** argv) {
   long max_n = 131072;
-  std::string out_path, kernel_name = "automatic";
+  std::string out_path, kernel_name = "automatic", config_tags = "b64,b512,full";
   bool dq_all_atomic = false, dq_bulk = true;
   for (int i = 1; i < argc; ++i) {
     if (!std::strcmp(argv[i], "--max-n") && i + 1 < argc) max_n = std::atol(argv[++i]);
     else if (!std::strcmp(argv[i], "--out") && i + 1 < argc) out_path = argv[++i];
     else if (!std::strcmp(argv[i], "--kernel") && i + 1 < argc) kernel_name = argv[++i];
+    else if (!std::strcmp(argv[i], "--configs") && i + 1 < argc) config_tags = argv[++i];
     else if (!std::strcmp(argv[i], "--dq-all-atomic")) dq_all_atomic = true;
     else if (!std::strcmp(argv[i], "--no-dq-bulk")) dq_bulk = false;
     else {
-      std::fprintf(stderr, "usage: moba_cuda_bwd_bench [--max-n N] [--kernel automatic|sm80_mma_sync|sm90_wgmma|sm90_warp_specialized] [--dq-all-atomic] [--no-dq-bulk] [--out file.md]\n");
+      std::fprintf(stderr, "usage: moba_cuda_bwd_bench [--max-n N] [--kernel automatic|sm80_mma_sync|sm90_wgmma|sm90_warp_specialized] [--dq-all-atomic] [--no-dq-bulk] [--configs b64,a,b512,full] [--out file.md]\n");
       return 2;
     }
   }
@@ -123,9 +125,11 @@ int main(int argc, char** argv) {
   CK(cudaGetDeviceProperties(&prop, 0));
   const int H = 8, D = 128;
   const moba::DType bf = moba::DType::bf16;
-  std::vector<Config> configs = {{"moba B=64 top-3", moba::AttentionParams::moba_blocks(64, 3)},
-                                 {"moba B=512 top-8", moba::AttentionParams::moba_blocks(512, 8)},
-                                 {"full causal", moba::AttentionParams::full()}};
+  // --configs picks (comma list of tags): b64 (blocks of 64, top-3), a (setting (a): 64 blocks
+  // of N / 64 tokens, top-3), b512 (blocks of 512, top-8), full (causal); default b64,b512,full.
+  auto config_wanted = [&](const char* tag) {
+    return (std::string(",") + config_tags + ",").find(std::string(",") + tag + ",") != std::string::npos;
+  };
   std::ostringstream md;
   md << "device: " << prop.name << " (" << prop.multiProcessorCount << " SMs), backward key pass: "
      << kernel_name << (dq_all_atomic ? ", every dQ by atomics in the key pass" : "")
@@ -155,6 +159,11 @@ int main(int argc, char** argv) {
     const auto cuv = view(cu.p, moba::DType::i32, {2});
     const auto T = std::int64_t(N);
 
+    std::vector<Config> configs;
+    if (config_wanted("b64")) configs.push_back({"moba B=64 top-3", moba::AttentionParams::moba_blocks(64, 3)});
+    if (config_wanted("a")) configs.push_back({"moba 64 blocks top-3 (a)", moba::AttentionParams::moba_blocks(int(N / 64), 3)});
+    if (config_wanted("b512")) configs.push_back({"moba B=512 top-8", moba::AttentionParams::moba_blocks(512, 8)});
+    if (config_wanted("full")) configs.push_back({"full causal", moba::AttentionParams::full()});
     for (const Config& c : configs) {
       const bool is_moba = c.params.mode == moba::Mode::moba;
       const int past = is_moba ? c.params.topk - 1 : 0;
