@@ -12,7 +12,8 @@
 //     tile's end carry other tokens or the box's zero fill and are masked by their lse = inf,
 //     as the zero-filled rows of the lock-step pass); listed (MoBA) row tiles are gathered by
 //     cp.async from the producer's 128 threads (Hopper's TMA cannot gather rows), which wait for
-//     their copies, fence them to the async proxy and arrive.
+//     their copies, fence them to the async proxy and arrive one tile later (after issuing the
+//     next tile's copies: two gathered tiles in flight).
 //   warpgroups 1..NG = consumers (setmaxnreg up to 240): warpgroup w owns keys 64(w-1).. of the
 //     tile with dK, dV in its wgmma accumulators and runs the GEMM chain of every row tile while
 //     the next tiles' loads are in flight; they never issue loads. The consumers synchronise
@@ -49,12 +50,14 @@ struct Sm90WsKeyPassSmem {
   static constexpr int kProducerRegs = 24;
   static constexpr int kConsumerRegs = 240;
   int k, v, q, dout, ds, dq, meta, bars, bytes;
-  __host__ __device__ Sm90WsKeyPassSmem(int groups, bool dq_bulk)
+  __host__ __device__ constexpr Sm90WsKeyPassSmem(int groups, bool dq_bulk)
       : k(0), v(groups * kRowTile), q(2 * groups * kRowTile), dout(q + kStages * kRowTile),
         ds(dout + kStages * kRowTile), dq(ds + groups * 64 * 64 * 2),
         meta(dq + (dq_bulk ? 64 * kDqStride * 4 : 0)), bars(meta + 5 * kStages * 64 * 4),
         bytes(1024 + bars + (2 * kStages + 1) * 8) {}
 };
+static_assert(Sm90WsKeyPassSmem<128>(2, true).bytes <= 227 * 1024, "over the sm_90 shared-memory opt-in limit");
+static_assert(Sm90WsKeyPassSmem<64>(2, true).bytes <= 227 * 1024, "over the sm_90 shared-memory opt-in limit");
 
 template <class T, int D, int kVis>
 __global__ void __launch_bounds__(384, 1)
@@ -129,10 +132,24 @@ __global__ void __launch_bounds__(384, 1)
     // threads 64-127 its dO row, D and (MoA) window start.
     const int r = tid & 63;
     const bool q_half = tid < 64;
-    int st = 0;
+    // A gathered tile's arrival waits for its copies, so it is deferred until the next tile's
+    // copies are issued: two tiles' loads in flight. `pend`: the stage still to be arrived on.
+    int st = 0, pend = -1;
+    bool kv_done = false;
     std::uint32_t round = 0;
+    auto complete = [&](bool keep_newest) {  // copies landed -> async proxy -> arrivals
+      if (keep_newest) ws::cp_async_wait_one();
+      else cp_async_wait_all();
+      hw::fence_proxy_async();
+      if (!kv_done) pl::mbar_arrive(kv_full);
+      kv_done = true;
+      if (pend >= 0) pl::mbar_arrive(full(pend));  // also releases that tile's metadata writes
+      pend = -1;
+    };
     for (int i = 0; i < n_rt; ++i) {
-      if (i >= S) pl::mbar_wait(empty(st), round ^ 1u);  // the stage's previous tile released
+      // the stage's previous tile released (tile i - S: never the deferred tile i - 1, so the
+      // consumers can always get there)
+      if (i >= S) pl::mbar_wait(empty(st), round ^ 1u);
       const int rt = rt_at(i);
       int tok, head;
       bool tma = false;
@@ -187,17 +204,19 @@ __global__ void __launch_bounds__(384, 1)
         if constexpr (kVis == kVisMoa)
           lo_s[st * 64 + r] = tok >= 0 ? tok - a.moa_window[head * a.batch + it.seq] : 0;
       }
-      if (!tma || i == 0) {  // this thread's copies (and, first, K and V) landed: to the async proxy
-        cp_async_wait_all();
-        hw::fence_proxy_async();
+      if (tma) {
+        if (pend >= 0 || !kv_done) complete(false);  // the previous tile's copies, K and V
+        pl::mbar_arrive(full(st));  // releases the metadata; the TMA bytes complete the phase
+      } else {
+        if (pend >= 0 || !kv_done) complete(true);  // all but this tile's copies
+        pend = st;
       }
-      if (i == 0) pl::mbar_arrive(kv_full);
-      pl::mbar_arrive(full(st));  // releases the metadata writes above
       if (++st == S) {
         st = 0;
         round ^= 1u;
       }
     }
+    if (pend >= 0) complete(false);
     return;
   }
 
