@@ -144,9 +144,11 @@ bool use_sm90_key_pass(const Problem& p, bool bf16, int D, const CudaOptions& o)
 // sm90_wgmma was asked for. automatic prefers it: the producer takes every load off the
 // consumers' critical path and the only CTA-wide waits left are around the shared dQ buffers
 // (H200 numbers: bench/cuda/run_keypass_device.sh).
+constexpr bool kAutomaticTakesWs = true;
 bool use_ws_key_pass(bool bf16, int D, const CudaOptions& o) {
   using BK = CudaOptions::BackwardKernel;
   if (o.backward_kernel == BK::sm90_wgmma) return false;
+  if (o.backward_kernel == BK::automatic && !kAutomaticTakesWs) return false;
   const bool ok = bf16 ? (D == 64 ? sm90_ws_key_pass_available<true, 64>() : sm90_ws_key_pass_available<true, 128>())
                        : (D == 64 ? sm90_ws_key_pass_available<false, 64>() : sm90_ws_key_pass_available<false, 128>());
   if (!ok && o.backward_kernel == BK::sm90_warp_specialized)
