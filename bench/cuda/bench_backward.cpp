@@ -20,6 +20,8 @@
 // --no-dq-bulk (sm90_wgmma): dQ rows by per-thread fp32 atomics instead of one bulk reduce-add
 // per row (CudaOptions::backward_dq_bulk_reduce = false).
 // With the stage times (stderr), the key pass's own TFLOP/s (its products over the pairs).
+// --no-row-tma (sm90_warp_specialized): implicit row tiles by cp.async instead of TMA boxes
+// (CudaOptions::backward_row_tma = false).
 // --configs: which attention settings (b64, a = 64 blocks of N / 64 top-3, b512, full).
 // Usage: moba_cuda_bwd_bench [--max-n 131072] [--kernel sm90_wgmma] [--dq-all-atomic] [--configs a,b512] [--out results.md]
 #include <cuda_runtime.h>
@@ -93,7 +95,7 @@ double median(std::vector<double> v) {
 int main(int argc, char** argv) {
   long max_n = 131072;
   std::string out_path, kernel_name = "automatic", config_tags = "b64,b512,full";
-  bool dq_all_atomic = false, dq_bulk = true;
+  bool dq_all_atomic = false, dq_bulk = true, row_tma = true;
   for (int i = 1; i < argc; ++i) {
     if (!std::strcmp(argv[i], "--max-n") && i + 1 < argc) max_n = std::atol(argv[++i]);
     else if (!std::strcmp(argv[i], "--out") && i + 1 < argc) out_path = argv[++i];
@@ -101,8 +103,9 @@ int main(int argc, char** argv) {
     else if (!std::strcmp(argv[i], "--configs") && i + 1 < argc) config_tags = argv[++i];
     else if (!std::strcmp(argv[i], "--dq-all-atomic")) dq_all_atomic = true;
     else if (!std::strcmp(argv[i], "--no-dq-bulk")) dq_bulk = false;
+    else if (!std::strcmp(argv[i], "--no-row-tma")) row_tma = false;
     else {
-      std::fprintf(stderr, "usage: moba_cuda_bwd_bench [--max-n N] [--kernel automatic|sm80_mma_sync|sm90_wgmma|sm90_warp_specialized] [--dq-all-atomic] [--no-dq-bulk] [--configs b64,a,b512,full] [--out file.md]\n");
+      std::fprintf(stderr, "usage: moba_cuda_bwd_bench [--max-n N] [--kernel automatic|sm80_mma_sync|sm90_wgmma|sm90_warp_specialized] [--dq-all-atomic] [--no-dq-bulk] [--no-row-tma] [--configs b64,a,b512,full] [--out file.md]\n");
       return 2;
     }
   }
@@ -133,7 +136,8 @@ int main(int argc, char** argv) {
   std::ostringstream md;
   md << "device: " << prop.name << " (" << prop.multiProcessorCount << " SMs), backward key pass: "
      << kernel_name << (dq_all_atomic ? ", every dQ by atomics in the key pass" : "")
-     << (dq_bulk ? "" : ", dQ by per-thread atomics (no bulk reduce)") << "\n\n";
+     << (dq_bulk ? "" : ", dQ by per-thread atomics (no bulk reduce)")
+     << (row_tma ? "" : ", implicit rows by cp.async (no TMA)") << "\n\n";
   md << "| N | attention | state | pairs/row | default ms | TFLOP/s | determ. ms | TFLOP/s | det/def | "
         "workspace MiB (det) | dense-flash extra MiB | peak ratio vs dense flash | 64-key tiles ms |\n";
   md << "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
@@ -241,6 +245,7 @@ int main(int argc, char** argv) {
         o.cuda.backward_kernel = kernel;
         o.cuda.backward_dq_all_atomic = dq_all_atomic;
         o.cuda.backward_dq_bulk_reduce = dq_bulk;
+        o.cuda.backward_row_tma = row_tma;
         if (det == 2) o.cuda.backward_key_tile = 64;
         auto call = [&]() {
           moba::attention_backward(view(q.p, bf, {T, H, D}), view(k.p, bf, {T, H, D}), view(v.p, bf, {T, H, D}),

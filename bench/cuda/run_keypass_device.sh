@@ -8,7 +8,8 @@
 #   san:   compute-sanitizer memcheck + racecheck + synccheck of the new kernel alone on the
 #          small fixed shapes                                                      ~40-60 s
 #   bench: moba_cuda_bwd_bench, old (sm90_wgmma) vs new key pass, setting (a) (64 blocks top-3)
-#          and blocks of 512 top-8, 8K..128K; the key pass's own TFLOP/s is in the stderr
+#          blocks of 512 top-8 and full causal, 8K..128K, then the new one with implicit rows by
+#          cp.async instead of TMA (full causal); the key pass's own TFLOP/s is in the stderr
 #          lines ("key pass X ms (Y TFLOP/s)")                                      ~40-60 s
 # STEPS="all san bench" picks parts; logs in $OUT (default /tmp/moba-keypass).
 set -u
@@ -37,7 +38,10 @@ fi
 if has bench; then
   for k in sm90_wgmma $WS; do
     echo "== bench $k"
-    timeout 150 "$BENCH" --max-n 131072 --kernel $k --configs a,b512 --out "$OUT/bench_$k.md" > "$OUT/bench_$k.log" 2> "$OUT/bench_$k.err"
+    timeout 150 "$BENCH" --max-n 131072 --kernel $k --configs a,b512,full --out "$OUT/bench_$k.md" > "$OUT/bench_$k.log" 2> "$OUT/bench_$k.err"
     echo "rc=$?"; cat "$OUT/bench_$k.log"; grep "key pass" "$OUT/bench_$k.err" | grep -v " det\]" | sed 's/ lists.*key pass/ ... key pass/'
   done
+  echo "== bench $WS, implicit rows by cp.async (--no-row-tma), full causal"
+  timeout 120 "$BENCH" --max-n 131072 --kernel $WS --no-row-tma --configs full > "$OUT/bench_norowtma.log" 2> "$OUT/bench_norowtma.err"
+  echo "rc=$?"; cat "$OUT/bench_norowtma.log"; grep "key pass" "$OUT/bench_norowtma.err" | grep -v " det\]" | sed 's/ lists.*key pass/ ... key pass/'
 fi

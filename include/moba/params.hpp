@@ -88,6 +88,10 @@ struct CudaOptions {
   // one bulk reduce-add per row from shared memory (the TMA unit) rather than per-thread fp32
   // atomics. A measurement variant (both are tested).
   bool backward_dq_bulk_reduce = true;
+  // sm90_warp_specialized only: load the implicit row tiles (64 consecutive tokens of one head)
+  // by TMA boxes; false gathers them by cp.async like the listed MoBA rows. A measurement
+  // variant (both are tested).
+  bool backward_row_tma = true;
   // Backward: synchronise the stream after each stage and record the stage times (read by the
   // benchmarks through the backend's statistics). Slows the call; never for production use.
   bool collect_timing = false;

@@ -255,6 +255,13 @@ void run_case_with(const Case& c, int idx, CudaOptions::BackwardKernel kernel) {
     per_thread.backward_dq_all_atomic = true;
     check_against_truth(c, gpu_backward(c.shape, c.in, c.fwd, false, idx % 2 == 1, per_thread), "all-atomic dQ, atomics");
   }
+  if (kernel == CudaOptions::BackwardKernel::sm90_warp_specialized) {  // implicit rows by cp.async, not TMA
+    CudaOptions gather = base;
+    gather.backward_row_tma = false;
+    check_against_truth(c, gpu_backward(c.shape, c.in, c.fwd, false, idx % 2 == 0, gather), "rows by cp.async");
+    gather.backward_dq_all_atomic = true;
+    check_against_truth(c, gpu_backward(c.shape, c.in, c.fwd, false, idx % 2 == 1, gather), "rows by cp.async, all-atomic dQ");
+  }
   const BackwardResult d1 = gpu_backward(c.shape, c.in, c.fwd, true, idx % 2 == 0, base);
   check_against_truth(c, d1, "deterministic");
   const BackwardResult d2 = gpu_backward(c.shape, c.in, c.fwd, true, idx % 2 == 1, base);

@@ -157,9 +157,11 @@ bool use_ws_key_pass(bool bf16, int D, const CudaOptions& o) {
          "device and a build with sm_90a code (MOBA_CUDA_GENCODE); use automatic or sm80_mma_sync");
   return ok;
 }
-void key_pass_sm90_ws(bool bf16, int D, const KeyPassArgs& a, int n, cudaStream_t s) {
-  if (bf16) D == 64 ? launch_sm90_ws_key_pass<true, 64>(a, n, s) : launch_sm90_ws_key_pass<true, 128>(a, n, s);
-  else D == 64 ? launch_sm90_ws_key_pass<false, 64>(a, n, s) : launch_sm90_ws_key_pass<false, 128>(a, n, s);
+void key_pass_sm90_ws(bool bf16, int D, const KeyPassArgs& a, int n, bool row_tma, cudaStream_t s) {
+  if (bf16)
+    D == 64 ? launch_sm90_ws_key_pass<true, 64>(a, n, row_tma, s) : launch_sm90_ws_key_pass<true, 128>(a, n, row_tma, s);
+  else
+    D == 64 ? launch_sm90_ws_key_pass<false, 64>(a, n, row_tma, s) : launch_sm90_ws_key_pass<false, 128>(a, n, row_tma, s);
   MOBA_CUDA_LAUNCH_CHECK();
 }
 void key_pass_sm90(bool bf16, int D, const KeyPassArgs& a, int n, cudaStream_t s) {
@@ -326,7 +328,7 @@ void run_backward(const Problem& p, const Backward& w, const RunOptions& o) {
                  total, hq, G, p.scale, scale_log2, NG, win_d, p.batch, vis};
   ka.n_items = plan.n_key_items;
   ka.dq_bulk = sm90 && o.cuda.backward_dq_bulk_reduce && ka.dq_acc != nullptr ? 1 : 0;
-  if (sm90_ws) key_pass_sm90_ws(bf16, D, ka, plan.max_key_items, stream);
+  if (sm90_ws) key_pass_sm90_ws(bf16, D, ka, plan.max_key_items, o.cuda.backward_row_tma, stream);
   else if (sm90) key_pass_sm90(bf16, D, ka, plan.max_key_items, stream);
   else key_pass(bf16, D, ka, plan.max_key_items, stream);
   if (plan.max_splits > 0) {

@@ -443,11 +443,13 @@ void launch_sm90_ws_key_pass_as(const KeyPassArgs& a, const RowTensorMaps& maps,
 }
 
 template <class T, int D>
-void launch_sm90_ws_key_pass_impl(const KeyPassArgs& a, int n_items, void* stream) {
+void launch_sm90_ws_key_pass_impl(const KeyPassArgs& a, int n_items, bool row_tma, void* stream) {
   if (n_items <= 0) return;
   const auto s = static_cast<cudaStream_t>(stream);
-  const RowTensorMaps maps = make_row_tensor_maps(a.op.q, a.op.q_ts, a.op.q_hs, a.op.dout, a.op.do_ts,
-                                                  a.op.do_hs, a.total, a.hq, D, cuda::Dt<T>::kIsBf16);
+  RowTensorMaps maps{};
+  if (row_tma)
+    maps = make_row_tensor_maps(a.op.q, a.op.q_ts, a.op.q_hs, a.op.dout, a.op.do_ts, a.op.do_hs, a.total, a.hq, D,
+                                cuda::Dt<T>::kIsBf16);
   switch (a.visibility) {
     case kVisMoa: launch_sm90_ws_key_pass_as<T, D, kVisMoa>(a, maps, n_items, s); break;
     case kVisBlocks: launch_sm90_ws_key_pass_as<T, D, kVisBlocks>(a, maps, n_items, s); break;
@@ -485,7 +487,8 @@ bool sm90_ws_key_pass_available_impl() {
     return sm90_ws_key_pass_available_impl<T, D>();                                            \
   }                                                                                            \
   template <>                                                                                  \
-  void launch_sm90_ws_key_pass<kBf16, D>(const KeyPassArgs& a, int n_items, void* stream) {    \
-    launch_sm90_ws_key_pass_impl<T, D>(a, n_items, stream);                                    \
+  void launch_sm90_ws_key_pass<kBf16, D>(const KeyPassArgs& a, int n_items, bool row_tma,      \
+                                         void* stream) {                                       \
+    launch_sm90_ws_key_pass_impl<T, D>(a, n_items, row_tma, stream);                           \
   }                                                                                            \
   }

@@ -9,6 +9,8 @@ namespace moba::detail::bwd {
 
 // True when the device is compute capability 9.0 and the build holds sm_90a code for the kernel.
 template <bool kBf16, int D> bool sm90_ws_key_pass_available();
-template <bool kBf16, int D> void launch_sm90_ws_key_pass(const KeyPassArgs& a, int n_items, void* stream);
+// row_tma: implicit row tiles by TMA (else by cp.async, as the listed rows).
+template <bool kBf16, int D>
+void launch_sm90_ws_key_pass(const KeyPassArgs& a, int n_items, bool row_tma, void* stream);
 
 }  // namespace moba::detail::bwd
