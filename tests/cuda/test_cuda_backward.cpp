@@ -15,8 +15,8 @@
 // NaN never passes. Deterministic mode must be bit-identical on repeats.
 // MOBA_CUDA_BWD_SHAPES=<n> sets the number of random shapes (default 40), e.g. for
 // compute-sanitizer runs. Every case runs through each backward key-pass kernel of the device
-// (CudaOptions::backward_kernel: sm80_mma_sync, and sm90_wgmma on sm_90a builds and devices;
-// MOBA_CUDA_TEST_BWD_KERNELS=sm90_wgmma keeps only the listed ones).
+// (CudaOptions::backward_kernel: sm80_mma_sync, and sm90_wgmma and sm90_warp_specialized on
+// sm_90a builds and devices; MOBA_CUDA_TEST_BWD_KERNELS=sm90_wgmma,... keeps only the listed ones).
 #include <cstdlib>
 
 #include "cuda/backward/bwd_stats.hpp"
@@ -225,6 +225,7 @@ const char* backward_kernel_name(CudaOptions::BackwardKernel k) {
   switch (k) {
     case CudaOptions::BackwardKernel::sm80_mma_sync: return "sm80_mma_sync";
     case CudaOptions::BackwardKernel::sm90_wgmma: return "sm90_wgmma";
+    case CudaOptions::BackwardKernel::sm90_warp_specialized: return "sm90_warp_specialized";
     default: return "automatic";
   }
 }
@@ -247,12 +248,20 @@ void run_case_with(const Case& c, int idx, CudaOptions::BackwardKernel kernel) {
   CudaOptions atomic = base;  // every dQ by atomics in the key pass
   atomic.backward_dq_all_atomic = true;
   check_against_truth(c, gpu_backward(c.shape, c.in, c.fwd, false, idx % 2 == 1, atomic), "all-atomic dQ");
-  if (kernel == CudaOptions::BackwardKernel::sm90_wgmma) {  // dQ by per-thread atomics, not bulk reduce-adds
+  if (kernel == CudaOptions::BackwardKernel::sm90_wgmma ||
+      kernel == CudaOptions::BackwardKernel::sm90_warp_specialized) {  // dQ by per-thread atomics, not bulk reduce-adds
     CudaOptions per_thread = base;
     per_thread.backward_dq_bulk_reduce = false;
     check_against_truth(c, gpu_backward(c.shape, c.in, c.fwd, false, idx % 2 == 0, per_thread), "dQ atomics");
     per_thread.backward_dq_all_atomic = true;
     check_against_truth(c, gpu_backward(c.shape, c.in, c.fwd, false, idx % 2 == 1, per_thread), "all-atomic dQ, atomics");
+  }
+  if (kernel == CudaOptions::BackwardKernel::sm90_warp_specialized) {  // implicit rows by cp.async, not TMA
+    CudaOptions gather = base;
+    gather.backward_row_tma = false;
+    check_against_truth(c, gpu_backward(c.shape, c.in, c.fwd, false, idx % 2 == 0, gather), "rows by cp.async");
+    gather.backward_dq_all_atomic = true;
+    check_against_truth(c, gpu_backward(c.shape, c.in, c.fwd, false, idx % 2 == 1, gather), "rows by cp.async, all-atomic dQ");
   }
   const BackwardResult d1 = gpu_backward(c.shape, c.in, c.fwd, true, idx % 2 == 0, base);
   check_against_truth(c, d1, "deterministic");
@@ -274,7 +283,8 @@ std::vector<CudaOptions::BackwardKernel> backward_kernels() {
     };
     std::vector<CudaOptions::BackwardKernel> k;
     if (wanted(CudaOptions::BackwardKernel::sm80_mma_sync)) k.push_back(CudaOptions::BackwardKernel::sm80_mma_sync);
-    if (wanted(CudaOptions::BackwardKernel::sm90_wgmma)) {
+    for (const auto sm90 : {CudaOptions::BackwardKernel::sm90_wgmma, CudaOptions::BackwardKernel::sm90_warp_specialized}) {
+      if (!wanted(sm90)) continue;
       Shape s;
       s.seqlens = {16};
       s.hq = s.hkv = 1;
@@ -284,12 +294,12 @@ std::vector<CudaOptions::BackwardKernel> backward_kernels() {
       Inputs in = make_inputs(s, 1);
       const ForwardResult fwd = run_forward(s, in, Backend::reference);
       CudaOptions o;
-      o.backward_kernel = CudaOptions::BackwardKernel::sm90_wgmma;
+      o.backward_kernel = sm90;
       try {
         gpu_backward(s, in, fwd, false, false, o);
-        k.push_back(CudaOptions::BackwardKernel::sm90_wgmma);
+        k.push_back(sm90);
       } catch (const Error& e) {
-        std::printf("[ skip ] backward kernel sm90_wgmma not tested on this device: %s\n", e.what());
+        std::printf("[ skip ] backward kernel %s not tested on this device: %s\n", backward_kernel_name(sm90), e.what());
       }
     }
     return k;
@@ -308,18 +318,21 @@ TEST(CudaBackward, Sm90KernelRunsOrIsRefused) {
   s.dtype = DType::f16;
   s.params = AttentionParams::moba_blocks(64, 2);
   const Case c = make_case(s, 11);
-  CudaOptions o;
-  o.backward_kernel = CudaOptions::BackwardKernel::sm90_wgmma;
   int major = 0, dev = 0;
   cudaGetDevice(&dev);
   cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
-  try {
-    check_against_truth(c, gpu_backward(s, c.in, c.fwd, false, false, o), "sm90_wgmma");
-    EXPECT_EQ(major, 9) << "sm90_wgmma ran on a compute capability " << major << " device";
-  } catch (const Error& e) {
-    EXPECT_EQ(e.kind(), ErrorKind::unsupported) << e.what();
-    EXPECT_NE(std::string(e.what()).find("sm90_wgmma"), std::string::npos) << e.what();
-    std::printf("[ info ] sm90_wgmma refused here (expected off sm_90a): %s\n", e.what());
+  for (const auto k : {CudaOptions::BackwardKernel::sm90_wgmma, CudaOptions::BackwardKernel::sm90_warp_specialized}) {
+    const std::string name = backward_kernel_name(k);
+    CudaOptions o;
+    o.backward_kernel = k;
+    try {
+      check_against_truth(c, gpu_backward(s, c.in, c.fwd, false, false, o), name.c_str());
+      EXPECT_EQ(major, 9) << name << " ran on a compute capability " << major << " device";
+    } catch (const Error& e) {
+      EXPECT_EQ(e.kind(), ErrorKind::unsupported) << e.what();
+      EXPECT_NE(std::string(e.what()).find(name), std::string::npos) << e.what();
+      std::printf("[ info ] %s refused here (expected off sm_90a): %s\n", name.c_str(), e.what());
+    }
   }
 }
 

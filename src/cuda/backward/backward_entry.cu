@@ -48,6 +48,7 @@
 #include "cuda/backward/bwd_plan.hpp"
 #include "cuda/backward/bwd_stats.hpp"
 #include "cuda/backward/sm90_key_pass.hpp"
+#include "cuda/backward/sm90_ws_key_pass.hpp"
 #include "cuda/common/check.hpp"
 #include "cuda/common/dtype.cuh"
 #include "cuda/common/workspace.hpp"
@@ -137,9 +138,35 @@ bool use_sm90_key_pass(const Problem& p, bool bf16, int D, const CudaOptions& o)
   if (o.backward_kernel == BK::automatic) return ok && (p.mode != Mode::moba || p.block_size >= 256);
   if (!ok)
     fail(ErrorKind::unsupported,
-         "cuda backend: CudaOptions::backward_kernel = sm90_wgmma needs a compute capability 9.0 "
-         "device and a build with sm_90a code (MOBA_CUDA_GENCODE); use automatic or sm80_mma_sync");
+         std::string("cuda backend: CudaOptions::backward_kernel = ") +
+             (o.backward_kernel == BK::sm90_wgmma ? "sm90_wgmma" : "sm90_warp_specialized") +
+             " needs a compute capability 9.0 device and a build with sm_90a code (MOBA_CUDA_GENCODE); "
+             "use automatic or sm80_mma_sync");
   return true;
+}
+// Of the sm_90a passes (once use_sm90_key_pass said yes): the warp-specialised one unless
+// sm90_wgmma was asked for. automatic prefers it: the producer takes every load off the
+// consumers' critical path and the only CTA-wide waits left are around the shared dQ buffers
+// (H200 numbers: bench/cuda/run_keypass_device.sh).
+constexpr bool kAutomaticTakesWs = true;
+bool use_ws_key_pass(bool bf16, int D, const CudaOptions& o) {
+  using BK = CudaOptions::BackwardKernel;
+  if (o.backward_kernel == BK::sm90_wgmma) return false;
+  if (o.backward_kernel == BK::automatic && !kAutomaticTakesWs) return false;
+  const bool ok = bf16 ? (D == 64 ? sm90_ws_key_pass_available<true, 64>() : sm90_ws_key_pass_available<true, 128>())
+                       : (D == 64 ? sm90_ws_key_pass_available<false, 64>() : sm90_ws_key_pass_available<false, 128>());
+  if (!ok && o.backward_kernel == BK::sm90_warp_specialized)
+    fail(ErrorKind::unsupported,
+         "cuda backend: CudaOptions::backward_kernel = sm90_warp_specialized needs a compute capability 9.0 "
+         "device and a build with sm_90a code (MOBA_CUDA_GENCODE); use automatic or sm80_mma_sync");
+  return ok;
+}
+void key_pass_sm90_ws(bool bf16, int D, const KeyPassArgs& a, int n, bool row_tma, cudaStream_t s) {
+  if (bf16)
+    D == 64 ? launch_sm90_ws_key_pass<true, 64>(a, n, row_tma, s) : launch_sm90_ws_key_pass<true, 128>(a, n, row_tma, s);
+  else
+    D == 64 ? launch_sm90_ws_key_pass<false, 64>(a, n, row_tma, s) : launch_sm90_ws_key_pass<false, 128>(a, n, row_tma, s);
+  MOBA_CUDA_LAUNCH_CHECK();
 }
 void key_pass_sm90(bool bf16, int D, const KeyPassArgs& a, int n, cudaStream_t s) {
   if (bf16) D == 64 ? launch_sm90_key_pass<true, 64>(a, n, s) : launch_sm90_key_pass<true, 128>(a, n, s);
@@ -196,6 +223,7 @@ void run_backward(const Problem& p, const Backward& w, const RunOptions& o) {
   const bool all_atomic = !det && o.cuda.backward_dq_all_atomic;
   const bool timing = o.cuda.collect_timing;
   const bool sm90 = use_sm90_key_pass(p, bf16, D, o.cuda);
+  const bool sm90_ws = sm90 && use_ws_key_pass(bf16, D, o.cuda);
   auto last_mark = std::chrono::steady_clock::now();
   auto mark = [&](const char* what) {
     if (!timing) return;
@@ -326,7 +354,8 @@ void run_backward(const Problem& p, const Backward& w, const RunOptions& o) {
     ka.dq_slot_stride = static_cast<long long>(acc_elems);
   }
   ka.dq_bulk = sm90 && o.cuda.backward_dq_bulk_reduce && ka.dq_acc != nullptr ? 1 : 0;
-  if (sm90) key_pass_sm90(bf16, D, ka, plan.max_key_items, stream);
+  if (sm90_ws) key_pass_sm90_ws(bf16, D, ka, plan.max_key_items, o.cuda.backward_row_tma, stream);
+  else if (sm90) key_pass_sm90(bf16, D, ka, plan.max_key_items, stream);
   else key_pass(bf16, D, ka, plan.max_key_items, stream);
   if (plan.max_splits > 0) {
     reduce_partials_kernel<T><<<plan.max_splits, 256, 0, stream>>>(
