@@ -13,13 +13,17 @@
 // tensors), next to what a dense flash backward allocates (an fp32 dQ accumulator, 4 * N * H * D
 // bytes, plus D), and the ratio of whole-call peaks (tensors + workspace).
 // --kernel picks the key-pass kernel of every variant (CudaOptions::backward_kernel):
-// automatic (default), sm80_mma_sync or sm90_wgmma (sm_90a builds on compute capability 9.0).
+// automatic (default), sm80_mma_sync, sm90_wgmma or sm90_warp_specialized (the last two: sm_90a
+// builds on compute capability 9.0).
 // --dq-all-atomic: every dQ by fp32 atomics in the key pass (CudaOptions::backward_dq_all_atomic)
 // in the non-deterministic variants, instead of the query-major dQ pass for the causal rows.
 // --no-dq-bulk (sm90_wgmma): dQ rows by per-thread fp32 atomics instead of one bulk reduce-add
 // per row (CudaOptions::backward_dq_bulk_reduce = false).
 // With the stage times (stderr), the key pass's own TFLOP/s (its products over the pairs).
-// Usage: moba_cuda_bwd_bench [--max-n 131072] [--kernel sm90_wgmma] [--dq-all-atomic] [--out results.md]
+// --no-row-tma (sm90_warp_specialized): implicit row tiles by cp.async instead of TMA boxes
+// (CudaOptions::backward_row_tma = false).
+// --configs: which attention settings (b64, a = 64 blocks of N / 64 top-3, b512, full).
+// Usage: moba_cuda_bwd_bench [--max-n 131072] [--kernel sm90_wgmma] [--dq-all-atomic] [--configs a,b512] [--out results.md]
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -90,16 +94,18 @@ double median(std::vector<double> v) {
 
 int main(int argc, char** argv) {
   long max_n = 131072;
-  std::string out_path, kernel_name = "automatic";
-  bool dq_all_atomic = false, dq_bulk = true;
+  std::string out_path, kernel_name = "automatic", config_tags = "b64,b512,full";
+  bool dq_all_atomic = false, dq_bulk = true, row_tma = true;
   for (int i = 1; i < argc; ++i) {
     if (!std::strcmp(argv[i], "--max-n") && i + 1 < argc) max_n = std::atol(argv[++i]);
     else if (!std::strcmp(argv[i], "--out") && i + 1 < argc) out_path = argv[++i];
     else if (!std::strcmp(argv[i], "--kernel") && i + 1 < argc) kernel_name = argv[++i];
+    else if (!std::strcmp(argv[i], "--configs") && i + 1 < argc) config_tags = argv[++i];
     else if (!std::strcmp(argv[i], "--dq-all-atomic")) dq_all_atomic = true;
     else if (!std::strcmp(argv[i], "--no-dq-bulk")) dq_bulk = false;
+    else if (!std::strcmp(argv[i], "--no-row-tma")) row_tma = false;
     else {
-      std::fprintf(stderr, "usage: moba_cuda_bwd_bench [--max-n N] [--kernel automatic|sm80_mma_sync|sm90_wgmma] [--dq-all-atomic] [--no-dq-bulk] [--out file.md]\n");
+      std::fprintf(stderr, "usage: moba_cuda_bwd_bench [--max-n N] [--kernel automatic|sm80_mma_sync|sm90_wgmma|sm90_warp_specialized] [--dq-all-atomic] [--no-dq-bulk] [--no-row-tma] [--configs b64,a,b512,full] [--out file.md]\n");
       return 2;
     }
   }
@@ -107,8 +113,10 @@ int main(int argc, char** argv) {
   BK kernel = BK::automatic;
   if (kernel_name == "sm80_mma_sync") kernel = BK::sm80_mma_sync;
   else if (kernel_name == "sm90_wgmma") kernel = BK::sm90_wgmma;
+  else if (kernel_name == "sm90_warp_specialized") kernel = BK::sm90_warp_specialized;
   else if (kernel_name != "automatic") {
-    std::fprintf(stderr, "--kernel: expected automatic, sm80_mma_sync or sm90_wgmma, got %s\n", kernel_name.c_str());
+    std::fprintf(stderr, "--kernel: expected automatic, sm80_mma_sync, sm90_wgmma or sm90_warp_specialized, got %s\n",
+                 kernel_name.c_str());
     return 2;
   }
   int ndev = 0;
@@ -120,13 +128,16 @@ int main(int argc, char** argv) {
   CK(cudaGetDeviceProperties(&prop, 0));
   const int H = 8, D = 128;
   const moba::DType bf = moba::DType::bf16;
-  std::vector<Config> configs = {{"moba B=64 top-3", moba::AttentionParams::moba_blocks(64, 3)},
-                                 {"moba B=512 top-8", moba::AttentionParams::moba_blocks(512, 8)},
-                                 {"full causal", moba::AttentionParams::full()}};
+  // --configs picks (comma list of tags): b64 (blocks of 64, top-3), a (setting (a): 64 blocks
+  // of N / 64 tokens, top-3), b512 (blocks of 512, top-8), full (causal); default b64,b512,full.
+  auto config_wanted = [&](const char* tag) {
+    return (std::string(",") + config_tags + ",").find(std::string(",") + tag + ",") != std::string::npos;
+  };
   std::ostringstream md;
   md << "device: " << prop.name << " (" << prop.multiProcessorCount << " SMs), backward key pass: "
      << kernel_name << (dq_all_atomic ? ", every dQ by atomics in the key pass" : "")
-     << (dq_bulk ? "" : ", dQ by per-thread atomics (no bulk reduce)") << "\n\n";
+     << (dq_bulk ? "" : ", dQ by per-thread atomics (no bulk reduce)")
+     << (row_tma ? "" : ", implicit rows by cp.async (no TMA)") << "\n\n";
   md << "| N | attention | state | pairs/row | default ms | TFLOP/s | determ. ms | TFLOP/s | det/def | "
         "workspace MiB (det) | dense-flash extra MiB | peak ratio vs dense flash | 64-key tiles ms |\n";
   md << "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
@@ -152,6 +163,11 @@ int main(int argc, char** argv) {
     const auto cuv = view(cu.p, moba::DType::i32, {2});
     const auto T = std::int64_t(N);
 
+    std::vector<Config> configs;
+    if (config_wanted("b64")) configs.push_back({"moba B=64 top-3", moba::AttentionParams::moba_blocks(64, 3)});
+    if (config_wanted("a")) configs.push_back({"moba 64 blocks top-3 (a)", moba::AttentionParams::moba_blocks(int(N / 64), 3)});
+    if (config_wanted("b512")) configs.push_back({"moba B=512 top-8", moba::AttentionParams::moba_blocks(512, 8)});
+    if (config_wanted("full")) configs.push_back({"full causal", moba::AttentionParams::full()});
     for (const Config& c : configs) {
       const bool is_moba = c.params.mode == moba::Mode::moba;
       const int past = is_moba ? c.params.topk - 1 : 0;
@@ -229,6 +245,7 @@ int main(int argc, char** argv) {
         o.cuda.backward_kernel = kernel;
         o.cuda.backward_dq_all_atomic = dq_all_atomic;
         o.cuda.backward_dq_bulk_reduce = dq_bulk;
+        o.cuda.backward_row_tma = row_tma;
         if (det == 2) o.cuda.backward_key_tile = 64;
         auto call = [&]() {
           moba::attention_backward(view(q.p, bf, {T, H, D}), view(k.p, bf, {T, H, D}), view(v.p, bf, {T, H, D}),

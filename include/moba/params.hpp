@@ -78,12 +78,20 @@ struct CudaOptions {
   // warpgroup-MMA key pass (same work items, masks and outputs; deterministic mode supported:
   // it then adds no float atomics, like the mma.sync pass); it needs a compute capability 9.0
   // device and a build with sm_90a code, else moba::Error(unsupported).
-  enum class BackwardKernel { automatic, sm80_mma_sync, sm90_wgmma };
+  // `sm90_warp_specialized`: the same sm_90a pass warp-specialised (a producer warpgroup loads
+  // K, V and every row tile into an mbarrier ring, TMA boxes for the implicit rows, cp.async for
+  // gathered MoBA rows; the consumer warpgroups only compute); same requirements and errors as
+  // `sm90_wgmma`. `automatic` takes it wherever it would take `sm90_wgmma`.
+  enum class BackwardKernel { automatic, sm80_mma_sync, sm90_wgmma, sm90_warp_specialized };
   BackwardKernel backward_kernel = BackwardKernel::automatic;
-  // sm90_wgmma only: add each row's dQ (listed rows; every row with backward_dq_all_atomic) by
+  // sm90_wgmma / sm90_warp_specialized only: add each row's dQ (listed rows; every row with backward_dq_all_atomic) by
   // one bulk reduce-add per row from shared memory (the TMA unit) rather than per-thread fp32
   // atomics. A measurement variant (both are tested).
   bool backward_dq_bulk_reduce = true;
+  // sm90_warp_specialized only: load the implicit row tiles (64 consecutive tokens of one head)
+  // by TMA boxes; false gathers them by cp.async like the listed MoBA rows. A measurement
+  // variant (both are tested).
+  bool backward_row_tma = true;
   // Backward: synchronise the stream after each stage and record the stage times (read by the
   // benchmarks through the backend's statistics). Slows the call; never for production use.
   bool collect_timing = false;

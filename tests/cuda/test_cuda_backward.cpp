@@ -15,10 +15,11 @@
 // NaN never passes. Deterministic mode must be bit-identical on repeats.
 // MOBA_CUDA_BWD_SHAPES=<n> sets the number of random shapes (default 40), e.g. for
 // compute-sanitizer runs. Every case runs through each backward key-pass kernel of the device
-// (CudaOptions::backward_kernel: sm80_mma_sync, and sm90_wgmma on sm_90a builds and devices;
-// MOBA_CUDA_TEST_BWD_KERNELS=sm90_wgmma keeps only the listed ones).
+// (CudaOptions::backward_kernel: sm80_mma_sync, and sm90_wgmma and sm90_warp_specialized on
+// sm_90a builds and devices; MOBA_CUDA_TEST_BWD_KERNELS=sm90_wgmma,... keeps only the listed ones).
 #include <cstdlib>
 
+#include "cuda/backward/bwd_stats.hpp"
 #include "cuda_test_util.hpp"
 
 namespace moba::testing {
@@ -224,6 +225,7 @@ const char* backward_kernel_name(CudaOptions::BackwardKernel k) {
   switch (k) {
     case CudaOptions::BackwardKernel::sm80_mma_sync: return "sm80_mma_sync";
     case CudaOptions::BackwardKernel::sm90_wgmma: return "sm90_wgmma";
+    case CudaOptions::BackwardKernel::sm90_warp_specialized: return "sm90_warp_specialized";
     default: return "automatic";
   }
 }
@@ -246,12 +248,20 @@ void run_case_with(const Case& c, int idx, CudaOptions::BackwardKernel kernel) {
   CudaOptions atomic = base;  // every dQ by atomics in the key pass
   atomic.backward_dq_all_atomic = true;
   check_against_truth(c, gpu_backward(c.shape, c.in, c.fwd, false, idx % 2 == 1, atomic), "all-atomic dQ");
-  if (kernel == CudaOptions::BackwardKernel::sm90_wgmma) {  // dQ by per-thread atomics, not bulk reduce-adds
+  if (kernel == CudaOptions::BackwardKernel::sm90_wgmma ||
+      kernel == CudaOptions::BackwardKernel::sm90_warp_specialized) {  // dQ by per-thread atomics, not bulk reduce-adds
     CudaOptions per_thread = base;
     per_thread.backward_dq_bulk_reduce = false;
     check_against_truth(c, gpu_backward(c.shape, c.in, c.fwd, false, idx % 2 == 0, per_thread), "dQ atomics");
     per_thread.backward_dq_all_atomic = true;
     check_against_truth(c, gpu_backward(c.shape, c.in, c.fwd, false, idx % 2 == 1, per_thread), "all-atomic dQ, atomics");
+  }
+  if (kernel == CudaOptions::BackwardKernel::sm90_warp_specialized) {  // implicit rows by cp.async, not TMA
+    CudaOptions gather = base;
+    gather.backward_row_tma = false;
+    check_against_truth(c, gpu_backward(c.shape, c.in, c.fwd, false, idx % 2 == 0, gather), "rows by cp.async");
+    gather.backward_dq_all_atomic = true;
+    check_against_truth(c, gpu_backward(c.shape, c.in, c.fwd, false, idx % 2 == 1, gather), "rows by cp.async, all-atomic dQ");
   }
   const BackwardResult d1 = gpu_backward(c.shape, c.in, c.fwd, true, idx % 2 == 0, base);
   check_against_truth(c, d1, "deterministic");
@@ -273,7 +283,8 @@ std::vector<CudaOptions::BackwardKernel> backward_kernels() {
     };
     std::vector<CudaOptions::BackwardKernel> k;
     if (wanted(CudaOptions::BackwardKernel::sm80_mma_sync)) k.push_back(CudaOptions::BackwardKernel::sm80_mma_sync);
-    if (wanted(CudaOptions::BackwardKernel::sm90_wgmma)) {
+    for (const auto sm90 : {CudaOptions::BackwardKernel::sm90_wgmma, CudaOptions::BackwardKernel::sm90_warp_specialized}) {
+      if (!wanted(sm90)) continue;
       Shape s;
       s.seqlens = {16};
       s.hq = s.hkv = 1;
@@ -283,12 +294,12 @@ std::vector<CudaOptions::BackwardKernel> backward_kernels() {
       Inputs in = make_inputs(s, 1);
       const ForwardResult fwd = run_forward(s, in, Backend::reference);
       CudaOptions o;
-      o.backward_kernel = CudaOptions::BackwardKernel::sm90_wgmma;
+      o.backward_kernel = sm90;
       try {
         gpu_backward(s, in, fwd, false, false, o);
-        k.push_back(CudaOptions::BackwardKernel::sm90_wgmma);
+        k.push_back(sm90);
       } catch (const Error& e) {
-        std::printf("[ skip ] backward kernel sm90_wgmma not tested on this device: %s\n", e.what());
+        std::printf("[ skip ] backward kernel %s not tested on this device: %s\n", backward_kernel_name(sm90), e.what());
       }
     }
     return k;
@@ -307,18 +318,21 @@ TEST(CudaBackward, Sm90KernelRunsOrIsRefused) {
   s.dtype = DType::f16;
   s.params = AttentionParams::moba_blocks(64, 2);
   const Case c = make_case(s, 11);
-  CudaOptions o;
-  o.backward_kernel = CudaOptions::BackwardKernel::sm90_wgmma;
   int major = 0, dev = 0;
   cudaGetDevice(&dev);
   cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
-  try {
-    check_against_truth(c, gpu_backward(s, c.in, c.fwd, false, false, o), "sm90_wgmma");
-    EXPECT_EQ(major, 9) << "sm90_wgmma ran on a compute capability " << major << " device";
-  } catch (const Error& e) {
-    EXPECT_EQ(e.kind(), ErrorKind::unsupported) << e.what();
-    EXPECT_NE(std::string(e.what()).find("sm90_wgmma"), std::string::npos) << e.what();
-    std::printf("[ info ] sm90_wgmma refused here (expected off sm_90a): %s\n", e.what());
+  for (const auto k : {CudaOptions::BackwardKernel::sm90_wgmma, CudaOptions::BackwardKernel::sm90_warp_specialized}) {
+    const std::string name = backward_kernel_name(k);
+    CudaOptions o;
+    o.backward_kernel = k;
+    try {
+      check_against_truth(c, gpu_backward(s, c.in, c.fwd, false, false, o), name.c_str());
+      EXPECT_EQ(major, 9) << name << " ran on a compute capability " << major << " device";
+    } catch (const Error& e) {
+      EXPECT_EQ(e.kind(), ErrorKind::unsupported) << e.what();
+      EXPECT_NE(std::string(e.what()).find(name), std::string::npos) << e.what();
+      std::printf("[ info ] %s refused here (expected off sm_90a): %s\n", name.c_str(), e.what());
+    }
   }
 }
 
@@ -462,6 +476,92 @@ TEST(CudaBackward, AnyBlockSize) {
     run_case(make_case(s, 500 + i), i);
     ++i;
     if (HasFailure()) break;
+  }
+}
+
+// Deterministic mode's slot path (a MoBA block is one key tile, top-k <= 3: the mma.sync key
+// pass stores each listed entry's dQ to its slot's buffer, the dQ pass adds them last) and, for
+// comparison, shapes that keep the per-slot dQ waves: small blocks incl. non-multiples of 64,
+// varlen with empty and length-1 sequences, GQA, top-k beyond the blocks. run_case checks every
+// mode against the fp64 truth and deterministic repeats for bit-identity; here also which path
+// ran (1 dQ launch on the slot path, 1 + P on the wave path).
+TEST(CudaBackward, DeterministicSlotPath) {
+  MOBA_SKIP_WITHOUT_GPU();
+  struct DetCase { std::vector<int> lens; int hq, hkv, d; DType t; int block, topk; bool slots; };
+  const DetCase cases[] = {
+      {{700, 1, 0, 130}, 4, 2, 64, DType::bf16, 64, 3, true},
+      {{500, 0, 1, 333}, 2, 1, 128, DType::f16, 48, 3, true},   // any block size < 64
+      {{900, 1}, 2, 2, 128, DType::bf16, 128, 2, true},         // 128-key tiles, one slot
+      {{100, 1, 0, 40}, 4, 1, 64, DType::f16, 64, 3, true},     // top-k beyond the blocks
+      {{300, 17}, 2, 1, 64, DType::bf16, 16, 3, true},          // smallest block
+      {{600, 1, 250}, 2, 1, 64, DType::bf16, 100, 3, false},    // block over two key tiles
+      {{800, 0, 70}, 4, 2, 64, DType::f16, 64, 5, false},       // top-k > 3
+  };
+  int i = 0;
+  for (const DetCase& dc : cases) {
+    Shape s;
+    s.seqlens = dc.lens;
+    s.hq = dc.hq;
+    s.hkv = dc.hkv;
+    s.d = dc.d;
+    s.dtype = dc.t;
+    s.params = AttentionParams::moba_blocks(dc.block, dc.topk);
+    SCOPED_TRACE(s.str());
+    const Case c = make_case(s, 700 + i);
+    run_case(c, i);
+    CudaOptions o;
+    o.backward_kernel = CudaOptions::BackwardKernel::sm80_mma_sync;
+    const BackwardResult a = gpu_backward(s, c.in, c.fwd, true, i % 2 == 0, o);
+    const int waves = moba::detail::bwd::last_backward_stats().dq_waves;
+    EXPECT_EQ(waves, dc.slots ? 1 : dc.topk) << "dQ launches of the deterministic backward";
+    check_against_truth(c, a, "deterministic mma.sync");
+    EXPECT_TRUE(same_bits(a, gpu_backward(s, c.in, c.fwd, true, i % 2 == 1, o)))
+        << "deterministic mode not bit-identical on repeat (cu_seqlens on the host vs the GPU)";
+    ++i;
+    if (HasFailure()) break;
+  }
+}
+
+// The backward's scratch at a mid shape (16K tokens, 8 heads, D 128, blocks of 64 top-3) stays
+// under the analytic bound of docs/architecture.md ("Backward scratch"), in both modes: the
+// pool's high-water mark of the call (moba::cuda_workspace_peak_bytes) and the backward's own
+// count of what it held at once.
+TEST(CudaBackward, ScratchWithinBound) {
+  MOBA_SKIP_WITHOUT_GPU();
+  Shape s;
+  s.seqlens = {10000, 1, 0, 6383};
+  s.hq = 8;
+  s.hkv = 8;
+  s.d = 128;
+  s.dtype = DType::bf16;
+  s.params = AttentionParams::moba_blocks(64, 3);
+  Case c{s, make_inputs(s, 31), {}, {}, {}};
+  c.fwd = run_forward(s, c.in, Backend::cpu);  // the saved state only (no yardsticks needed)
+  int dev = 0, nsm = 0;
+  cudaGetDevice(&dev);
+  cudaDeviceGetAttribute(&nsm, cudaDevAttrMultiProcessorCount, dev);
+  const double T = double(s.total()), hq = s.hq, D = s.d, P = s.params.topk - 1, B = 64;
+  const double batch = double(s.seqlens.size());
+  const double E = T * hq * P;                                  // selection entries
+  const double nkeys = (T / B + batch + 1) * s.hkv * P;        // list groups
+  const double lists = 4 * E + 4 * (nkeys + 1) + 1 * E;        // lists, offsets, entry slots
+  const double sort = 12 * E + 8 * E + (1 << 20);             // plan-time: keys, values, CUB
+  const double partials = 4.0 * (2 * nsm) * 2 * 64 * D * 4;     // 4 x resident CTAs, 64-key tiles
+  const double small = 32.0 * (1 << 20);  // items, tables (< 1 MiB here), pool rounding
+  for (const bool det : {false, true}) {
+    SCOPED_TRACE(det ? "deterministic" : "default");
+    const double dq = 4 * T * hq * D * (det ? P : 1);          // fp32 dQ scratch (slot path: P)
+    const double bound = 4 * T * hq + dq + lists + sort + partials + small;
+    moba::cuda_workspace_peak_bytes(dev, true);
+    gpu_backward(s, c.in, c.fwd, det, true);
+    const double pool = double(moba::cuda_workspace_peak_bytes(dev));
+    const double counted = double(moba::detail::bwd::last_backward_stats().peak_workspace_bytes);
+    std::printf("[ info ] backward scratch %s: pool peak %.1f MiB, counted %.1f MiB, bound %.1f MiB "
+                "(dQ scratch %.1f)\n", det ? "det" : "default", pool / 1048576, counted / 1048576,
+                bound / 1048576, dq / 1048576);
+    EXPECT_LE(pool, bound);
+    EXPECT_LE(counted, bound);
+    EXPECT_GE(counted, dq) << "the count misses the dQ scratch";
   }
 }
 

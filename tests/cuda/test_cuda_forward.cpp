@@ -5,6 +5,7 @@
 // the selection identical to the reference gate's except where the swapped blocks' fp64 scores
 // are within fp32 rounding (verify/selection_check.hpp; counted and printed).
 #include <cstdlib>
+#include <string>
 
 #include "cuda_test_util.hpp"
 
@@ -77,6 +78,9 @@ TEST(CudaForward, RandomShapesMatchFp64Truth) {
   opt.head_dims = {64, 128};
   opt.dtypes = {DType::f16, DType::bf16};
   opt.block_sizes = {16, 48, 64, 100, 128, 192, 256, 320};  // any size >= 16
+  // MOBA_CUDA_TEST_MODE=full|moba|moa keeps one mode (a sanitizer run's few shapes then cover it)
+  if (const char* m = std::getenv("MOBA_CUDA_TEST_MODE"))
+    opt.modes = {std::string(m) == "full" ? Mode::full : std::string(m) == "moa" ? Mode::moa : Mode::moba};
   Stats st;
   int by_mode[3] = {0, 0, 0};
   for (int i = 0; i < n; ++i) {

@@ -284,6 +284,10 @@ std::vector<Shape> step_shapes() {
   std::vector<Shape> v = graph_shapes();
   // MoBA blocks not a multiple of 64 (64-key tiles, masked per row), GQA
   v.push_back(shape_of({333, 1, 0, 420}, 4, 2, 64, DType::f16, AttentionParams::moba_blocks(80, 3)));
+  // blocks of 48 top-3 and 128 top-2: the deterministic slot path (listed dQ stored per slot by
+  // the key pass, read back by the dQ pass), blocks under 64 tokens and 128-key tiles
+  v.push_back(shape_of({260, 1, 0, 301}, 4, 2, 128, DType::bf16, AttentionParams::moba_blocks(48, 3)));
+  v.push_back(shape_of({700, 1, 390}, 2, 1, 64, DType::f16, AttentionParams::moba_blocks(128, 2)));
   return v;
 }
 

@@ -22,12 +22,16 @@
 //     whose fp32 partials a small kernel sums in a fixed order.
 //     Default mode: the listed rows' dQ is added there by fp32 atomics into a [total, hq, D]
 //     scratch (after step 3 stored the causal part), then scaled and rounded to the output.
-//     Deterministic mode: no float atomics anywhere. The key pass skips dQ; the dQ pass runs
-//     once more per selection slot over the listed rows, each launch touching every row at
-//     most once, so dQ is summed in a fixed order.
+//     Deterministic mode: no float atomics anywhere. Slot path (a MoBA block is one key tile,
+//     P <= kDetSlotMax, mma.sync key pass): the key pass stores each listed entry's whole dQ to
+//     its selection slot's fp32 buffer, and step 3 runs after it, adding the row's valid slots
+//     in slot order (no dQ scratch, no convert). Wave path (otherwise): the key pass skips dQ;
+//     the dQ pass runs once more per selection slot over the listed rows, each launch touching
+//     every row at most once, so dQ is summed in a fixed order.
 // Workspace: D (4 B per row and head), the lists (4 B per selection entry, plus sort buffers
 // freed before the main passes), the work items, the fp32 dQ scratch (MoBA with top-k > 1
-// and the all-atomic variant) and the split key tiles' partials: 2 * (64 or 128) * D floats
+// and the all-atomic variant; P of them on the deterministic slot path) and the split key
+// tiles' partials: 2 * (64 or 128) * D floats
 // per slot, min(4 * resident CTAs, row-tile bound / 8) slots (a bound: the host does not know
 // how many tiles split).
 #include <cuda_runtime.h>
@@ -44,6 +48,7 @@
 #include "cuda/backward/bwd_plan.hpp"
 #include "cuda/backward/bwd_stats.hpp"
 #include "cuda/backward/sm90_key_pass.hpp"
+#include "cuda/backward/sm90_ws_key_pass.hpp"
 #include "cuda/common/check.hpp"
 #include "cuda/common/dtype.cuh"
 #include "cuda/common/workspace.hpp"
@@ -133,9 +138,35 @@ bool use_sm90_key_pass(const Problem& p, bool bf16, int D, const CudaOptions& o)
   if (o.backward_kernel == BK::automatic) return ok && (p.mode != Mode::moba || p.block_size >= 256);
   if (!ok)
     fail(ErrorKind::unsupported,
-         "cuda backend: CudaOptions::backward_kernel = sm90_wgmma needs a compute capability 9.0 "
-         "device and a build with sm_90a code (MOBA_CUDA_GENCODE); use automatic or sm80_mma_sync");
+         std::string("cuda backend: CudaOptions::backward_kernel = ") +
+             (o.backward_kernel == BK::sm90_wgmma ? "sm90_wgmma" : "sm90_warp_specialized") +
+             " needs a compute capability 9.0 device and a build with sm_90a code (MOBA_CUDA_GENCODE); "
+             "use automatic or sm80_mma_sync");
   return true;
+}
+// Of the sm_90a passes (once use_sm90_key_pass said yes): the warp-specialised one unless
+// sm90_wgmma was asked for. automatic prefers it: the producer takes every load off the
+// consumers' critical path and the only CTA-wide waits left are around the shared dQ buffers
+// (H200 numbers: bench/cuda/run_keypass_device.sh).
+constexpr bool kAutomaticTakesWs = true;
+bool use_ws_key_pass(bool bf16, int D, const CudaOptions& o) {
+  using BK = CudaOptions::BackwardKernel;
+  if (o.backward_kernel == BK::sm90_wgmma) return false;
+  if (o.backward_kernel == BK::automatic && !kAutomaticTakesWs) return false;
+  const bool ok = bf16 ? (D == 64 ? sm90_ws_key_pass_available<true, 64>() : sm90_ws_key_pass_available<true, 128>())
+                       : (D == 64 ? sm90_ws_key_pass_available<false, 64>() : sm90_ws_key_pass_available<false, 128>());
+  if (!ok && o.backward_kernel == BK::sm90_warp_specialized)
+    fail(ErrorKind::unsupported,
+         "cuda backend: CudaOptions::backward_kernel = sm90_warp_specialized needs a compute capability 9.0 "
+         "device and a build with sm_90a code (MOBA_CUDA_GENCODE); use automatic or sm80_mma_sync");
+  return ok;
+}
+void key_pass_sm90_ws(bool bf16, int D, const KeyPassArgs& a, int n, bool row_tma, cudaStream_t s) {
+  if (bf16)
+    D == 64 ? launch_sm90_ws_key_pass<true, 64>(a, n, row_tma, s) : launch_sm90_ws_key_pass<true, 128>(a, n, row_tma, s);
+  else
+    D == 64 ? launch_sm90_ws_key_pass<false, 64>(a, n, row_tma, s) : launch_sm90_ws_key_pass<false, 128>(a, n, row_tma, s);
+  MOBA_CUDA_LAUNCH_CHECK();
 }
 void key_pass_sm90(bool bf16, int D, const KeyPassArgs& a, int n, cudaStream_t s) {
   if (bf16) D == 64 ? launch_sm90_key_pass<true, 64>(a, n, s) : launch_sm90_key_pass<true, 128>(a, n, s);
@@ -192,6 +223,7 @@ void run_backward(const Problem& p, const Backward& w, const RunOptions& o) {
   const bool all_atomic = !det && o.cuda.backward_dq_all_atomic;
   const bool timing = o.cuda.collect_timing;
   const bool sm90 = use_sm90_key_pass(p, bf16, D, o.cuda);
+  const bool sm90_ws = sm90 && use_ws_key_pass(bf16, D, o.cuda);
   auto last_mark = std::chrono::steady_clock::now();
   auto mark = [&](const char* what) {
     if (!timing) return;
@@ -226,6 +258,9 @@ void run_backward(const Problem& p, const Backward& w, const RunOptions& o) {
   // tile never crosses a MoBA block: each block is cut into tiles from its start.
   const bool ng1 = o.cuda.backward_key_tile == 64;
   const int NG = (!ng1 && (!moba || B % 128 == 0)) ? 2 : 1, KT = 64 * NG;
+  // Deterministic mode's slot path (bwd_plan.hpp): a block is one key tile, so the mma.sync key
+  // pass computes each listed entry's dQ whole and stores it to its slot's buffer.
+  const bool det_slots = det && P > 0 && P <= kDetSlotMax && B <= KT && !sm90;
   BackwardPlan plan;
   const int* win_d = nullptr;
   {
@@ -242,7 +277,8 @@ void run_backward(const Problem& p, const Backward& w, const RunOptions& o) {
     req.key_tile = KT;
     req.slots = NG == 1 ? 2 * nsm : nsm;  // resident key-pass CTAs
     req.dq_items = !all_atomic;
-    req.listed_waves = det;
+    req.listed_waves = det && !det_slots;
+    req.list_slots = det_slots;
     // A host cu_seqlens (already checked) is uploaded and planned from like a GPU one.
     req.cu_from_caller_gpu = p.cu_seqlens.empty();
     req.cu_dev = req.cu_from_caller_gpu ? p.cu_seqlens_dev : tmp.upload(p.cu_seqlens, "cu_seqlens");
@@ -254,7 +290,7 @@ void run_backward(const Problem& p, const Backward& w, const RunOptions& o) {
     plan = plan_backward(req, ws, tmp, mem, tmp_bytes, &win_d);
     mem.sub(tmp_bytes);
   }
-  stats.dq_waves = all_atomic ? 0 : 1 + (det ? P : 0);
+  stats.dq_waves = all_atomic ? 0 : 1 + (det && !det_slots ? P : 0);
   if (timing) {  // the counts, for the report (the plan itself never reads them on the host)
     stats.key_items = static_cast<int>(read_count(plan.n_key_items, stream));
     stats.split_tiles = static_cast<int>(read_count(plan.n_splits, stream));
@@ -271,11 +307,17 @@ void run_backward(const Problem& p, const Backward& w, const RunOptions& o) {
   // With selection slots the listed rows' dQ is summed in fp32 (whether or not any row chose a
   // past block: the host does not know).
   float* dq_acc = nullptr;
-  const bool need_acc = all_atomic || P > 0;
+  const bool need_acc = (all_atomic || P > 0) && !det_slots;
+  const std::size_t acc_elems = std::size_t(total) * hq * D;
   if (need_acc) {
-    dq_acc = ws.alloc<float>(std::size_t(total) * hq * D, "fp32 dQ accumulator");
-    mem.add(std::size_t(total) * hq * D * 4);
-    if (all_atomic) MOBA_CUDA_CHECK(cudaMemsetAsync(dq_acc, 0, std::size_t(total) * hq * D * 4, stream));
+    dq_acc = ws.alloc<float>(acc_elems, "fp32 dQ accumulator");
+    mem.add(acc_elems * 4);
+    if (all_atomic) MOBA_CUDA_CHECK(cudaMemsetAsync(dq_acc, 0, acc_elems * 4, stream));
+  }
+  float* dq_slots = nullptr;  // deterministic slot path: P buffers, written by the key pass only
+  if (det_slots) {
+    dq_slots = ws.alloc<float>(acc_elems * P, "fp32 dQ of the listed entries per selection slot");
+    mem.add(acc_elems * P * 4);
   }
   mark("alloc");
 
@@ -286,21 +328,34 @@ void run_backward(const Problem& p, const Backward& w, const RunOptions& o) {
               w.dv.token_stride, w.dv.head_stride};
   const float scale_log2 = p.scale * 1.4426950408889634f;
   auto wave = [&](const DqItem* items, const int* n_items, int max_items, int store) {
-    DqPassArgs da{op, w.lse, dt, plan.list, items, dq_acc, store, total, hq, G, p.scale, scale_log2,
-                  moa ? p.moa_sink : 0, vis, B};
+    DqPassArgs da{op, w.lse, dt, plan.list, items, store == kDqStoreOutSlots ? dq_slots : dq_acc, store, total, hq,
+                  G, p.scale, scale_log2, moa ? p.moa_sink : 0, vis, B};
     da.n_items = n_items;
+    if (store == kDqStoreOutSlots) {
+      da.selection = w.selection;
+      da.slots = P;
+      da.slot_stride = static_cast<long long>(acc_elems);
+    }
     dq_pass(bf16, D, da, max_items, stream);
   };
 
-  // Causal rows' dQ first (it stores; the listed rows' contributions are added after it).
-  if (plan.dq_items) wave(plan.dq_items, plan.n_dq_items, plan.max_dq_items, P > 0 ? kDqStoreAcc : kDqStoreOut);
+  // Causal rows' dQ first (it stores; the listed rows' contributions are added after it), except
+  // in the slot path, where it runs last and adds the key pass's slot buffers.
+  if (plan.dq_items && !det_slots)
+    wave(plan.dq_items, plan.n_dq_items, plan.max_dq_items, P > 0 ? kDqStoreAcc : kDqStoreOut);
   mark("dq causal");
-  // dK, dV; in the default mode also the listed rows' dQ (every row's with all-atomic dQ).
-  KeyPassArgs ka{op, w.lse, dt, plan.list, plan.key_items, det ? nullptr : dq_acc, all_atomic ? 0 : 1, partial,
-                 total, hq, G, p.scale, scale_log2, NG, win_d, p.batch, vis};
+  // dK, dV; in the default mode also the listed rows' dQ (every row's with all-atomic dQ); in the
+  // slot path the listed rows' dQ stored per slot.
+  KeyPassArgs ka{op, w.lse, dt, plan.list, plan.key_items, det_slots ? dq_slots : (det ? nullptr : dq_acc),
+                 all_atomic ? 0 : 1, partial, total, hq, G, p.scale, scale_log2, NG, win_d, p.batch, vis};
   ka.n_items = plan.n_key_items;
+  if (det_slots) {
+    ka.list_slot = plan.list_slot;
+    ka.dq_slot_stride = static_cast<long long>(acc_elems);
+  }
   ka.dq_bulk = sm90 && o.cuda.backward_dq_bulk_reduce && ka.dq_acc != nullptr ? 1 : 0;
-  if (sm90) key_pass_sm90(bf16, D, ka, plan.max_key_items, stream);
+  if (sm90_ws) key_pass_sm90_ws(bf16, D, ka, plan.max_key_items, o.cuda.backward_row_tma, stream);
+  else if (sm90) key_pass_sm90(bf16, D, ka, plan.max_key_items, stream);
   else key_pass(bf16, D, ka, plan.max_key_items, stream);
   if (plan.max_splits > 0) {
     reduce_partials_kernel<T><<<plan.max_splits, 256, 0, stream>>>(
@@ -309,6 +364,7 @@ void run_backward(const Problem& p, const Backward& w, const RunOptions& o) {
     MOBA_CUDA_LAUNCH_CHECK();
   }
   mark("key pass");
+  if (det_slots) wave(plan.dq_items, plan.n_dq_items, plan.max_dq_items, kDqStoreOutSlots);
   for (int s = 0; plan.listed_items && s < P; ++s)
     wave(plan.listed_items + std::size_t(s) * plan.max_listed_items, plan.n_listed_items + s,
          plan.max_listed_items, kDqAddAcc);

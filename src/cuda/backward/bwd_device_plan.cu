@@ -94,6 +94,14 @@ __global__ void offsets_kernel(const unsigned* keys, int n, unsigned nkeys, int*
   off[k] = lo;
 }
 
+// slot[i] = selection slot of sorted entry i (its key modulo P); -1 for unused entries.
+__global__ void list_slots_kernel(const unsigned* keys, long long n, unsigned nkeys, int P, signed char* slot) {
+  const long long i = static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= n) return;
+  const unsigned k = keys[i];
+  slot[i] = k < nkeys ? static_cast<signed char>(k % unsigned(P)) : static_cast<signed char>(-1);
+}
+
 // A (key tile, KV head) before splitting: its item over all row tiles, n of them (0: unused).
 struct KeyTile {
   KeyItem it;
@@ -301,6 +309,7 @@ __global__ void dq_items_kernel(const DqArgs a, DqItem* items, unsigned* sizes, 
   it.head = h;
   it.row_begin = begin + qt * 64;
   it.row_len = rows;
+  it.seq_begin = begin;
   if (a.moa) {
     const int wh = a.win[std::int64_t(h) * a.batch + b];
     int first = max(0, qt * 64 - wh + 1) / 64;
@@ -501,6 +510,13 @@ BackwardPlan plan_backward(const PlanRequest& r, cuda::Workspace& ws, cuda::Work
     offsets_kernel<<<grid_of(nkeys + 1), kThreads, 0, stream>>>(keys_out, static_cast<int>(E),
                                                                 static_cast<unsigned>(nkeys), off);
     MOBA_CUDA_LAUNCH_CHECK();
+    if (r.list_slots) {
+      signed char* slot = ws.alloc<signed char>(E, "list entry slots");
+      mem.add(E);
+      list_slots_kernel<<<grid_of(E), kThreads, 0, stream>>>(keys_out, E, static_cast<unsigned>(nkeys), P, slot);
+      MOBA_CUDA_LAUNCH_CHECK();
+      plan.list_slot = slot;
+    }
     plan.list = list;
     plan.list_off = off;
   }

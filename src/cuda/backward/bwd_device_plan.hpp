@@ -36,6 +36,7 @@ struct PlanRequest {
   int slots = 132;     // resident key-pass CTAs (split rule)
   bool dq_items = true;      // plan the dQ pass (not in the all-atomic variant)
   bool listed_waves = false; // deterministic mode: plan the per-slot dQ waves
+  bool list_slots = false;   // deterministic slot path: each list entry's selection slot
   const int* cu_dev = nullptr;             // cu_seqlens on the device (caller's or uploaded)
   bool cu_from_caller_gpu = false;         // keep the invalid flag (the host did not check it)
   const std::int32_t* selection = nullptr; // [total, hq, past]

@@ -17,10 +17,15 @@
 // partial in fp32 to a slot, and a small kernel sums the slots in a fixed order.
 //
 // Query-major dQ pass (both modes for the implicit rows; the listed rows only in the
-// deterministic mode): one item is one 64-row tile (implicit: 64 tokens of one head; listed:
-// 64 entries of a selection slot's list) and a run of key tiles it sees fully, the last one
-// optionally diagonal. Each launch ("wave") touches every row at most once, so dQ is
-// accumulated without atomics in a fixed order.
+// deterministic mode's wave path): one item is one 64-row tile (implicit: 64 tokens of one
+// head; listed: 64 entries of a selection slot's list) and a run of key tiles it sees fully,
+// the last one optionally diagonal. Each launch ("wave") touches every row at most once, so
+// dQ is accumulated without atomics in a fixed order.
+//
+// Deterministic mode, slot path (a MoBA block fits one key tile and P <= kDetSlotMax): the key
+// pass computes each listed entry's dQ (row, slot s) whole (one key tile is the whole block) and
+// stores it to slot buffer s (no atomics, each element written once); the dQ pass over the
+// implicit rows then runs last and adds the row's valid slots in slot order to its registers.
 #pragma once
 
 #include <cstdint>
@@ -55,7 +60,7 @@ struct DqItem {
   // MoA only: first the sink's key tiles [seq_begin, seq_begin + 64 * sink_tiles), then the
   // n_key_tiles from key_start (disjoint); every tile masked by the window rule of moa_w.
   int sink_tiles;
-  int seq_begin;  // MoA and kVisBlocks: first token of the item's sequence
+  int seq_begin;  // first token of the item's sequence (MoA, kVisBlocks, implicit rows always)
   int moa_w;
   int key_end;  // kVisBlocks, listed rows: the chosen block's end (keys from it are not seen)
 };
@@ -102,10 +107,20 @@ struct KeyPassArgs {
   // sm_90a key pass only: 1 adds each row's dQ by one bulk reduce-add (TMA unit) from shared
   // memory instead of per-thread fp32 atomics (same sums, other order). Unused by key_pass.cuh.
   int dq_bulk = 0;
+  // Deterministic slot path (key_pass.cuh only): non-null: a listed entry's dQ is stored (no
+  // atomics) to dq_acc + slot * dq_slot_stride + row * D, slot = list_slot[entry] (its
+  // selection slot); dq_acc then holds P slot buffers.
+  const signed char* list_slot = nullptr;
+  long long dq_slot_stride = 0;
 };
 
-// How the dQ pass stores its tile's result.
-enum DqStore : int { kDqStoreAcc = 0, kDqAddAcc = 1, kDqStoreOut = 2 };
+// Most selection slots the deterministic slot path takes (its P fp32 slot buffers of
+// [total, hq, D] replace the one dQ scratch of the wave path: at most twice its memory).
+constexpr int kDetSlotMax = 2;
+
+// How the dQ pass stores its tile's result. kDqStoreOutSlots (deterministic slot path): adds the
+// row's valid slot buffers (DqPassArgs::slots) in slot order, then scales and rounds to dq.
+enum DqStore : int { kDqStoreAcc = 0, kDqAddAcc = 1, kDqStoreOut = 2, kDqStoreOutSlots = 3 };
 
 struct DqPassArgs {
   Operands op;
@@ -119,8 +134,14 @@ struct DqPassArgs {
   float scale, scale_log2;
   int moa_sink;    // kVisMoa: sink tokens at the start of each sequence
   int visibility;  // Visibility
-  int block_size;  // kVisBlocks
+  int block_size;  // kVisBlocks and the slot path
   const int* n_items = nullptr;  // device count of items (the grid is a bound); nullptr: the grid
+  // kDqStoreOutSlots: P slot buffers at dq_acc + s * slot_stride ([total, hq, D] each); slot s
+  // of row (t, h) is valid (was written by the key pass) iff j = selection[(t hq + h) P + s]
+  // is a past block of t's sequence: 0 <= j < (t - DqItem::seq_begin) / block_size.
+  const std::int32_t* selection = nullptr;
+  int slots = 0;
+  long long slot_stride = 0;
 };
 
 // A key tile whose row tiles were split over n_slots items: their fp32 dK/dV partials sit in
@@ -158,6 +179,8 @@ struct BackwardPlan {
   const DqItem* listed_items = nullptr;
   const int* n_listed_items = nullptr;  // [P]
   int max_listed_items = 0;
+  // Deterministic slot path: the selection slot of each list entry (list[i]'s slot).
+  const signed char* list_slot = nullptr;
   // Non-null when cu_seqlens came from the GPU: 1 when it failed the device check (the plan is
   // then empty and the gradients are filled with NaN).
   const int* invalid = nullptr;

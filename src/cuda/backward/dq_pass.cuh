@@ -1,10 +1,11 @@
 // Query-major dQ pass (mma.sync, sm_80+), in both modes: the causal rows' dQ always, and in the
-// deterministic mode also the listed rows' (one launch per selection slot). One CTA = 4 warps =
+// deterministic mode's wave path also the listed rows' (one launch per selection slot). One CTA = 4 warps =
 // one DqItem: 64 query rows (Q, dO kept in shared memory) against a run of 64-key tiles
 // (K, V double-buffered by cp.async). Warp w owns rows 16w..16w+15 and keeps their dQ in
 // registers:  S = Q K^T, P = exp(scale S - lse), dP = dO V^T, dS = P (dP - D), dQ += dS K.
-// The result is stored, added (fixed launch order) or scaled and rounded to the output; no
-// atomics, so this pass alone is bit-identical across runs.
+// The result is stored, added (fixed launch order) or scaled and rounded to the output (in the
+// deterministic slot path after adding the row's listed dQ from the key pass's slot buffers, in
+// slot order); no atomics, so this pass alone is bit-identical across runs.
 #pragma once
 
 #include <cmath>
@@ -23,7 +24,9 @@ struct DqPassSmem {
 
 // kVis (Visibility): the mask rule. kVisMoa visits the item's sink tiles first, then its
 // window tiles.
-template <class T, int D, int kVis>
+// kSlots: the deterministic slot path's epilogue (kDqStoreOutSlots), a separate instantiation so
+// that the other kernels' code (registers, spills) is untouched by it.
+template <class T, int D, int kVis, bool kSlots = false>
 __global__ void __launch_bounds__(128, 2) dq_pass_kernel(const DqPassArgs a) {
   using Ops = DTypeOps<T>;
   using L = DqPassSmem<D>;
@@ -214,37 +217,65 @@ __global__ void __launch_bounds__(128, 2) dq_pass_kernel(const DqPassArgs a) {
     const int head = head_s[r0 + 8 * h];
     float* accp = a.dq_acc + (std::int64_t(tok) * hq + head) * D;
     T* outp = static_cast<T*>(a.op.dq) + tok * a.op.dq_ts + head * a.op.dq_hs;
+    if constexpr (kSlots) {
+      // The listed entries' dQ from the slot buffers, in slot order (the key pass wrote the
+      // valid ones; the others hold stale bytes and are skipped by the selection's own rule).
+      const std::int32_t* sel = a.selection + (std::int64_t(tok) * hq + head) * a.slots;
+      const int own = (tok - it.seq_begin) / a.block_size;
+      for (int sl = 0; sl < a.slots; ++sl) {
+        const int j = __ldg(sel + sl);
+        if (j < 0 || j >= own) continue;
+        const float* sp = accp + sl * a.slot_stride;
 #pragma unroll
-    for (int n = 0; n < D / 8; ++n) {
-      const int d = n * 8 + (lane & 3) * 2;
-      float2 v = make_float2(acc[n][2 * h], acc[n][2 * h + 1]);
-      if (a.store == kDqStoreOut) {
-        *reinterpret_cast<std::uint32_t*>(outp + d) = Ops::pack(v.x * a.scale, v.y * a.scale);
-      } else {
-        float2* dst = reinterpret_cast<float2*>(accp + d);
-        if (a.store == kDqAddAcc) {
-          const float2 old = *dst;
-          v.x += old.x;
-          v.y += old.y;
+        for (int n = 0; n < D / 8; ++n) {
+          const float2 v = *reinterpret_cast<const float2*>(sp + n * 8 + (lane & 3) * 2);
+          acc[n][2 * h] += v.x;
+          acc[n][2 * h + 1] += v.y;
         }
-        *dst = v;
+      }
+#pragma unroll
+      for (int n = 0; n < D / 8; ++n) {
+        const int d = n * 8 + (lane & 3) * 2;
+        *reinterpret_cast<std::uint32_t*>(outp + d) = Ops::pack(acc[n][2 * h] * a.scale, acc[n][2 * h + 1] * a.scale);
+      }
+    } else {
+#pragma unroll
+      for (int n = 0; n < D / 8; ++n) {
+        const int d = n * 8 + (lane & 3) * 2;
+        float2 v = make_float2(acc[n][2 * h], acc[n][2 * h + 1]);
+        if (a.store == kDqStoreOut) {
+          *reinterpret_cast<std::uint32_t*>(outp + d) = Ops::pack(v.x * a.scale, v.y * a.scale);
+        } else {
+          float2* dst = reinterpret_cast<float2*>(accp + d);
+          if (a.store == kDqAddAcc) {
+            const float2 old = *dst;
+            v.x += old.x;
+            v.y += old.y;
+          }
+          *dst = v;
+        }
       }
     }
   }
 }
 
-template <class T, int D, int kVis>
+template <class T, int D, int kVis, bool kSlots = false>
 void launch_dq_pass_as(const DqPassArgs& a, int n_items, cudaStream_t stream) {
   constexpr int kSmem = DqPassSmem<D>::kBytes;
-  MOBA_CUDA_CHECK(cudaFuncSetAttribute(dq_pass_kernel<T, D, kVis>,
+  MOBA_CUDA_CHECK(cudaFuncSetAttribute(dq_pass_kernel<T, D, kVis, kSlots>,
                                        cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem));
-  dq_pass_kernel<T, D, kVis><<<n_items, 128, kSmem, stream>>>(a);
+  dq_pass_kernel<T, D, kVis, kSlots><<<n_items, 128, kSmem, stream>>>(a);
 }
 
 template <class T, int D>
 void launch_dq_pass_impl(const DqPassArgs& a, int n_items, void* stream) {
   if (n_items <= 0) return;
   const auto s = static_cast<cudaStream_t>(stream);
+  if (a.store == kDqStoreOutSlots) {  // MoBA only: causal-aligned blocks or any block size
+    if (a.visibility == kVisBlocks) launch_dq_pass_as<T, D, kVisBlocks, true>(a, n_items, s);
+    else launch_dq_pass_as<T, D, kVisCausal, true>(a, n_items, s);
+    return;
+  }
   switch (a.visibility) {
     case kVisMoa: launch_dq_pass_as<T, D, kVisMoa>(a, n_items, s); break;
     case kVisBlocks: launch_dq_pass_as<T, D, kVisBlocks>(a, n_items, s); break;

@@ -9,7 +9,8 @@
 //   dP^T = V_w dO^T            (16 x 64)   dS^T = P^T (dP^T - D)
 //   dV_w += P^T dO,  dK_w += dS^T Q        (P, dS rounded to the dtype as mma operands)
 //   dS^T -> shared; dQ (64 x D) = dS K, warp w rows 16(w%4).., columns split over the groups,
-//   added by fp32 atomics.
+//   added by fp32 atomics (deterministic slot path: listed rows' dQ stored to the row's slot
+//   buffer, each element written once: the tile is the entry's whole block).
 // Q/dO of the next row tile are prefetched with cp.async while the current one computes.
 #pragma once
 
@@ -285,6 +286,21 @@ __global__ void __launch_bounds__(256, 1) key_pass_kernel(const KeyPassArgs a) {
             Ops::mma(acc[2 * dp], af, bf[0], bf[1]);
             Ops::mma(acc[2 * dp + 1], af, bf[2], bf[3]);
           }
+        }
+        if (kVis != kVisMoa && a.list_slot != nullptr) {  // MoA lists no rows
+          // Deterministic slot path (listed rows only): the entry's whole dQ, stored to its
+          // selection slot's buffer (each element written once).
+          const int e0 = it.list_begin + (rt - n_impl) * 64 + r0;
+          const int s0 = t0 >= 0 ? a.list_slot[e0] : -1, s1 = t1 >= 0 ? a.list_slot[e0 + 8] : -1;
+          float* p0 = q0 + std::int64_t(s0) * a.dq_slot_stride;
+          float* p1 = q1 + std::int64_t(s1) * a.dq_slot_stride;
+#pragma unroll
+          for (int n = 0; n < D / 16; ++n) {
+            const int d = half * (D / 2) + n * 8 + (lane & 3) * 2;
+            if (s0 >= 0) *reinterpret_cast<float2*>(p0 + d) = make_float2(acc[n][0], acc[n][1]);
+            if (s1 >= 0) *reinterpret_cast<float2*>(p1 + d) = make_float2(acc[n][2], acc[n][3]);
+          }
+          continue;
         }
 #pragma unroll
         for (int n = 0; n < D / 16; ++n) {

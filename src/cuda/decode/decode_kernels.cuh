@@ -87,48 +87,10 @@ __global__ void __launch_bounds__(kThreads) attention_kernel(const __grid_consta
     }
   __syncthreads();
 
-  // The union of the heads' key ranges, as ascending disjoint ranges (one thread; short lists).
-  if (tid == 0) {
-    int n = 0;
-    auto push = [&](int b, int e) {  // ranges arrive with ascending begins
-      if (b >= e) return;
-      if (n > 0) {
-        const int last_end = sm.r_begin[n - 1] + (sm.r_off[n] - sm.r_off[n - 1]);
-        if (b <= last_end) {
-          if (e > last_end) sm.r_off[n] += e - last_end;
-          return;
-        }
-      }
-      sm.r_begin[n] = b;
-      sm.r_off[n + 1] = sm.r_off[n] + (e - b);
-      ++n;
-    };
-    sm.r_off[0] = 0;
-    if (a.kind == Kind::full) {
-      push(0, t + 1);
-    } else if (a.kind == Kind::moa) {
-      int wb = t + 1;
-      for (int hh = 0; hh < G; ++hh) wb = min(wb, sm.win_begin[hh]);
-      push(0, min(a.sink, wb));
-      push(max(wb, min(a.sink, wb)), t + 1);
-    } else {
-      const int B = a.block_size, own = t / B;
-      int last = -1;
-      for (;;) {  // ascending unique selected blocks: repeatedly the smallest above `last`
-        int next = own;
-        for (int hh = 0; hh < G; ++hh)
-          for (int s = 0; s < a.past_k; ++s) {
-            const int j = sm.sel[hh][s];
-            if (j > last && j < next) next = j;
-          }
-        if (next >= own) break;
-        push(next * B, (next + 1) * B);
-        last = next;
-      }
-      if (a.own_block) push(own * B, t + 1);
-    }
-    sm.n_ranges = n;
-  }
+  if (tid == 0)
+    sm.n_ranges = build_key_ranges(a.kind, t, G, a.sink, sm.win_begin, a.block_size, a.own_block,
+                                   a.past_k, [&](int hh, int s) { return sm.sel[hh][s]; },
+                                   sm.r_begin, sm.r_off, nullptr);
   __syncthreads();
   const int n_ranges = sm.n_ranges;
   const int total_keys = sm.r_off[n_ranges];

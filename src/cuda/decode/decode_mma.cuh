@@ -58,57 +58,6 @@ constexpr std::size_t mma_smem_bytes() {
   return sizeof(MmaSmem<T, D>);
 }
 
-// The union of the heads' key ranges as ascending disjoint ranges, each with the heads that
-// see its keys (MoA: refined per key by the windows). One thread; short lists.
-template <class S>
-__device__ void build_masked_ranges(S& sm, const AttentionArgs& a, int G, int t) {
-  const unsigned all = (1u << G) - 1u;
-  int n = 0;
-  auto push = [&](int b, int e, unsigned mask) {  // ranges arrive with ascending begins
-    if (b >= e) return;
-    if (n > 0 && sm.r_mask[n - 1] == mask) {
-      const int last_end = sm.r_begin[n - 1] + (sm.r_off[n] - sm.r_off[n - 1]);
-      if (b <= last_end) {
-        if (e > last_end) sm.r_off[n] += e - last_end;
-        return;
-      }
-    }
-    sm.r_begin[n] = b;
-    sm.r_mask[n] = mask;
-    sm.r_off[n + 1] = sm.r_off[n] + (e - b);
-    ++n;
-  };
-  sm.r_off[0] = 0;
-  if (a.kind == Kind::full) {
-    push(0, t + 1, all);
-  } else if (a.kind == Kind::moa) {
-    int wb = t + 1;
-    for (int hh = 0; hh < G; ++hh) wb = min(wb, sm.win_begin[hh]);
-    push(0, min(a.sink, wb), all);
-    push(max(wb, min(a.sink, wb)), t + 1, all);
-  } else {
-    const int B = a.block_size, own = t / B;
-    int last = -1;
-    for (;;) {  // ascending unique selected blocks: repeatedly the smallest above `last`
-      int next = own;
-      for (int hh = 0; hh < G; ++hh)
-        for (int s = 0; s < a.past_k; ++s) {
-          const int j = sm.sel[hh][s];
-          if (j > last && j < next) next = j;
-        }
-      if (next >= own) break;
-      unsigned mask = 0;
-      for (int hh = 0; hh < G; ++hh)
-        for (int s = 0; s < a.past_k; ++s)
-          if (sm.sel[hh][s] == next) mask |= 1u << hh;
-      push(next * B, (next + 1) * B, mask);
-      last = next;
-    }
-    if (a.own_block) push(own * B, t + 1, all);
-  }
-  sm.n_ranges = n;
-}
-
 template <class T, int D>
 __global__ void __launch_bounds__(kThreads) attention_mma_kernel(const __grid_constant__ AttentionArgs a) {
   using S = MmaSmem<T, D>;
@@ -158,7 +107,10 @@ __global__ void __launch_bounds__(kThreads) attention_mma_kernel(const __grid_co
     sm.win_begin[tid] = max(0, t - w + 1);
   }
   __syncthreads();
-  if (tid == 0) build_masked_ranges(sm, a, G, t);
+  if (tid == 0)  // each range with the heads that see it
+    sm.n_ranges = build_key_ranges(a.kind, t, G, a.sink, sm.win_begin, a.block_size, a.own_block,
+                                   a.past_k, [&](int hh, int s) { return sm.sel[hh][s]; },
+                                   sm.r_begin, sm.r_off, sm.r_mask);
   __syncthreads();
   const int n_ranges = sm.n_ranges;
   const int total_keys = sm.r_off[n_ranges];
