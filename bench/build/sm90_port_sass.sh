@@ -26,9 +26,12 @@ OUT=$(mktemp -d)
 trap 'rm -rf "$OUT"' EXIT
 
 git archive "$BASE" src include | tar -x -C "$OUT" && mkdir -p "$OUT/base" && mv "$OUT/src" "$OUT/include" "$OUT/base/"
-# the translation units that reach the primitives, in either tree
-mapfile -t TUS < <(grep -rlE 'ws_kernel\.cuh|sm90_key_pass\.cuh|hopper_wgmma\.cuh|sm90_pipeline\.cuh' \
-  --include='*.cu' src "$OUT/base/src" | sed "s|^$OUT/base/||" | sort -u | grep -E "${ONLY:-.}")
+# the translation units that reach the primitives (directly or through a kernel header), in
+# either tree
+hdrs=$(grep -rlE 'hopper_wgmma\.cuh|sm90_pipeline\.cuh' --include='*.cuh' src "$OUT/base/src" |
+  xargs -n1 basename | sort -u | sed 's/\./\\./g' | paste -sd'|')
+mapfile -t TUS < <(grep -rlE "$hdrs" --include='*.cu' src "$OUT/base/src" | sed "s|^$OUT/base/||" |
+  sort -u | grep -E "${ONLY:-.}")
 
 # compile SIDE TU: object, ptxas log, normalised SASS
 compile() {
