@@ -149,10 +149,10 @@ __global__ void fill_coherent(T* x, long long total, int H, int D, long long n, 
 }
 
 // --coherent: one-pass on vs off per setting and data kind.
-template <class T>
+template <class Elem>
 void run_coherent(moba::RunOptions run, cudaEvent_t e0, cudaEvent_t e1) {
   struct Setting { const char* name; long long n; int batch, h, block, topk; moba::DType dt; };
-  const bool bf = std::is_same<T, __nv_bfloat16>::value;
+  const bool bf = std::is_same<Elem, __nv_bfloat16>::value;
   std::vector<Setting> settings;
   for (long long n : {8192LL, 32768LL, 131072LL}) {
     if (bf) settings.push_back({"(a) 64 blocks top3 bf16", n, 1, 8, int(n / 64), 3, moba::DType::bf16});
@@ -182,13 +182,13 @@ void run_coherent(moba::RunOptions run, cudaEvent_t e0, cudaEvent_t e1) {
     const moba::AttentionParams params = moba::AttentionParams::moba_blocks(st.block, st.topk);
     for (bool coherent : {true, false}) {
       if (coherent) {
-        fill_coherent<<<1024, 256>>>((T*)q, T, H, D, st.n, st.block, 0.05f, 21);
-        fill_coherent<<<1024, 256>>>((T*)k, T, H, D, st.n, st.block, 1.0f, 22);
+        fill_coherent<<<1024, 256>>>((Elem*)q, T, H, D, st.n, st.block, 0.05f, 21);
+        fill_coherent<<<1024, 256>>>((Elem*)k, T, H, D, st.n, st.block, 1.0f, 22);
       } else {
-        fill_normal<<<1024, 256>>>((T*)q, T * H * D, 21);
-        fill_normal<<<1024, 256>>>((T*)k, T * H * D, 22);
+        fill_normal<<<1024, 256>>>((Elem*)q, T * H * D, 21);
+        fill_normal<<<1024, 256>>>((Elem*)k, T * H * D, 22);
       }
-      fill_normal<<<1024, 256>>>((T*)v, T * H * D, 23);
+      fill_normal<<<1024, 256>>>((Elem*)v, T * H * D, 23);
       CK(cudaGetLastError());
       auto timed = [&](bool one_pass, moba::CudaForwardStats* stats) {
         moba::RunOptions r = run;

@@ -72,15 +72,15 @@ Shape moba_shape(std::vector<int> lens, int hq, int hkv, int d, DType t, int blo
   return s;
 }
 
-struct Run {
+struct OnePassRun {
   GpuRun g;
   CudaForwardStats stats;
 };
 
-Run run_ws(const Shape& s, const Inputs& in, bool one_pass, float factor = 0.f,
+OnePassRun run_ws(const Shape& s, const Inputs& in, bool one_pass, float factor = 0.f,
            bool cu_on_device = false,
            CudaOptions::ForwardKernel k = CudaOptions::ForwardKernel::sm90_warp_specialized) {
-  Run r;
+  OnePassRun r;
   CudaOptions o;
   o.moba_one_pass = one_pass;
   o.moba_one_pass_factor = factor;
@@ -119,12 +119,12 @@ TEST(CudaOnePass, CoherentTilesRunInOnePassAndMatchTruth) {
     SCOPED_TRACE(s.str());
     Inputs in = coherent_inputs(s, 100 + i, s.hq);
     const bool dev_cu = i++ % 2 == 1;
-    const Run on = run_ws(s, in, true, 0.f, dev_cu);
+    const OnePassRun on = run_ws(s, in, true, 0.f, dev_cu);
     expect_matches_truth(s, in, on.g);
     EXPECT_EQ(on.stats.moba_tiles, candidate_tiles(s));
     EXPECT_EQ(on.stats.one_pass_tiles, on.stats.moba_tiles) << "coherent tiles must all run in one pass";
     EXPECT_GE(on.stats.union_blocks, on.stats.one_pass_tiles);
-    const Run off = run_ws(s, in, false, 0.f, dev_cu);
+    const OnePassRun off = run_ws(s, in, false, 0.f, dev_cu);
     expect_matches_truth(s, in, off.g);
     EXPECT_EQ(off.stats.one_pass_tiles, 0);
     EXPECT_EQ(on.g.sel, off.g.sel) << "the one-pass option must not change the selection";
@@ -133,7 +133,7 @@ TEST(CudaOnePass, CoherentTilesRunInOnePassAndMatchTruth) {
     for (std::size_t e = 0; e < on.g.lse.size(); ++e)
       max_lse = std::max(max_lse, double(std::fabs(on.g.lse[e] - off.g.lse[e])));
     EXPECT_LT(max_lse, 1e-3);
-    const Run again = run_ws(s, in, true, 0.f, dev_cu);
+    const OnePassRun again = run_ws(s, in, true, 0.f, dev_cu);
     EXPECT_EQ(again.g.out.bytes, on.g.out.bytes) << "repeats must be bit-identical";
     EXPECT_EQ(again.g.lse, on.g.lse);
     if (HasFailure()) return;
@@ -152,11 +152,11 @@ TEST(CudaOnePass, MixedTilesSplitBetweenOnePassAndWaves) {
   for (const Shape& s : shapes) {
     SCOPED_TRACE(s.str());
     Inputs in = coherent_inputs(s, 300 + i, s.hq / 2);  // half the heads coherent
-    const Run on = run_ws(s, in, true, 0.f, i++ % 2 == 0);
+    const OnePassRun on = run_ws(s, in, true, 0.f, i++ % 2 == 0);
     expect_matches_truth(s, in, on.g);
     EXPECT_GT(on.stats.one_pass_tiles, 0);
     EXPECT_LT(on.stats.one_pass_tiles, on.stats.moba_tiles) << "random heads should take the waves";
-    const Run off = run_ws(s, in, false);
+    const OnePassRun off = run_ws(s, in, false);
     EXPECT_EQ(on.g.sel, off.g.sel);
     if (HasFailure()) return;
   }
@@ -167,12 +167,12 @@ TEST(CudaOnePass, FactorDecidesAndBadFactorsAreErrors) {
   if (!has_ws()) GTEST_SKIP() << "the sm_90a warp-specialised kernel does not run here";
   const Shape s = moba_shape({3000, 700}, 2, 1, 128, DType::bf16, 128, 3);  // up to 22 past blocks
   Inputs in = make_inputs(s, 41);  // random: unions grow with the position
-  const Run tiny = run_ws(s, in, true, 1e-6f);
+  const OnePassRun tiny = run_ws(s, in, true, 1e-6f);
   EXPECT_EQ(tiny.stats.one_pass_tiles, 0) << "a union of >= 1 block exceeds 1e-6 x n";
   expect_matches_truth(s, in, tiny.g);
-  const Run huge = run_ws(s, in, true, 1e9f);  // every tile whose union fits the cap
+  const OnePassRun huge = run_ws(s, in, true, 1e9f);  // every tile whose union fits the cap
   expect_matches_truth(s, in, huge.g);
-  const Run dflt = run_ws(s, in, true);
+  const OnePassRun dflt = run_ws(s, in, true);
   EXPECT_GT(huge.stats.one_pass_tiles, dflt.stats.one_pass_tiles);
   EXPECT_GT(huge.stats.one_pass_tiles, 0);
   EXPECT_LT(huge.stats.one_pass_tiles, huge.stats.moba_tiles) << "unions over 16 blocks exist";
@@ -190,7 +190,7 @@ TEST(CudaOnePass, Sm80KernelTakesTheWaves) {
   MOBA_SKIP_WITHOUT_GPU();
   const Shape s = moba_shape({1500, 1}, 4, 2, 64, DType::bf16, 128, 3);
   Inputs in = coherent_inputs(s, 55, s.hq);
-  const Run r = run_ws(s, in, true, 0.f, false, CudaOptions::ForwardKernel::sm80_mma_sync);
+  const OnePassRun r = run_ws(s, in, true, 0.f, false, CudaOptions::ForwardKernel::sm80_mma_sync);
   EXPECT_EQ(r.stats.one_pass_tiles, 0);
   expect_matches_truth(s, in, r.g);
 }
@@ -203,7 +203,7 @@ TEST(CudaOnePass, GraphTestShapesRunOnePassTiles) {
   const Shape all = moba_shape({1100, 0, 900}, 2, 2, 128, DType::bf16, 128, 5);
   const Shape mixed = moba_shape({2600, 1}, 2, 1, 64, DType::f16, 128, 3);
   Inputs in_all = make_inputs(all, 31), in_mixed = make_inputs(mixed, 31);
-  const Run a = run_ws(all, in_all, true, 0.f, true), m = run_ws(mixed, in_mixed, true, 0.f, true);
+  const OnePassRun a = run_ws(all, in_all, true, 0.f, true), m = run_ws(mixed, in_mixed, true, 0.f, true);
   EXPECT_EQ(a.stats.one_pass_tiles, a.stats.moba_tiles);
   EXPECT_GT(m.stats.one_pass_tiles, 0);
   EXPECT_LT(m.stats.one_pass_tiles, m.stats.moba_tiles);
