@@ -181,13 +181,16 @@ void check_one_pass_tiling(const Shape& s, std::mt19937& rng, float factor, long
   for (int i = 0; i < op_items; ++i) {
     WorkTile w;
     Visibility<cuda::kMobaOnePass>::tile<128>(a, i, w);
-    ASSERT_GE(w.nu, 1);
-    ASSERT_LE(w.nu, kOnePassMaxUnion);
+    const int nu = w.e0 / B;
+    ASSERT_EQ(w.b0, 0);
+    ASSERT_EQ(w.e0 % B, 0);
+    ASSERT_GE(nu, 1);
+    ASSERT_LE(nu, kOnePassMaxUnion);
     ASSERT_EQ(w.b1 % B, 0);
     ASSERT_LE(w.b1, w.t0);
     ASSERT_LE(w.t0 + w.nrows - 1, w.b1 + B - 1) << "a one-pass tile lies in one block";
     const int* ublk = hp.unions.data() + std::size_t(w.start) * kOnePassUnionStride + 1;
-    for (int u = 1; u < w.nu; ++u) ASSERT_LT(ublk[u - 1], ublk[u]) << "union sorted, distinct";
+    for (int u = 1; u < nu; ++u) ASSERT_LT(ublk[u - 1], ublk[u]) << "union sorted, distinct";
     for (int r = 0; r < w.nrows; ++r) {
       const int pos = w.t0 + r, tok = cu[w.seq] + pos;
       ++seen[std::size_t(tok) * s.hq + w.h];

@@ -146,7 +146,8 @@ struct Visibility<kGatherWave> {
 
 // MoBA in one pass (kRows = 128 and block sizes that are a multiple of 128: the tile's rows
 // share one own block). Work item = the i-th one-pass item of the plan (onepass_plan.hpp); the
-// tile's chunks are UnionChunks (work_item.cuh): w.nu whole union blocks, then the own range
+// tile's chunks are UnionChunks (work_item.cuh): U whole union blocks ([b0, e0) = [0, U x block)),
+// then the own range
 // [own block start, last row]. In union chunk c a row's scores are kept when it chose union
 // block union_index(c) (bit of its row mask), else all masked; in the own range the rule is
 // causal (every key there is in the rows' own block).
@@ -160,7 +161,8 @@ struct Visibility<kMobaOnePass> {
     const int d = p.op_items[i];
     dense_rows<kRows>(p, d, w);
     w.start = d;  // the plan's tables (union, row masks) are indexed by the dense item
-    w.nu = p.op_union[std::int64_t(d) * kOnePassUnionStride];
+    w.b0 = 0;  // the union blocks end to end (UnionChunks)
+    w.e0 = p.op_union[std::int64_t(d) * kOnePassUnionStride] * p.block_size;
     w.b1 = (w.t0 / p.block_size) * p.block_size;
     w.e1 = w.t0 + w.nrows;
   }

@@ -37,7 +37,8 @@ struct WorkTile {
   int start = 0;    // gather: index of row 0 in p.rows
   int b0 = 0, e0 = 0, b1 = 0, e1 = 0;  // key ranges [b0, e0) then [b1, e1) (positions)
   int moa_w = 0;    // MoA: the head's window in this sequence
-  int nu = 0;       // MoBA one pass: union blocks before the own range [b1, e1)
+  // (MoBA one pass: [b0, e0) = [0, U x block) are the U union blocks laid end to end, see
+  // UnionChunks; a field more here would cost the D = 64 kernels register spills)
 };
 using WsTile = WorkTile;  // the name the warp-specialised kernel's tests know it by
 
@@ -121,8 +122,9 @@ struct KeyChunks {
   }
 };
 
-// A one-pass tile's chunks: w.nu union blocks (block ids in ublk, whole blocks of `block`
-// keys, block a multiple of kKeys) then the own range [b1, e1). ublk is read only by begin()
+// A one-pass tile's chunks: its U union blocks (block ids in ublk, whole blocks of `block`
+// keys, block a multiple of kKeys; w.e0 - w.b0 = U x block, the union blocks laid end to end)
+// then the own range [b1, e1). ublk is read only by begin()
 // and end() of union chunks (the TMA thread; the consumers mask union chunks by the row's
 // choice and pass nullptr).
 template <int kKeys>
@@ -130,7 +132,7 @@ struct UnionChunks {
   const int* ublk;
   int block, per_block, nuc, b1, e1, count;
   MOBA_HD UnionChunks(const WorkTile& w, const int* ublk_, int block_)
-      : ublk(ublk_), block(block_), per_block(block_ / kKeys), nuc(w.nu * (block_ / kKeys)),
+      : ublk(ublk_), block(block_), per_block(block_ / kKeys), nuc((w.e0 - w.b0) / kKeys),
         b1(w.b1), e1(w.e1), count(nuc + (w.e1 - w.b1 + kKeys - 1) / kKeys) {}
   MOBA_HD bool in_union(int c) const { return c < nuc; }
   MOBA_HD int union_index(int c) const { return c / per_block; }

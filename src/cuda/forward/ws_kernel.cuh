@@ -206,7 +206,7 @@ __global__ void __launch_bounds__(384, 1)
         }
         if constexpr (Vis::kUnion) {  // the plan's union and row masks (w.start: dense item)
           const int* u_src = p.op_union + std::int64_t(w.start) * kOnePassUnionStride + 1;
-          for (int u = tid - 32; u < w.nu; u += Tr::kQThreads)
+          for (int u = tid - 32; u < w.e0 / p.block_size; u += Tr::kQThreads)
             union_blk[(n & 1) * kOnePassMaxUnion + u] = u_src[u];
           const std::uint16_t* m_src = p.op_mask + std::int64_t(w.start) * Tr::kRows;
           for (int r = tid - 32; r < Tr::kRows; r += Tr::kQThreads)
