@@ -227,31 +227,26 @@ __global__ void __launch_bounds__(128 * TP + 32, 1)
       }
     };
 
-    mbar_wait(full(stage(0)), parity(0));
-    issue(acc0, stage(0), 0);
+    // Stage c: half 0 into acc0, half 1 into acc1, issued back to back; the threads filter
+    // acc0 while acc1's wgmmas run, then acc1 (the other consumer warpgroup's wgmmas keep the
+    // tensor cores busy meanwhile). No wgmma stays in flight across iterations: ptxas tracks
+    // the order of commit groups only within one, and serialises every wgmma of the kernel
+    // when a filter reads an accumulator retired by a wait<1> for a group of the iteration
+    // before (measured here with ptxas 13.0: advisory C7514).
     for (int c = 0; c < nch; ++c) {
+      mbar_wait(full(stage(c)), parity(c));
+      issue(acc0, stage(c), 0);
       // the second half runs even past the last block (a last stage of one step): its scores
-      // are not read, and an unconditional issue keeps the wgmmas out of divergent paths
-      const bool has1 = 2 * c + 1 < nsteps;
+      // are not read
       issue(acc1, stage(c), 1);
       wg_wait<1>();
       reg_fence<32>(acc0);
       filter(acc0, c * Tr::kChunk);  // while acc1's wgmmas run
-      if (c + 1 < nch) {
-        mbar_wait(full(stage(c + 1)), parity(c + 1));
-        issue(acc0, stage(c + 1), 0);
-        wg_wait<1>();
-      } else {
-        wg_wait<0>();
-      }
+      wg_wait<0>();
       reg_fence<32>(acc1);
       mbar_arrive(empty(stage(c)));  // this thread's wgmmas that read stage c are complete
-      if (has1) filter(acc1, c * Tr::kChunk + Tr::kStep);  // while the next acc0 runs
+      if (2 * c + 1 < nsteps) filter(acc1, c * Tr::kChunk + Tr::kStep);
     }
-    // Nothing is in flight here (the last stage waited for all); saying so lets ptxas see that
-    // the accumulators' registers are free on every path out of the loop (else it serialises
-    // every wgmma of the kernel).
-    wg_wait<0>();
 
     int pick[KR];
     gate_detail::quad_merge<KR, 2>(ls, li, K, c4, pick);
