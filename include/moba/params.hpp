@@ -84,9 +84,10 @@ struct CudaOptions {
   // one bulk reduce-add per row from shared memory (the TMA unit) rather than per-thread fp32
   // atomics. A measurement variant (both are tested).
   bool backward_dq_bulk_reduce = true;
-  // MoBA gate's score + top-k kernel for topk - 1 <= 8 (larger top-k always runs the
-  // shared-memory-list kernel). `automatic`: `sm90_wgmma` where it can run, else
-  // `sm80_mma_sync`. `sm90_wgmma`: scores on sm_90a warpgroup MMA, the means streamed by TMA;
+  // MoBA gate's score + top-k kernel. `automatic`: `sm90_wgmma` where it can run, else
+  // `sm80_mma_sync`. `sm90_wgmma` (topk - 1 <= 16; above, the shared-memory-list kernel runs):
+  // scores on sm_90a warpgroup MMA, the means streamed by TMA, top-k lists in registers;
+  // `sm80_mma_sync`: mma.sync scores, register lists for topk - 1 <= 8, shared memory above;
   // it needs a compute capability 9.0 device, a build with sm_90a code and a driver that
   // encodes TMA tensor maps, else moba::Error(unsupported). Both select the same blocks
   // (docs/semantics.md), they differ in speed only.

@@ -8,7 +8,8 @@
 // The gate has two top-k kernels, both run here: per-thread register lists for topk - 1 <= 8
 // (128-row CTAs that may span sequences) and shared-memory lists above that. The register range
 // has two score kernels (CudaOptions::gate_kernel): mma.sync (gate_topk_regs.cuh) and sm_90a
-// warpgroup MMA (gate_topk_sm90.cuh, where the device and the build run it); every check runs
+// warpgroup MMA (gate_topk_sm90.cuh, where the device and the build run it; its register lists
+// reach topk - 1 = 16, where mma.sync uses the shared-memory lists); every check runs
 // each of them in this one process against the reference, and the two against each other:
 // identical except near ties (different fp32 summation orders), exactly identical on exact ties.
 // MOBA_CUDA_GATE_SHAPES=<n> sets the number of random shapes (default 200).
@@ -103,7 +104,8 @@ TEST(CudaGate, MatchesReferenceOnRandomShapes) {
   for (int i = 0; i < n; ++i) {
     Shape s = random_shape(rng, opt);
     if (i % 3 == 0) s.params.topk = 2 + i % 6;  // few blocks kept of many: real choices
-    if (i % 7 == 0) s.params.topk = 9;           // the register range's largest (8 past blocks)
+    if (i % 7 == 0) s.params.topk = 9;           // mma.sync's register range's largest
+    if (i % 11 == 0) s.params.topk = 10 + i % 8;  // sm90's register range beyond it (to 16)
     if (s.params.topk < 2) s.params.topk = 2;
     Inputs in = make_inputs(s, 700 + i, i % 5 == 0 ? 4.0 : 1.0);
     check_gate_kernels(s, in, i % 3 == 1, false, &t);
@@ -118,7 +120,7 @@ TEST(CudaGate, MatchesReferenceOnRandomShapes) {
 // Every key block from the fourth on is a copy of one of the first three, so many blocks have
 // identical means and bit-identical scores in any arithmetic; the earlier block must win.
 // topk 4 and 8 run the register lists (thread columns interleave: a tie can sit in another
-// lane's list), 12 the shared-memory lists.
+// lane's list), 12 and 17 the shared-memory lists on mma.sync and the register lists on sm90.
 void copy_blocks_mod3(const Shape& s, Inputs& in) {
   const int B = s.params.block_size, D = s.d;
   for (std::size_t b = 0; b + 1 < in.cu.size(); ++b)
@@ -135,7 +137,7 @@ TEST(CudaGate, ExactTiesGoToTheEarlierBlock) {
   MOBA_SKIP_WITHOUT_GPU();
   for (DType dt : {DType::bf16, DType::f16})
     for (int D : {64, 128})
-      for (int topk : {4, 8, 12}) {
+      for (int topk : {4, 8, 12, 17}) {
         const int B = 64;
         Shape s;
         s.seqlens = {12 * B + 5, 3 * B, 9 * B - 1, 90 * B + 17};
@@ -219,7 +221,7 @@ TEST(CudaGate, PassesAndStagesOfBothKernels) {
   MOBA_SKIP_WITHOUT_GPU();
   int i = 0;
   for (int B : {16, 32, 80, 128})
-    for (int topk : {2, 4, 9}) {
+    for (int topk : {2, 4, 9, 13, 17}) {
       Shape s;
       s.seqlens = {B * 3 + 7, 1, 0, 64, 65, B * (B <= 32 ? 300 : 140) + 33, 127, 2};
       s.hq = 4, s.hkv = 1, s.d = i % 2 ? 128 : 64;

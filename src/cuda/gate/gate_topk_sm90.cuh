@@ -1,6 +1,7 @@
-// Fused gate scores + top-k on sm_90a warpgroup MMA, for the register top-k range
-// (topk - 1 <= kRegGateMaxK); selects exactly what gate_topk_regs.cuh selects (same fp32 scores
-// up to the MMA's summation order, same lists, same tie rule).
+// Fused gate scores + top-k on sm_90a warpgroup MMA, for topk - 1 <= kSm90GateMaxK (16): the
+// register top-k range of the mma.sync kernel (<= 8) and beyond it; selects what
+// gate_topk_regs.cuh / gate_topk_kernel select (the same rule, same lists as the former; fp32
+// scores summed in another order, so near ties may go either way).
 //
 // One CTA = TP consecutive 64-row plan tiles of one query head (TP = 2: 128 rows) and
 // TP + 1/4 warpgroups: consumer warpgroup w owns plan tile w (its 64 Q rows in shared memory,
@@ -40,6 +41,9 @@
 namespace moba::cuda {
 
 constexpr int kSm90GateTiles = 2;  // 64-row plan tiles (consumer warpgroups) per CTA
+// Largest topk - 1 of this kernel: 2 rows a thread leave room for lists of 16 (the mma.sync
+// kernel's 4 rows a thread stop at kRegGateMaxK = 8; between the two the shared-memory lists run).
+constexpr int kSm90GateMaxK = 16;
 
 template <int D, int TP>
 struct Sm90GateTraits {
