@@ -240,16 +240,21 @@ __global__ void __launch_bounds__(128 * TP + 32, 1)
     for (int c = 0; c < nch; ++c) {
       mbar_wait(full(stage(c)), parity(c));
       issue(acc0, stage(c), 0);
-      // the second half runs even past the last block (a last stage of one step): its scores
-      // are not read
-      issue(acc1, stage(c), 1);
-      wg_wait<1>();
+      // a last stage of one step has no second half (a uniform branch that ptxas accepts: the
+      // two paths leave the same group in flight after their waits)
+      const bool has1 = 2 * c + 1 < nsteps;
+      if (has1) {
+        issue(acc1, stage(c), 1);
+        wg_wait<1>();
+      } else {
+        wg_wait<0>();
+      }
       reg_fence<32>(acc0);
       filter(acc0, c * Tr::kChunk);  // while acc1's wgmmas run
       wg_wait<0>();
       reg_fence<32>(acc1);
       mbar_arrive(empty(stage(c)));  // this thread's wgmmas that read stage c are complete
-      if (2 * c + 1 < nsteps) filter(acc1, c * Tr::kChunk + Tr::kStep);
+      if (has1) filter(acc1, c * Tr::kChunk + Tr::kStep);
     }
 
     int pick[KR];
