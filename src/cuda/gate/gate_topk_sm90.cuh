@@ -240,8 +240,8 @@ __global__ void __launch_bounds__(128 * TP + 32, 1)
     for (int c = 0; c < nch; ++c) {
       mbar_wait(full(stage(c)), parity(c));
       issue(acc0, stage(c), 0);
-      // a last stage of one step has no second half (a uniform branch that ptxas accepts: the
-      // two paths leave the same group in flight after their waits)
+      // a last stage of one step has no second half (a uniform branch ptxas accepts: both paths
+      // retire every group by the wait<0> below, within the iteration)
       const bool has1 = 2 * c + 1 < nsteps;
       if (has1) {
         issue(acc1, stage(c), 1);
