@@ -182,7 +182,9 @@ inline ForwardResult as_forward_result(const GpuRun& g) {
 }
 
 // The MoBA gate alone on the GPU through the public API ([T, hq, topk - 1], poisoned first).
-inline std::vector<std::int32_t> gpu_gate(const Shape& s, const Inputs& in, bool cu_on_device = false) {
+inline std::vector<std::int32_t> gpu_gate(
+    const Shape& s, const Inputs& in, bool cu_on_device = false,
+    CudaOptions::GateKernel gate_kernel = CudaOptions::GateKernel::automatic) {
   const std::int64_t T = s.total();
   const int past = s.selection_slots();
   DevBuf q(in.q.bytes.size()), k(in.k.bytes.size()), sl(std::size_t(T) * s.hq * past * 4);
@@ -199,6 +201,7 @@ inline std::vector<std::int32_t> gpu_gate(const Shape& s, const Inputs& in, bool
                                                 {std::int64_t(in.cu.size())});
   RunOptions opt;
   opt.backend = Backend::cuda;
+  opt.cuda.gate_kernel = gate_kernel;
   moba_gate(dev_view(q.p, s.dtype, {T, s.hq, s.d}), dev_view(k.p, s.dtype, {T, s.hkv, s.d}), cuv,
             s.params, dev_view(sl.p, DType::i32, {T, s.hq, past}), opt);
   if (cudaDeviceSynchronize() != cudaSuccess) throw std::runtime_error("gate kernel failed");

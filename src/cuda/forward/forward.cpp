@@ -250,7 +250,7 @@ void with_kind(int kind, F&& f) {
 }
 
 void run_gate(const Problem& p, const Plan& pl, const Operand& q, const Operand& k,
-              std::int32_t* selection, Workspace& ws) {
+              std::int32_t* selection, const CudaOptions& o, Workspace& ws) {
   if (p.past_k() == 0 || p.total == 0) return;
   const int max_own = max_past_blocks(p);
   const bool scoring = max_own > p.past_k();
@@ -287,7 +287,17 @@ void run_gate(const Problem& p, const Plan& pl, const Operand& q, const Operand&
                               "MoBA block sums");
   dispatch(p, [&](auto* t, auto d) {
     using T = std::remove_pointer_t<decltype(t)>;
-    launch_gate<T, decltype(d)::value>(g, sums, ws.stream());
+    constexpr int D = decltype(d)::value;
+    // the score kernel of the register top-k range (CudaOptions::gate_kernel)
+    const bool sm90_ok = o.gate_kernel != CudaOptions::GateKernel::sm80_mma_sync &&
+                         gate_sm90_available<T, D>();
+    if (o.gate_kernel == CudaOptions::GateKernel::sm90_wgmma && !sm90_ok)
+      fail(ErrorKind::unsupported,
+           "cuda backend: CudaOptions::gate_kernel = sm90_wgmma needs a compute capability 9.0 "
+           "device, a build with sm_90a code (MOBA_CUDA_GENCODE) and a driver with TMA tensor "
+           "maps; use automatic or sm80_mma_sync");
+    g.sm90 = sm90_ok ? 1 : 0;
+    launch_gate<T, D>(g, sums, ws.stream());
   });
 }
 
@@ -366,7 +376,7 @@ void run_attention(const Problem& p, const Forward& f, const RunOptions& o, cons
   }
 
   // MoBA
-  run_gate(p, pl, f.q, f.k, f.selection, ws);
+  run_gate(p, pl, f.q, f.k, f.selection, o.cuda, ws);
   const bool any_past = p.past_k() > 0 && pl.num_blocks > 0;
   if (any_past) {
     const long long nsel = (long long)p.total * p.hq * p.past_k();
@@ -447,7 +457,7 @@ void cuda_gate(const Problem& p, const Operand& q, const Operand& k, std::int32_
   DeviceGuard guard(p.device.index);
   Workspace ws(stream_of(o));
   const Plan pl = make_plan(p, ws);
-  run_gate(p, pl, q, k, selection, ws);
+  run_gate(p, pl, q, k, selection, o.cuda, ws);
 }
 
 }  // namespace moba::detail
