@@ -1,10 +1,15 @@
-// Times the CUDA MoBA gate's pieces and its top-k kernel variants side by side, and checks on
-// the GPU that the variants select exactly the same blocks (their fp32 scores are the same mma
-// chains, so any difference is a defect):
-//   means     block means (launch_block_means)
-//   smem      gate_topk_kernel: 64-row CTAs, shared-memory lists (the kernel before issue 11)
-//   regs TP=2 gate_topk_regs_kernel, 128-row CTAs (the library's choice for topk - 1 <= 8)
-//   regs TP=4 gate_topk_regs_kernel, 256-row CTAs (half the L2 traffic of the means, 1 CTA/SM)
+// Times the CUDA MoBA gate's pieces and its top-k kernel variants side by side, and compares on
+// the GPU the blocks they select (the mma.sync variants' fp32 scores are the same mma chains, so
+// any difference between them is a defect; the wgmma kernel sums each score in another order,
+// so it may differ from them on near ties only, which test_cuda_gate checks against fp64):
+//   means      block means (launch_block_means)
+//   smem       gate_topk_kernel: 64-row CTAs, shared-memory lists (the kernel before issue 11)
+//   sm80 regs  gate_topk_regs_kernel, 128-row CTAs (CudaOptions::gate_kernel = sm80_mma_sync)
+//   sm90 wgmma gate_topk_sm90_kernel, 128-row CTAs, TMA-fed warpgroup MMA (gate_kernel =
+//              sm90_wgmma, the automatic choice on sm_90a); "n/a" where it cannot run
+// (256-row CTAs of the mma.sync kernel measured 2-8% slower than 128-row ones on the H200:
+// bench/results/h200-2026-11-29-session2/gate_variants.md; the wgmma kernel's 192/256-row
+// CTAs spill registers.) TFLOP/s: the causal score work (rows x past blocks x 2 D) per ms.
 // Settings: (d) FlashMoBA's (fp16, 16 heads, batch 2 x N, D 128, block 128, top-8) at 8K-512K
 // and (a) (bf16, 8 heads, one sequence, 64 blocks of N / 64, top-3) at 8K-128K. Medians of 7
 // CUDA-event-timed calls after one warm-up. Usage: moba_cuda_gate_bench [--quick] (8K, 32K).
@@ -15,6 +20,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstring>
+#include <string>
 #include <vector>
 
 #include "cuda/gate/gate_kernel.cuh"
@@ -72,7 +78,7 @@ void run(const Setting& st, long long n, cudaEvent_t e0, cudaEvent_t e1) {
   CK(cudaMalloc(&dev_plan, plan.size() * 4));
   CK(cudaMemcpy(dev_plan, plan.data(), plan.size() * 4, cudaMemcpyHostToDevice));
   const std::size_t sel_n = std::size_t(total) * H * K;
-  std::int32_t* sel[3];
+  std::int32_t* sel[3];  // smem, sm80 regs, sm90 wgmma
   for (auto& s : sel) CK(cudaMalloc(&s, sel_n * 4));
 
   GateParams p{};
@@ -95,29 +101,38 @@ void run(const Setting& st, long long n, cudaEvent_t e0, cudaEvent_t e1) {
   const cudaStream_t s0 = nullptr;
 
   const double t_means = time_ms([&] { moba::cuda::launch_block_means<T, D>(p, sums, s0); }, e0, e1);
-  GateParams ps = p, p2 = p, p4 = p;
-  ps.sel = sel[0], p2.sel = sel[1], p4.sel = sel[2];
+  GateParams ps = p, p2 = p, p9 = p;
+  ps.sel = sel[0], p2.sel = sel[1], p9.sel = sel[2];
+  const bool sm90 = moba::cuda::gate_sm90_available<T, D>();
   const double t_smem = time_ms([&] { moba::cuda::launch_topk_smem<T, D>(ps, s0); }, e0, e1);
-  const double t_tp2 = time_ms([&] { moba::cuda::launch_topk_regs<T, D, KR, 2>(p2, s0); }, e0, e1);
-  const double t_tp4 = time_ms([&] { moba::cuda::launch_topk_regs<T, D, KR, 4>(p4, s0); }, e0, e1);
+  const double t_regs = time_ms([&] { moba::cuda::launch_topk_regs<T, D, KR, 2>(p2, s0); }, e0, e1);
+  const double t_sm90 =
+      sm90 ? time_ms([&] { moba::cuda::launch_topk_sm90<T, D, KR, moba::cuda::kSm90GateTiles>(p9, s0); }, e0, e1)
+           : 0.0;
   CK(cudaDeviceSynchronize());
 
   std::vector<std::int32_t> a(sel_n), b(sel_n), c(sel_n);
   CK(cudaMemcpy(a.data(), sel[0], sel_n * 4, cudaMemcpyDeviceToHost));
   CK(cudaMemcpy(b.data(), sel[1], sel_n * 4, cudaMemcpyDeviceToHost));
   CK(cudaMemcpy(c.data(), sel[2], sel_n * 4, cudaMemcpyDeviceToHost));
-  long long d2 = 0, d4 = 0;
+  long long d_regs = 0, d_sm90 = 0;
   for (std::size_t r = 0; r < sel_n; r += K) {
-    d2 += std::memcmp(&a[r], &b[r], K * 4) != 0;
-    d4 += std::memcmp(&a[r], &c[r], K * 4) != 0;
+    d_regs += std::memcmp(&a[r], &b[r], K * 4) != 0;
+    d_sm90 += std::memcmp(&a[r], &c[r], K * 4) != 0;
   }
-  // scored work: rows x past blocks x 2 D per head (causal), as TFLOP/s of the fastest top-k
+  // scored work: rows x past blocks x 2 D per head (causal)
   double pairs = 0;
   for (long long t = 0; t < n; ++t) pairs += double(t / B);
   const double flops = pairs * 2.0 * D * H * st.batch;
-  const double best = std::min({t_smem, t_tp2, t_tp4});
-  std::printf("| %s | %lldK | %.3f | %.3f | %.3f | %.3f | %.0f | %lld / %lld |\n", st.name, n / 1024,
-              t_means, t_smem, t_tp2, t_tp4, flops / best * 1e-9, d2, d4);
+  char sm90_cols[96];
+  if (sm90)
+    std::snprintf(sm90_cols, sizeof sm90_cols, "%.3f | %.0f | %.2fx", t_sm90, flops / t_sm90 * 1e-9,
+                  t_regs / t_sm90);
+  else
+    std::snprintf(sm90_cols, sizeof sm90_cols, "n/a | n/a | n/a");
+  std::printf("| %s | %lldK | %.3f | %.3f | %.3f | %.0f | %s | %lld / %s |\n", st.name, n / 1024, t_means,
+              t_smem, t_regs, flops / t_regs * 1e-9, sm90_cols, d_regs,
+              sm90 ? std::to_string(d_sm90).c_str() : "n/a");
   std::fflush(stdout);
   for (void* x : {q, k, means, sums}) CK(cudaFree(x));
   CK(cudaFree(dev_plan));
@@ -136,9 +151,9 @@ int main(int argc, char** argv) {
   cudaEvent_t e0, e1;
   CK(cudaEventCreate(&e0));
   CK(cudaEventCreate(&e1));
-  std::printf("| setting | N | means ms | top-k ms: smem (old) | regs TP=2 (library) | regs TP=4 | "
-              "TFLOP/s (scores, best) | rows differing from smem: TP=2 / TP=4 |\n");
-  std::printf("|---|---|---|---|---|---|---|---|\n");
+  std::printf("| setting | N | means ms | top-k ms: smem (old) | sm80 regs ms | sm80 TFLOP/s | "
+              "sm90 wgmma ms | sm90 TFLOP/s | sm90 speedup | rows differing from smem: sm80 / sm90 |\n");
+  std::printf("|---|---|---|---|---|---|---|---|---|---|\n");
   const Setting d{"(d) fp16 16 heads batch 2, B=128, top-8", 16, 2, 8, false};
   const Setting a{"(a) bf16 8 heads, 64 blocks, top-3", 8, 1, 3, true};
   const std::vector<long long> ns = quick ? std::vector<long long>{8192, 32768}

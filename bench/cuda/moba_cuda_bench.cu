@@ -15,6 +15,13 @@
 //   moba_cuda_bench --flashmoba FlashMoBA's setting instead (fp16, 16 heads, batch 2 x N, block
 //                              128, top-8) at 8K, 32K, 128K and 512K: config (d) of issue 11;
 //                              the gate alone is timed too, with its share of the forward
+//   moba_cuda_bench --coherent MoBA in one pass (CudaOptions::moba_one_pass): (a) 64 blocks
+//                              top-3 bf16 8 heads at 8K/32K/128K and (d) block 128 top-8 fp16
+//                              16 heads batch 2 at 8K/32K/128K, on coherent data (a query
+//                              block's rows near one vector, key blocks with distinct means:
+//                              neighbouring rows agree, as on real activations) and on random
+//                              data: ms with one pass on and off, TFLOP/s on the selected work,
+//                              the fraction of one-pass tiles and their mean union size
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -24,6 +31,7 @@
 #include <cstdio>
 #include <cstring>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "moba/moba.hpp"
@@ -114,6 +122,110 @@ void run_flashmoba(const moba::RunOptions& run, cudaEvent_t e0, cudaEvent_t e1) 
   }
 }
 
+// A standard normal from a counter-based hash of (i, seed) (fill_normal's).
+__device__ float hash_normal(unsigned long long i, unsigned seed) {
+  unsigned long long z = i * 0x9E3779B97F4A7C15ull + seed * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  z ^= z >> 31;
+  const float u1 = ((z & 0xffffffu) + 1) / 16777217.f, u2 = ((z >> 24) & 0xffffffu) / 16777216.f;
+  return sqrtf(-2.f * logf(u1)) * cospif(2.f * u2);
+}
+
+// Coherent [T, H, D] values: x = c(block of t, h, d) + eps * noise(t, h, d), block = the MoBA
+// block of the token within its sequence (sequences of n tokens): queries with eps = 0.05
+// (a block's rows near one vector), keys with eps = 1 (block means distinct).
+template <class T>
+__global__ void fill_coherent(T* x, long long total, int H, int D, long long n, int block,
+                              float eps, unsigned seed) {
+  const long long count = total * H * D;
+  for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < count;
+       i += (long long)gridDim.x * blockDim.x) {
+    const long long t = i / ((long long)H * D), hd = i - t * H * D;
+    const long long blk = (t / n) * (n / block + 1) + (t % n) / block;  // global block id
+    const float c = hash_normal((unsigned long long)(blk * H * D + hd), seed);
+    x[i] = T(c + eps * hash_normal((unsigned long long)i, seed + 1000));
+  }
+}
+
+// --coherent: one-pass on vs off per setting and data kind.
+template <class Elem>
+void run_coherent(moba::RunOptions run, cudaEvent_t e0, cudaEvent_t e1) {
+  struct Setting { const char* name; long long n; int batch, h, block, topk; moba::DType dt; };
+  const bool bf = std::is_same<Elem, __nv_bfloat16>::value;
+  std::vector<Setting> settings;
+  for (long long n : {8192LL, 32768LL, 131072LL}) {
+    if (bf) settings.push_back({"(a) 64 blocks top3 bf16", n, 1, 8, int(n / 64), 3, moba::DType::bf16});
+    else settings.push_back({"(d) B=128 top8 fp16 x2", n, 2, 16, 128, 8, moba::DType::f16});
+  }
+  const int D = 128;
+  for (const Setting& st : settings) {
+    const long long T = st.n * st.batch;
+    const int H = st.h, past = st.topk - 1;
+    const std::size_t bytes = std::size_t(T) * H * D * 2;
+    void *q, *k, *v, *out, *lse, *sel;
+    CK(cudaMalloc(&q, bytes));
+    CK(cudaMalloc(&k, bytes));
+    CK(cudaMalloc(&v, bytes));
+    CK(cudaMalloc(&out, bytes));
+    CK(cudaMalloc(&lse, std::size_t(T) * H * 4));
+    CK(cudaMalloc(&sel, std::size_t(T) * H * past * 4));
+    std::vector<int> cu;
+    for (int b = 0; b <= st.batch; ++b) cu.push_back(int(b * st.n));
+    const moba::TensorView cuv = moba::TensorView::contiguous(cu.data(), moba::DType::i32,
+                                                              moba::Device::cpu(), {st.batch + 1});
+    auto view = [&](void* p) {
+      return moba::TensorView::contiguous(p, st.dt, moba::Device::cuda(0), {T, H, D});
+    };
+    const moba::TensorView lv = moba::TensorView::contiguous(lse, moba::DType::f32, moba::Device::cuda(0), {H, T});
+    const moba::TensorView sv = moba::TensorView::contiguous(sel, moba::DType::i32, moba::Device::cuda(0), {T, H, past});
+    const moba::AttentionParams params = moba::AttentionParams::moba_blocks(st.block, st.topk);
+    for (bool coherent : {true, false}) {
+      if (coherent) {
+        fill_coherent<<<1024, 256>>>((Elem*)q, T, H, D, st.n, st.block, 0.05f, 21);
+        fill_coherent<<<1024, 256>>>((Elem*)k, T, H, D, st.n, st.block, 1.0f, 22);
+      } else {
+        fill_normal<<<1024, 256>>>((Elem*)q, T * H * D, 21);
+        fill_normal<<<1024, 256>>>((Elem*)k, T * H * D, 22);
+      }
+      fill_normal<<<1024, 256>>>((Elem*)v, T * H * D, 23);
+      CK(cudaGetLastError());
+      auto timed = [&](bool one_pass, moba::CudaForwardStats* stats) {
+        moba::RunOptions r = run;
+        r.cuda.moba_one_pass = one_pass;
+        auto fwd = [&]() { moba::attention_forward(view(q), view(k), view(v), cuv, params, view(out), lv, sv, r); };
+        fwd();
+        CK(cudaDeviceSynchronize());
+        std::vector<float> ts;
+        for (int i = 0; i < 7; ++i) {
+          CK(cudaEventRecord(e0));
+          fwd();
+          CK(cudaEventRecord(e1));
+          CK(cudaEventSynchronize(e1));
+          float ms;
+          CK(cudaEventElapsedTime(&ms, e0, e1));
+          ts.push_back(ms);
+        }
+        if (stats) {  // one more call that reports the plan (it synchronises: untimed)
+          r.cuda.forward_stats = stats;
+          moba::attention_forward(view(q), view(k), view(v), cuv, params, view(out), lv, sv, r);
+        }
+        return median(ts);
+      };
+      moba::CudaForwardStats stats;
+      const double on = timed(true, &stats), off = timed(false, nullptr);
+      const double flops = st.batch * pairs(params, st.n) * 4.0 * D * H;
+      const double frac = stats.moba_tiles ? double(stats.one_pass_tiles) / stats.moba_tiles : 0.0;
+      const double mean_u = stats.one_pass_tiles ? double(stats.union_blocks) / stats.one_pass_tiles : 0.0;
+      std::printf("| %s | %lldK | %s | %.3f | %.3f | %.2fx | %.0f | %.0f | %.1f%% | %.2f |\n", st.name,
+                  st.n / 1024, coherent ? "coherent" : "random", on, off, off / on, flops / on * 1e-9,
+                  flops / off * 1e-9, 100.0 * frac, mean_u);
+      std::fflush(stdout);
+    }
+    for (void* p : {q, k, v, out, lse, sel}) CK(cudaFree(p));
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -126,9 +238,10 @@ int main(int argc, char** argv) {
     if (!std::strcmp(argv[i], "--profile")) profile = true;
     if (!std::strcmp(argv[i], "--kernel") && i + 1 < argc) kernel = argv[++i];
   }
-  bool flashmoba = false;
+  bool flashmoba = false, coherent = false;
   for (int i = 1; i < argc; ++i)
     if (!std::strcmp(argv[i], "--flashmoba")) flashmoba = true;
+    else if (!std::strcmp(argv[i], "--coherent")) coherent = true;
     else if (!std::strcmp(argv[i], "--one-cta-per-tile")) run.cuda.forward_persistent = false;
   using FK = moba::CudaOptions::ForwardKernel;
   if (!std::strcmp(kernel, "sm90_wgmma")) run.cuda.forward_kernel = FK::sm90_wgmma;
@@ -158,6 +271,14 @@ int main(int argc, char** argv) {
   CK(cudaEventCreate(&e1));
   if (flashmoba) {
     run_flashmoba(run, e0, e1);
+    return 0;
+  }
+  if (coherent) {
+    std::printf("| setting | N | data | one pass ms | waves ms (one pass off) | speedup | TFLOP/s one pass | "
+                "TFLOP/s waves | one-pass tiles | mean union |\n");
+    std::printf("|---|---|---|---|---|---|---|---|---|---|\n");
+    run_coherent<__nv_bfloat16>(run, e0, e1);
+    run_coherent<__half>(run, e0, e1);
     return 0;
   }
   std::printf("| N | H | config | fwd ms (gate incl.) | gate ms (share) | TFLOP/s (selected work) | dense/this |\n");

@@ -48,6 +48,14 @@ struct AttentionParams {
 // CPU backend for host tensors. `reference` is the fp64 definition of truth (CPU only).
 enum class Backend { automatic, reference, cpu, cuda };
 
+// What a CUDA MoBA forward did (CudaOptions::forward_stats). Counts are over (128-row tile,
+// head) pairs of the sm_90a warp-specialised kernel that have past blocks to visit.
+struct CudaForwardStats {
+  long long moba_tiles = 0;      // tiles with past blocks (the one-pass candidates)
+  long long one_pass_tiles = 0;  // of those, the tiles that ran in one pass
+  long long union_blocks = 0;    // sum of the one-pass tiles' union sizes (mean = / tiles)
+};
+
 // Settings of the CUDA backend. The defaults are the measured best; the other values exist so
 // that one process (a test, a benchmark) can run and compare every kernel path.
 struct CudaOptions {
@@ -92,6 +100,29 @@ struct CudaOptions {
   // by TMA boxes; false gathers them by cp.async like the listed MoBA rows. A measurement
   // variant (both are tested).
   bool backward_row_tma = true;
+  // MoBA forward on the sm_90a warp-specialised kernel, block sizes that are a multiple of 128:
+  // a 128-row query tile whose rows' selected blocks have a small union U (U <= 16 and
+  // U <= factor * the blocks each row selected) runs in one pass: the union blocks (each row
+  // masked to the blocks it chose) and its own block in one online softmax, writing out/lse
+  // directly; the other tiles run the own-block pass and the per-slot waves through the fp32
+  // running state. false: every tile takes the waves. The factor 0 picks the break-even of
+  // docs/architecture.md ("MoBA in one pass"), 1 + 286 / block_size; a negative or non-finite
+  // factor is an invalid_argument error. The results agree within the dtype's rounding either
+  // way (the order of the softmax merges differs). The sm_80 kernel always takes the waves.
+  bool moba_one_pass = true;
+  float moba_one_pass_factor = 0.0f;
+  // When set, a MoBA forward fills it (counts of its one-pass plan) after synchronising the
+  // stream: a debug statistic, not for CUDA-graph capture or production use.
+  CudaForwardStats* forward_stats = nullptr;
+  // MoBA gate's score + top-k kernel. `automatic`: `sm90_wgmma` where it can run, else
+  // `sm80_mma_sync`. `sm90_wgmma` (topk - 1 <= 16; above, the shared-memory-list kernel runs):
+  // scores on sm_90a warpgroup MMA, the means streamed by TMA, top-k lists in registers;
+  // `sm80_mma_sync`: mma.sync scores, register lists for topk - 1 <= 8, shared memory above;
+  // it needs a compute capability 9.0 device, a build with sm_90a code and a driver that
+  // encodes TMA tensor maps, else moba::Error(unsupported). Both select the same blocks
+  // (docs/semantics.md), they differ in speed only.
+  enum class GateKernel { automatic, sm90_wgmma, sm80_mma_sync };
+  GateKernel gate_kernel = GateKernel::automatic;
   // Backward: synchronise the stream after each stage and record the stage times (read by the
   // benchmarks through the backend's statistics). Slows the call; never for production use.
   bool collect_timing = false;

@@ -76,8 +76,10 @@ inline bool ws_persistent() {
 }
 
 // Forward on the GPU through the public API; out/lse/selection are poisoned before the call.
+// `base`: other CUDA options (one-pass settings, statistics); kernel and persistence override it.
 inline GpuRun gpu_forward(const Shape& s, const Inputs& in, bool cu_on_device = false,
-                          CudaOptions::ForwardKernel kernel = CudaOptions::ForwardKernel::automatic) {
+                          CudaOptions::ForwardKernel kernel = CudaOptions::ForwardKernel::automatic,
+                          const CudaOptions* base = nullptr) {
   const std::int64_t T = s.total();
   const int past = s.params.mode == Mode::moba ? std::max(s.params.topk - 1, 0) : 0;
   DevBuf q(in.q.bytes.size()), k(in.k.bytes.size()), v(in.v.bytes.size());
@@ -104,6 +106,7 @@ inline GpuRun gpu_forward(const Shape& s, const Inputs& in, bool cu_on_device = 
   if (s.params.mode == Mode::moba) selv = dev_view(sl.p, DType::i32, {T, s.hq, past});
   RunOptions opt;
   opt.backend = Backend::cuda;
+  if (base) opt.cuda = *base;
   opt.cuda.forward_kernel = kernel;
   opt.cuda.forward_persistent = ws_persistent();
   attention_forward(dev_view(q.p, s.dtype, {T, s.hq, s.d}), dev_view(k.p, s.dtype, {T, s.hkv, s.d}),
@@ -179,7 +182,9 @@ inline ForwardResult as_forward_result(const GpuRun& g) {
 }
 
 // The MoBA gate alone on the GPU through the public API ([T, hq, topk - 1], poisoned first).
-inline std::vector<std::int32_t> gpu_gate(const Shape& s, const Inputs& in, bool cu_on_device = false) {
+inline std::vector<std::int32_t> gpu_gate(
+    const Shape& s, const Inputs& in, bool cu_on_device = false,
+    CudaOptions::GateKernel gate_kernel = CudaOptions::GateKernel::automatic) {
   const std::int64_t T = s.total();
   const int past = s.selection_slots();
   DevBuf q(in.q.bytes.size()), k(in.k.bytes.size()), sl(std::size_t(T) * s.hq * past * 4);
@@ -196,6 +201,7 @@ inline std::vector<std::int32_t> gpu_gate(const Shape& s, const Inputs& in, bool
                                                 {std::int64_t(in.cu.size())});
   RunOptions opt;
   opt.backend = Backend::cuda;
+  opt.cuda.gate_kernel = gate_kernel;
   moba_gate(dev_view(q.p, s.dtype, {T, s.hq, s.d}), dev_view(k.p, s.dtype, {T, s.hkv, s.d}), cuv,
             s.params, dev_view(sl.p, DType::i32, {T, s.hq, past}), opt);
   if (cudaDeviceSynchronize() != cudaSuccess) throw std::runtime_error("gate kernel failed");

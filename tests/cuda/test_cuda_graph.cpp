@@ -156,7 +156,11 @@ std::vector<Shape> graph_shapes() {
   return {
       shape_of({300, 0, 1, 517}, 4, 2, 64, DType::bf16, AttentionParams::full()),
       shape_of({700, 1, 390}, 4, 1, 128, DType::f16, AttentionParams::moba_blocks(64, 3)),
+      // block 128 on random data: every tile with past blocks runs in one pass on the sm_90a
+      // kernel (unions <= 8 blocks), and a mix of one-pass and wave tiles (unions grow with the
+      // position; test_cuda_onepass.cpp asserts both from the statistics)
       shape_of({1100, 0, 900}, 2, 2, 128, DType::bf16, AttentionParams::moba_blocks(128, 5)),
+      shape_of({2600, 1}, 2, 1, 64, DType::f16, AttentionParams::moba_blocks(128, 3)),
       shape_of({1000, 200}, 4, 2, 64, DType::bf16, AttentionParams::moa_heads(moa)),
   };
 }

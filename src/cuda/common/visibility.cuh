@@ -9,6 +9,9 @@
 //   Visibility<kDenseMobaOwn>  MoBA own block, causal: keys own(t)..t
 //   Visibility<kDenseMoa>      MoA: sink keys 0..sink-1 plus the window t-w+1..t
 //   Visibility<kGatherWave>    MoBA selected block j (strictly in the past): all its keys
+//   Visibility<kMobaOnePass>   MoBA in one pass: the tile's union blocks (a row sees a whole
+//                              union block when it chose it, none of it otherwise: one
+//                              predicate per row and 128-key chunk), then its own block causally
 // For the forward's work items (work_item.cuh) each functor also names the tile's key ranges:
 // at most two ranges of positions [b0, e0) then [b1, e1), streamed in kKeys-key chunks;
 // `all_visible` says when a whole chunk needs no per-element mask (the common case: chunks
@@ -34,6 +37,7 @@ struct Visibility;
 template <>
 struct Visibility<kDenseFull> {
   static constexpr bool kGather = false;
+  static constexpr bool kUnion = false;
   MOBA_HD static int items(const AttnParams& p) { return dense_items(p); }
   template <int kRows = 128>
   MOBA_HD static void tile(const AttnParams& p, int i, WorkTile& w) {
@@ -54,11 +58,15 @@ struct Visibility<kDenseFull> {
 template <>
 struct Visibility<kDenseMobaOwn> {
   static constexpr bool kGather = false;
+  static constexpr bool kUnion = false;
   int block;
-  MOBA_HD static int items(const AttnParams& p) { return dense_items(p); }
+  // With one-pass tiles planned (own_items set), the own-block pass runs only the others.
+  MOBA_HD static int items(const AttnParams& p) {
+    return p.own_items ? p.op_counts[1] : dense_items(p);
+  }
   template <int kRows = 128>
   MOBA_HD static void tile(const AttnParams& p, int i, WorkTile& w) {
-    dense_rows<kRows>(p, i, w);
+    dense_rows<kRows>(p, p.own_items ? p.own_items[i] : i, w);
     w.b1 = (w.t0 / p.block_size) * p.block_size;  // own block of the first row
     w.e1 = w.t0 + w.nrows;
   }
@@ -78,6 +86,7 @@ struct Visibility<kDenseMobaOwn> {
 template <>
 struct Visibility<kDenseMoa> {
   static constexpr bool kGather = false;
+  static constexpr bool kUnion = false;
   int sink, window;
   MOBA_HD static int items(const AttnParams& p) { return dense_items(p); }
   template <int kRows = 128>
@@ -122,6 +131,7 @@ struct Visibility<kDenseMoa> {
 template <>
 struct Visibility<kGatherWave> {
   static constexpr bool kGather = true;
+  static constexpr bool kUnion = false;
   // Work item = one bucket tile of this wave (slot, head, key block j).
   MOBA_HD static int items(const AttnParams& p) { return gather_items(p); }
   template <int kRows = 128>
@@ -132,6 +142,37 @@ struct Visibility<kGatherWave> {
   template <int kKeys = 128>
   MOBA_HD bool all_visible(int, int, int) const { return true; }
   MOBA_HD bool visible(int, int) const { return true; }
+};
+
+// MoBA in one pass (kRows = 128 and block sizes that are a multiple of 128: the tile's rows
+// share one own block). Work item = the i-th one-pass item of the plan (onepass_plan.hpp); the
+// tile's chunks are UnionChunks (work_item.cuh): U whole union blocks ([b0, e0) = [0, U x block)),
+// then the own range
+// [own block start, last row]. In union chunk c a row's scores are kept when it chose union
+// block union_index(c) (bit of its row mask), else all masked; in the own range the rule is
+// causal (every key there is in the rows' own block).
+template <>
+struct Visibility<kMobaOnePass> {
+  static constexpr bool kGather = false;
+  static constexpr bool kUnion = true;
+  MOBA_HD static int items(const AttnParams& p) { return p.op_counts[0]; }
+  template <int kRows = 128>
+  MOBA_HD static void tile(const AttnParams& p, int i, WorkTile& w) {
+    const int d = p.op_items[i];
+    dense_rows<kRows>(p, d, w);
+    w.start = d;  // the plan's tables (union, row masks) are indexed by the dense item
+    w.b0 = 0;  // the union blocks end to end (UnionChunks)
+    w.e0 = p.op_union[std::int64_t(d) * kOnePassUnionStride] * p.block_size;
+    w.b1 = (w.t0 / p.block_size) * p.block_size;
+    w.e1 = w.t0 + w.nrows;
+  }
+  MOBA_HD explicit Visibility(const AttnParams&, const WorkTile&) {}
+  // own range only (union chunks: row_chose)
+  template <int kKeys = 128>
+  MOBA_HD bool all_visible(int kb, int tf, int) const { return kb + kKeys - 1 <= tf; }
+  MOBA_HD bool visible(int key, int t) const { return key <= t; }
+  // whether a row with choice mask `mask` sees union block u (all of it) or none of it
+  MOBA_HD static bool row_chose(unsigned mask, int u) { return (mask >> u) & 1u; }
 };
 
 }  // namespace moba::cuda

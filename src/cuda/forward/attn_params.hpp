@@ -13,7 +13,22 @@ namespace moba::cuda {
 //   kDenseMoa    MoA: sink + sliding window
 //   kGatherWave  MoBA wave s: the rows whose s-th selected block is j, gathered into 64-row
 //                (128-row) tiles against the whole block j; merges into the running state
-enum AttnKind : int { kDenseFull = 0, kDenseMobaOwn = 1, kDenseMoa = 2, kGatherWave = 3 };
+//   kMobaOnePass MoBA in one pass (sm_90a kernel only): a 128-row tile of one query block over
+//                the union of its rows' selected blocks (each row masked to the blocks it
+//                chose) and then its own block causally, in one online softmax; writes the
+//                final out and lse (onepass_plan.hpp plans which tiles run so)
+enum AttnKind : int {
+  kDenseFull = 0,
+  kDenseMobaOwn = 1,
+  kDenseMoa = 2,
+  kGatherWave = 3,
+  kMobaOnePass = 4
+};
+
+// One-pass tiles: at most this many union blocks (a 16-bit row mask; bounded shared memory).
+constexpr int kOnePassMaxUnion = 16;
+// op_union holds, per dense item, the union size then its block ids.
+constexpr int kOnePassUnionStride = kOnePassMaxUnion + 1;
 
 struct AttnParams {
   const void* q;
@@ -47,6 +62,15 @@ struct AttnParams {
   const int* tile_bucket;  // [btile_off[num_buckets]] bucket of each tile (128-row tiles; the
                            // warp-specialised kernel resolves a tile with it in one load)
   int bucket_begin, bucket_end;  // this wave's buckets: (wave * hq + h) * num_blocks + gb
+  // MoBA one-pass tiles (onepass_plan.hpp; all null when the forward runs no one-pass tile).
+  // Indices d are dense items (work_item.cuh: tile rank from the last tile, heads fastest).
+  const int* op_counts;    // [0] one-pass items, [1] own-block-pass items (the rest)
+  const int* op_items;     // [op_counts[0]] dense item of one-pass item i (longest first)
+  const int* own_items;    // [op_counts[1]] dense item of own-block-pass item i; null: every
+                           // dense item runs the own-block pass (sm_80 kernel, no one-pass)
+  const int* op_union;     // [dense items][kOnePassUnionStride]: size U, then U sorted block ids
+  const std::uint16_t* op_mask;  // [dense items][128]: bit u = the row chose union block u
+  const int* op_flag;      // [dense items] 1: the tile runs one-pass (the waves skip its rows)
 };
 
 // sm_80+ mma.sync path (attn_kernel.cuh): 64-row tables. One instantiation per (dtype,

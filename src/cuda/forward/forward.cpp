@@ -19,6 +19,7 @@
 #include "core/validate.hpp"
 #include "cuda/common/workspace.hpp"
 #include "cuda/forward/attn_params.hpp"
+#include "cuda/forward/onepass_plan.hpp"
 #include "cuda/forward/seq_tables.hpp"
 #include "cuda/forward/tensor_map.hpp"
 #include "cuda/forward/waves.hpp"
@@ -243,12 +244,13 @@ void with_kind(int kind, F&& f) {
     case kDenseFull: f(std::integral_constant<int, kDenseFull>()); break;
     case kDenseMobaOwn: f(std::integral_constant<int, kDenseMobaOwn>()); break;
     case kDenseMoa: f(std::integral_constant<int, kDenseMoa>()); break;
+    case kMobaOnePass: f(std::integral_constant<int, kMobaOnePass>()); break;
     default: f(std::integral_constant<int, kGatherWave>()); break;
   }
 }
 
 void run_gate(const Problem& p, const Plan& pl, const Operand& q, const Operand& k,
-              std::int32_t* selection, Workspace& ws) {
+              std::int32_t* selection, const CudaOptions& o, Workspace& ws) {
   if (p.past_k() == 0 || p.total == 0) return;
   const int max_own = max_past_blocks(p);
   const bool scoring = max_own > p.past_k();
@@ -285,8 +287,32 @@ void run_gate(const Problem& p, const Plan& pl, const Operand& q, const Operand&
                               "MoBA block sums");
   dispatch(p, [&](auto* t, auto d) {
     using T = std::remove_pointer_t<decltype(t)>;
-    launch_gate<T, decltype(d)::value>(g, sums, ws.stream());
+    constexpr int D = decltype(d)::value;
+    // the score kernel of the register top-k range (CudaOptions::gate_kernel)
+    const bool sm90_ok = o.gate_kernel != CudaOptions::GateKernel::sm80_mma_sync &&
+                         gate_sm90_available<T, D>();
+    if (o.gate_kernel == CudaOptions::GateKernel::sm90_wgmma && !sm90_ok)
+      fail(ErrorKind::unsupported,
+           "cuda backend: CudaOptions::gate_kernel = sm90_wgmma needs a compute capability 9.0 "
+           "device, a build with sm_90a code (MOBA_CUDA_GENCODE) and a driver with TMA tensor "
+           "maps; use automatic or sm80_mma_sync");
+    g.sm90 = sm90_ok ? 1 : 0;
+    launch_gate<T, D>(g, sums, ws.stream());
   });
+}
+
+// CudaOptions::forward_stats: the one-pass plan's device counters (OnePassCounts), copied back
+// after a stream sync (a debug statistic; zeros when no one-pass plan ran).
+void report_forward_stats(CudaForwardStats* stats, const int* counts_dev, Workspace& ws) {
+  if (!stats) return;
+  *stats = CudaForwardStats{};
+  if (!counts_dev) return;
+  int c[4] = {0, 0, 0, 0};
+  MOBA_CUDA_CHECK(cudaMemcpyAsync(c, counts_dev, sizeof(c), cudaMemcpyDeviceToHost, ws.stream()));
+  MOBA_CUDA_CHECK(cudaStreamSynchronize(ws.stream()));
+  stats->moba_tiles = c[2];
+  stats->one_pass_tiles = c[0];
+  stats->union_blocks = c[3];
 }
 
 void run_attention(const Problem& p, const Forward& f, const RunOptions& o, const Plan& pl,
@@ -337,7 +363,7 @@ void run_attention(const Problem& p, const Forward& f, const RunOptions& o, cons
         constexpr int K = decltype(kind)::value;
         if (engine == Engine::sm90_ws)
           launch_attention_ws_kind<T, D, K>(a, maps, gx, gy, o.cuda.forward_persistent, ws.stream());
-        else
+        else if constexpr (K != kMobaOnePass)  // one pass: sm_90a only (never planned on sm_80)
           launch_attention_kind<T, D, K>(a, gx, gy, ws.stream());
       });
     });
@@ -350,7 +376,7 @@ void run_attention(const Problem& p, const Forward& f, const RunOptions& o, cons
   }
 
   // MoBA
-  run_gate(p, pl, f.q, f.k, f.selection, ws);
+  run_gate(p, pl, f.q, f.k, f.selection, o.cuda, ws);
   const bool any_past = p.past_k() > 0 && pl.num_blocks > 0;
   if (any_past) {
     const long long nsel = (long long)p.total * p.hq * p.past_k();
@@ -361,12 +387,32 @@ void run_attention(const Problem& p, const Forward& f, const RunOptions& o, cons
     a.mrow = ws.alloc<float>(std::size_t(p.total) * p.hq, "MoBA running max");
     a.lrow = ws.alloc<float>(std::size_t(p.total) * p.hq, "MoBA running sum");
   }
+  // MoBA in one pass (onepass_plan.hpp): tiles whose rows' choices have a small union merge
+  // everything on chip; the own-block pass and the waves skip their rows.
+  const float factor = o.cuda.moba_one_pass_factor;
+  if (!(factor >= 0.f) || std::isinf(factor))
+    invalid("CudaOptions::moba_one_pass_factor", "a finite factor >= 0 (0 picks the default)",
+            std::to_string(factor));
+  const bool one_pass = hop && any_past && o.cuda.moba_one_pass && p.block_size % 128 == 0;
+  OnePassPlan op;
+  if (one_pass) {
+    op = plan_one_pass(a, f.selection, (long long)dense_tiles * p.hq,
+                       factor > 0.f ? factor : onepass_default_factor(p.block_size), ws);
+    use_one_pass(a, op);
+  }
   a.kind = kDenseMobaOwn;
   launch(dense_tiles, p.hq);
+  if (one_pass) {
+    a.kind = kMobaOnePass;
+    launch(dense_tiles, p.hq);
+  }
+  report_forward_stats(o.cuda.forward_stats, one_pass ? op.counts.dev : nullptr, ws);
   if (!any_past) return;
 
   const WaveLists w = build_wave_lists(f.selection, p.total, p.hq, p.past_k(), pl.cu, p.batch,
-                                       pl.blk_off, pl.num_blocks, ws, tile_rows);
+                                       pl.blk_off, pl.num_blocks, ws, tile_rows,
+                                       one_pass ? pl.tile128_off : nullptr,
+                                       one_pass ? op.flags : nullptr);
   a.kind = kGatherWave;
   a.rows = w.rows;
   a.bucket_off = w.bucket_off;
@@ -411,7 +457,7 @@ void cuda_gate(const Problem& p, const Operand& q, const Operand& k, std::int32_
   DeviceGuard guard(p.device.index);
   Workspace ws(stream_of(o));
   const Plan pl = make_plan(p, ws);
-  run_gate(p, pl, q, k, selection, ws);
+  run_gate(p, pl, q, k, selection, o.cuda, ws);
 }
 
 }  // namespace moba::detail

@@ -4,6 +4,7 @@
 
 #include <cub/device/device_scan.cuh>
 
+#include "cuda/forward/onepass_plan.hpp"
 #include "cuda/forward/work_item.cuh"
 
 namespace moba::cuda {
@@ -15,6 +16,8 @@ struct SelArgs {
   int total, hq, past_k, batch, num_blocks;
   const int* cu;
   const int* blk_off;
+  const int* tile128_off;  // with op_flag: rows of one-pass tiles have no wave entries
+  const int* op_flag;
 };
 
 // Entry (tok, h, s) of the selection, one thread each: y = h * past_k + s (blockIdx.y, strided
@@ -35,6 +38,8 @@ __device__ __forceinline__ Entry entry_of(const SelArgs& a, int y) {
   const int j = a.sel[((long long)e.tok * a.hq + h) * a.past_k + s];
   if (j < 0) return e;
   const int seq = ws_last_le(a.cu, 0, a.batch, e.tok);
+  if (a.op_flag && onepass_row(a.op_flag, a.tile128_off, a.batch, a.hq, seq, e.tok - a.cu[seq], h))
+    return e;  // computed in one pass by its tile
   const int gb = a.blk_off[seq] + j;
   // Never true for a selection the gate wrote; keeps the lists in bounds when it wrote nothing
   // (a cu_seqlens found invalid on the device plans no tiles, the output is poisoned after).
@@ -110,7 +115,8 @@ int grid_for(long long n) {
 
 WaveLists build_wave_lists(const std::int32_t* sel, int total, int hq, int past_k,
                            const int* cu, int batch, const int* blk_off, int num_blocks,
-                           Workspace& ws, int tile_rows) {
+                           Workspace& ws, int tile_rows, const int* tile128_off,
+                           const int* op_flag) {
   WaveLists w;
   w.num_buckets = (long long)past_k * hq * num_blocks;
   const long long nsel = (long long)total * hq * past_k;
@@ -121,7 +127,7 @@ WaveLists build_wave_lists(const std::int32_t* sel, int total, int hq, int past_
   int* tcnt = ws.alloc<int>(nb1, "MoBA tile counts");
   w.rows = ws.alloc<int>(nsel > 0 ? nsel : 1, "MoBA row lists");
   MOBA_CUDA_CHECK(cudaMemsetAsync(cnt, 0, nb1 * sizeof(int), ws.stream()));
-  SelArgs a{sel, total, hq, past_k, batch, num_blocks, cu, blk_off};
+  SelArgs a{sel, total, hq, past_k, batch, num_blocks, cu, blk_off, tile128_off, op_flag};
   const dim3 entry_grid(unsigned((total + 255) / 256), unsigned(std::min(hq * past_k, 65535)));
   if (nsel > 0) {
     count_kernel<<<entry_grid, 256, 0, ws.stream()>>>(a, cnt);

@@ -6,6 +6,7 @@
 //                                           (64 for attn_kernel.cuh, 128 for the sm_90a path)
 //   tile_bucket[t]                          the bucket of tile t (btile_off[b] <= t <
 //                                           btile_off[b + 1]): a tile's bucket in one load
+// With op_flag (onepass_plan.hpp), rows of tiles that run in one pass get no entries.
 // Index lists only (int32, the size of the selection itself); no per-top-k output workspace.
 #pragma once
 
@@ -25,6 +26,7 @@ struct WaveLists {
 
 WaveLists build_wave_lists(const std::int32_t* sel, int total, int hq, int past_k,
                            const int* cu, int batch, const int* blk_off, int num_blocks,
-                           Workspace& ws, int tile_rows = 64);
+                           Workspace& ws, int tile_rows = 64,
+                           const int* tile128_off = nullptr, const int* op_flag = nullptr);
 
 }  // namespace moba::cuda

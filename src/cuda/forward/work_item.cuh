@@ -8,6 +8,9 @@
 //     is then a bound, and items past the count have no work).
 //   gathered MoBA wave: item i = the wave's i-th bucket tile; the rows are the tokens of one
 //     bucket (slot, head, key block) that chose the block, kRows at a time.
+//   MoBA one pass: item i = the i-th dense item the one-pass plan marked (op_items), keys =
+//     its union blocks (UnionChunks) then its own block; the own-block pass then takes the
+//     other dense items (own_items).
 // Which keys the rows see (the tile's key ranges) is the visibility policy's part
 // (common/visibility.cuh). Plain C++ as well (host and device), so CPU tests walk the same
 // decoding (tests/cuda/test_ws_visibility.cpp).
@@ -34,6 +37,8 @@ struct WorkTile {
   int start = 0;    // gather: index of row 0 in p.rows
   int b0 = 0, e0 = 0, b1 = 0, e1 = 0;  // key ranges [b0, e0) then [b1, e1) (positions)
   int moa_w = 0;    // MoA: the head's window in this sequence
+  // (MoBA one pass: [b0, e0) = [0, U x block) are the U union blocks laid end to end, see
+  // UnionChunks; a field more here would cost the D = 64 kernels register spills)
 };
 using WsTile = WorkTile;  // the name the warp-specialised kernel's tests know it by
 
@@ -48,6 +53,14 @@ MOBA_HD int ws_last_le(const int* a, int lo, int hi, int x) {
 }
 
 MOBA_HD int dense_items(const AttnParams& p) { return p.tile_off[p.batch] * p.hq; }
+
+// The dense item of the kRows-row tile holding position pos of sequence seq, head h (the
+// inverse of dense_rows' tile and head; tile_off for kRows-row tiles).
+template <int kRows>
+MOBA_HD int dense_item_of(const AttnParams& p, int seq, int pos, int h) {
+  const int tile = p.tile_off[seq] + pos / kRows;
+  return (p.tile_off[p.batch] - 1 - tile) * p.hq + h;
+}
 
 template <int kRows>
 MOBA_HD void dense_rows(const AttnParams& p, int i, WorkTile& w) {
@@ -106,6 +119,43 @@ struct KeyChunks {
   MOBA_HD int begin(int c) const { return c < n0 ? b0 + c * kKeys : b1 + (c - n0) * kKeys; }
   MOBA_HD int end(int c) const {
     return c < n0 ? ws_min(b0 + (c + 1) * kKeys, e0) : ws_min(b1 + (c - n0 + 1) * kKeys, e1);
+  }
+};
+
+// A one-pass tile's chunks: its U union blocks (block ids in ublk, whole blocks of `block`
+// keys, block a multiple of kKeys; w.e0 - w.b0 = U x block, the union blocks laid end to end)
+// then the own range [b1, e1). ublk is read only by begin()
+// and end() of union chunks (the TMA thread; the consumers mask union chunks by the row's
+// choice and pass nullptr).
+template <int kKeys>
+struct UnionChunks {
+  const int* ublk;
+  int block, per_block, nuc, b1, e1, count;
+  MOBA_HD UnionChunks(const WorkTile& w, const int* ublk_, int block_)
+      : ublk(ublk_), block(block_), per_block(block_ / kKeys), nuc((w.e0 - w.b0) / kKeys),
+        b1(w.b1), e1(w.e1), count(nuc + (w.e1 - w.b1 + kKeys - 1) / kKeys) {}
+  MOBA_HD bool in_union(int c) const { return c < nuc; }
+  MOBA_HD int union_index(int c) const { return c / per_block; }
+  MOBA_HD int begin(int c) const {
+    return c < nuc ? ublk[c / per_block] * block + (c % per_block) * kKeys
+                   : b1 + (c - nuc) * kKeys;
+  }
+  MOBA_HD int end(int c) const {
+    return c < nuc ? begin(c) + kKeys : ws_min(b1 + (c - nuc + 1) * kKeys, e1);
+  }
+};
+
+// The chunk walk of a kind: UnionChunks for one-pass tiles, KeyChunks otherwise.
+template <bool kUnion, int kKeys>
+struct ChunksOf {
+  using type = KeyChunks<kKeys>;
+  MOBA_HD static type make(const WorkTile& w, const int*, int) { return type(w); }
+};
+template <int kKeys>
+struct ChunksOf<true, kKeys> {
+  using type = UnionChunks<kKeys>;
+  MOBA_HD static type make(const WorkTile& w, const int* ublk, int block) {
+    return type(w, ublk, block);
   }
 };
 

@@ -69,7 +69,11 @@ struct WsTraits {
   static constexpr int kNumBars = 2 + 3 * kStages + 2;
   static constexpr int kSlotOff = (kBarOff + kNumBars * 8 + 15) / 16 * 16;  // WsTileSlot[2]
   static constexpr int kRowTokOff = kSlotOff + 128;                        // int[2][kRows]
-  static constexpr int kSmemBytes = 1024 + kRowTokOff + 2 * kRows * 4;  // 1 KB: swizzle alignment
+  // MoBA one pass: the tile's union block ids (int[2][kOnePassMaxUnion]) and its rows' choice
+  // masks (uint16[2][kRows]); 640 bytes, reserved for every kind (the CTA owns its SM anyway)
+  static constexpr int kUnionOff = kRowTokOff + 2 * kRows * 4;
+  static constexpr int kMaskOff = kUnionOff + 2 * kOnePassMaxUnion * 4;
+  static constexpr int kSmemBytes = 1024 + kMaskOff + 2 * kRows * 2;  // 1 KB: swizzle alignment
   static_assert(kSmemBytes <= 227 * 1024, "shared memory over the sm_90 opt-in limit");
 };
 
@@ -120,6 +124,9 @@ __global__ void __launch_bounds__(384, 1)
   auto tile_full = [&](int slot) { return bar0 + 8u * std::uint32_t(2 + 3 * S + slot); };
   WsTileSlot* slots = reinterpret_cast<WsTileSlot*>(base + Tr::kSlotOff);
   int* row_tok = reinterpret_cast<int*>(base + Tr::kRowTokOff);  // [slot][row]
+  int* union_blk = reinterpret_cast<int*>(base + Tr::kUnionOff);  // [slot][kOnePassMaxUnion]
+  std::uint16_t* row_mask = reinterpret_cast<std::uint16_t*>(base + Tr::kMaskOff);  // [slot][row]
+  using Chunks = ChunksOf<Vis::kUnion, KN>;
 
   const int tid = threadIdx.x, wg = tid >> 7, warp = (tid >> 5) & 3, lane = tid & 31;
   const int items = Vis::items(p);  // CTAs take items blockIdx.x, + gridDim.x, ...
@@ -154,7 +161,9 @@ __global__ void __launch_bounds__(384, 1)
         const WorkTile w = slots[n & 1].w;
         const int seq_begin = slots[n & 1].seq_begin;
         const int hk = w.h / p.group;
-        const KeyChunks<KN> chunks(w);
+        // union block ids (one-pass tiles): the slot is rewritten only after the consumers
+        // released this tile's Q, i.e. after they saw its last K chunk, issued by this loop
+        const auto chunks = Chunks::make(w, union_blk + (n & 1) * kOnePassMaxUnion, p.block_size);
         for (int c = 0; c < chunks.count; ++c, ++issued) {
           // stage s is free once the consumers released its previous chunk (round - 1)
           if (issued >= S) mbar_wait(empty(s), round_parity ^ 1u);
@@ -194,6 +203,14 @@ __global__ void __launch_bounds__(384, 1)
         if (tid == 32) {
           slots[n & 1].w = w;
           slots[n & 1].seq_begin = seq_begin;
+        }
+        if constexpr (Vis::kUnion) {  // the plan's union and row masks (w.start: dense item)
+          const int* u_src = p.op_union + std::int64_t(w.start) * kOnePassUnionStride + 1;
+          for (int u = tid - 32; u < w.e0 / p.block_size; u += Tr::kQThreads)
+            union_blk[(n & 1) * kOnePassMaxUnion + u] = u_src[u];
+          const std::uint16_t* m_src = p.op_mask + std::int64_t(w.start) * Tr::kRows;
+          for (int r = tid - 32; r < Tr::kRows; r += Tr::kQThreads)
+            row_mask[(n & 1) * Tr::kRows + r] = m_src[r];
         }
         mbar_arrive(tile_full(n & 1));
         if (n > 0) mbar_wait(q_empty, std::uint32_t(n - 1) & 1u);
@@ -274,7 +291,7 @@ __global__ void __launch_bounds__(384, 1)
     mbar_wait(q_full, std::uint32_t(n) & 1u);  // this tile's Q rows, slot and row tokens
     const WorkTile w = slots[n & 1].w;
     const Vis vis(p, w);
-    const KeyChunks<KN> chunks(w);
+    const auto chunks = Chunks::make(w, nullptr, p.block_size);  // union chunks: masks only
     const int nchunks = chunks.count;  // >= 1: a row sees its own position
 
     // Turn accounting, per tile: each consumer takes nchunks + 1 turns (S_0, one per later
@@ -289,11 +306,13 @@ __global__ void __launch_bounds__(384, 1)
     // and this warp's first and last row positions (dense kinds: rows are consecutive)
     const int seq_begin = slots[n & 1].seq_begin;
     int tok_r[2], pos_r[2];
+    unsigned mask_r[2] = {0u, 0u};  // one-pass tiles: the union blocks each row chose
 #pragma unroll
     for (int i = 0; i < 2; ++i) {
       const int r = i == 0 ? row0 : row1;
       tok_r[i] = row_tok[(n & 1) * Tr::kRows + r];
       pos_r[i] = row_position<kGather>(w, tok_r[i], seq_begin, r);
+      if constexpr (Vis::kUnion) mask_r[i] = row_mask[(n & 1) * Tr::kRows + r];
     }
     const int pos_first = w.t0 + cw * 64 + warp * 16, pos_last = pos_first + 15;
 
@@ -306,6 +325,18 @@ __global__ void __launch_bounds__(384, 1)
     // Mask (visibility.cuh), then the online-softmax update (online_softmax.cuh): running
     // max, P = 2^(s c - m) in place, running sum; alpha rescales the older O.
     auto softmax = [&](int c) {
+      if constexpr (Vis::kUnion) {
+        if (chunks.in_union(c)) {  // a whole block: one predicate per row (it chose it or not)
+          const int u = chunks.union_index(c);
+#pragma unroll
+          for (int i = 0; i < 2; ++i)
+            if (!Vis::row_chose(mask_r[i], u))
+#pragma unroll
+              for (int nn = 0; nn < NS; ++nn) s[nn][2 * i] = s[nn][2 * i + 1] = -INFINITY;
+          softmax_update<true>(s, m, l, alpha, sl2);
+          return;
+        }
+      }
       const int kb = chunks.begin(c), ke = chunks.end(c);
       if (ke - kb < KN || !vis.all_visible(kb, pos_first, pos_last)) {
 #pragma unroll

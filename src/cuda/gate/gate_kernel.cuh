@@ -4,7 +4,9 @@
 //    divide and rounding to the input dtype, exactly as the reference does.
 //    Blocks of at most 256 rows: one CTA per block writes the mean directly (one launch).
 // 2. Top-k. topk - 1 <= 8: gate_topk_regs_kernel (gate_topk_regs.cuh: 128-row CTAs, scores and
-//    per-thread candidate lists in registers). Larger topk:
+//    per-thread candidate lists in registers) or, with GateParams::sm90 and up to topk - 1 = 16,
+//    gate_topk_sm90_kernel (gate_topk_sm90.cuh: the same lists over warpgroup-MMA scores,
+//    TMA-fed). Larger topk:
 //    gate_topk_kernel: one CTA = 64 query rows of one head. Scores q . mean for the past blocks
 //    of the tile's last row run on tensor cores (m16n8k16, fp32 accumulate) 64 blocks at a time
 //    (a row whose own block comes earlier, block_size not a multiple of 64, ignores the blocks
@@ -27,6 +29,7 @@
 #include "cuda/gate/gate_common.cuh"
 #include "cuda/gate/gate_params.hpp"
 #include "cuda/gate/gate_topk_regs.cuh"
+#include "cuda/gate/gate_topk_sm90.cuh"
 
 namespace moba::cuda {
 
@@ -298,12 +301,19 @@ void launch_topk_smem(const GateParams& p, cudaStream_t stream) {
   MOBA_CUDA_LAUNCH_CHECK();
 }
 
-// The top-k kernel for p: per-thread register lists (gate_topk_regs.cuh) when topk - 1 <=
-// kRegGateMaxK or no row has more past blocks than topk - 1 (no list is then needed), the
-// shared-memory lists of gate_topk_kernel otherwise.
+// The top-k kernel for p: per-thread register lists over sm_90a warpgroup-MMA scores
+// (gate_topk_sm90.cuh) when p.sm90 and topk - 1 <= kSm90GateMaxK; else over mma.sync scores
+// (gate_topk_regs.cuh) when topk - 1 <= kRegGateMaxK or no row has more past blocks than
+// topk - 1 (no list is then needed); the shared-memory lists of gate_topk_kernel otherwise.
 template <class T, int D>
 void launch_gate_topk(const GateParams& p, cudaStream_t stream) {
-  if (p.list_k == 0 || p.past_k <= 4)
+  if (p.sm90 && (p.list_k == 0 || p.past_k <= 4))
+    launch_topk_sm90<T, D, 4, kSm90GateTiles>(p, stream);
+  else if (p.sm90 && p.past_k <= kRegGateMaxK)
+    launch_topk_sm90<T, D, kRegGateMaxK, kSm90GateTiles>(p, stream);
+  else if (p.sm90 && p.past_k <= kSm90GateMaxK)
+    launch_topk_sm90<T, D, kSm90GateMaxK, kSm90GateTiles>(p, stream);
+  else if (p.list_k == 0 || p.past_k <= 4)
     launch_topk_regs<T, D, 4, kRegGateTiles>(p, stream);
   else if (p.past_k <= kRegGateMaxK)
     launch_topk_regs<T, D, kRegGateMaxK, kRegGateTiles>(p, stream);
@@ -319,7 +329,13 @@ void launch_gate(const GateParams& p, void* sums_ws, void* stream_v) {
   launch_gate_topk<T, D>(p, stream);
 }
 
+template <class T, int D>
+bool gate_sm90_available() {
+  return gate_sm90_available_impl<T, D>();
+}
+
 }  // namespace moba::cuda
 
-#define MOBA_INSTANTIATE_GATE(T, D) \
-  template void moba::cuda::launch_gate<T, D>(const moba::cuda::GateParams&, void*, void*);
+#define MOBA_INSTANTIATE_GATE(T, D)                                                          \
+  template void moba::cuda::launch_gate<T, D>(const moba::cuda::GateParams&, void*, void*); \
+  template bool moba::cuda::gate_sm90_available<T, D>();

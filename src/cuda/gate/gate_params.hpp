@@ -20,6 +20,8 @@ struct GateParams {
   int num_blocks;         // blocks of the means: blk_off[batch], or a bound of it
   int list_k;             // top-k list length held in shared memory: past_k, or 0 when no row
                           // has more than past_k past blocks (every tile then selects all)
+  int sm90;               // 1: past_k <= 16 runs on the sm_90a warpgroup-MMA kernel
+                          // (gate_topk_sm90.cuh), 0: mma.sync (past_k <= 8) or shared-memory lists
 };
 
 // Largest past_k the fused top-k keeps in shared memory (64 rows x past_k x 8 bytes); larger
@@ -30,5 +32,10 @@ constexpr int kGateMaxPastK = 255;
 // sums_ws: num_blocks * hkv * D doubles of scratch for the block sums.
 template <class T, int D>
 void launch_gate(const GateParams& p, void* sums_ws, void* stream);
+
+// Whether GateParams::sm90 = 1 can run: a compute capability 9.0 device, sm_90a code in this
+// build and a driver that encodes TMA tensor maps. Defined beside launch_gate.
+template <class T, int D>
+bool gate_sm90_available();
 
 }  // namespace moba::cuda

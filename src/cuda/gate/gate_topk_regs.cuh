@@ -17,6 +17,8 @@
 // order, -1 padded. Every block of the row's true top-K is in its thread's list (fewer than K
 // blocks of the thread's columns precede it), so the merge is exact: ties go to the earlier
 // block, and the own block and later ones are never candidates (j < own).
+// The lists, their filters and the quad merge are gate_topk_lists.cuh's (shared with the sm_90a
+// warpgroup-MMA kernel, gate_topk_sm90.cuh).
 // Rows of several sequences in one CTA (varlen): the CTA runs one pass per sequence over its
 // tiles of that sequence; warps of other sequences only help load and wait at the barriers.
 #pragma once
@@ -29,6 +31,7 @@
 #include "cuda/common/mma.cuh"
 #include "cuda/gate/gate_common.cuh"
 #include "cuda/gate/gate_params.hpp"
+#include "cuda/gate/gate_topk_lists.cuh"
 
 namespace moba::cuda {
 
@@ -47,51 +50,11 @@ struct RegGateTraits {
   static constexpr int kSmemBytes = (kQElems + kStages * kStageElems) * int(sizeof(T));
 };
 
-namespace gate_detail {
-
-// A thread's list of one row: KR slots, best first; K < KR lists start with KR - K slots that
-// hold (+inf, kPinned), which nothing displaces, so the K-th best is always the last slot (register
-// arrays need compile-time indices: a run-time slot K - 1 would put the lists in local memory).
-constexpr int kEmpty = -1, kPinned = -2;
-
-// The selection order: higher score first, equal scores: earlier block first; an empty slot
-// after everything. For two different blocks exactly one is better, NaN included (it falls to
-// the block order), so all lanes of a shuffle reduction agree on the winner.
-__device__ __forceinline__ bool better(float a, int ia, float b, int ib) {
-  // bitwise on purpose: predicated selects, no branches in the (divergent) list updates
-  return (ib != kPinned) & (ia >= 0) & ((ib < 0) | (a > b) | (!(b > a) & (ia < ib)));
-}
-
-// Inserts (v, j) into a list sorted in the selection order and refreshes thr: the K-th best
-// score once the list is full, NaN before (everything passes). j is later than every block in
-// the list (a thread meets its columns in ascending order), so (v, j) goes before the first
-// empty slot or strictly lower score; pinned slots hold +inf and are never passed. The
-// insertion point is a running OR, so a NaN in the list cannot split the shift.
-template <int KR>
-__device__ __forceinline__ void list_insert(float (&ls)[KR], int (&li)[KR], float& thr, float v,
-                                            int j) {
-  bool here = false, prev_here = false;
-  float prev_s = 0.f;
-  int prev_i = 0;
-#pragma unroll
-  for (int k = 0; k < KR; ++k) {
-    const float os = ls[k];
-    const int oi = li[k];
-    here = here | (oi == kEmpty) | (v > os);
-    ls[k] = prev_here ? prev_s : (here ? v : os);
-    li[k] = prev_here ? prev_i : (here ? j : oi);
-    prev_s = os, prev_i = oi, prev_here = here;
-  }
-  thr = li[KR - 1] >= 0 ? ls[KR - 1] : __int_as_float(0x7fffffff);
-}
-
-}  // namespace gate_detail
 
 template <class T, int D, int KR, int TP>
 __global__ void __launch_bounds__(64 * TP, TP == 2 ? 2 : 1) gate_topk_regs_kernel(const GateParams p) {
   using Tr = RegGateTraits<T, D, TP>;
   constexpr int S = Tr::kStride, KD = D / 16, CPR = D / 8, NT = Tr::kThreads, NS = Tr::kSubCols / 8;
-  constexpr unsigned kFull = 0xffffffffu;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   T* sQ = reinterpret_cast<T*>(smem_raw);
   T* sM = sQ + Tr::kQElems;
@@ -152,8 +115,7 @@ __global__ void __launch_bounds__(64 * TP, TP == 2 ? 2 : 1) gate_topk_regs_kerne
         for (int i = 0; i < 4; ++i) {
           const int lr = wr0 + (i >> 1) * 16 + (i & 1) * 8 + g;
           if (lr >= w_rows) continue;
-          std::int32_t* out = p.sel + (std::int64_t(w_tok0 + lr) * p.hq + h) * K;
-          for (int s = c4; s < K; s += 4) out[s] = s < own[i] ? s : -1;
+          gate_detail::write_all_past(p.sel + (std::int64_t(w_tok0 + lr) * p.hq + h) * K, own[i], K, c4);
         }
       }
       continue;
@@ -180,16 +142,7 @@ __global__ void __launch_bounds__(64 * TP, TP == 2 ? 2 : 1) gate_topk_regs_kerne
     float ls[4][KR];
     int li[4][KR];
     float thr[4], bound[4];
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      thr[i] = bound[i] = __int_as_float(0x7fffffff);  // NaN: no filter yet
-#pragma unroll
-      for (int k = 0; k < KR; ++k) {
-        const bool pinned = k < KR - K;
-        ls[i][k] = pinned ? INFINITY : 0.f;
-        li[i][k] = pinned ? gate_detail::kPinned : gate_detail::kEmpty;
-      }
-    }
+    gate_detail::lists_init<KR, 4>(ls, li, thr, bound, K);
     std::uint32_t qf[2][KD][4];
 
     for (int c = 0; c < nch; ++c) {
@@ -234,76 +187,19 @@ __global__ void __launch_bounds__(64 * TP, TP == 2 ? 2 : 1) gate_topk_regs_kerne
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
           const int mt = i >> 1, hf = (i & 1) * 2;
-          unsigned cand = 0;
-#pragma unroll
-          for (int x = 0; x < 2 * NS; ++x) {
-            const float v = s[mt][x >> 1][hf + (x & 1)];
-            const int j = jt + (x >> 1) * 8 + (x & 1);
-            if (j < own[i] && !(v <= thr[i]) && !(v < bound[i])) cand |= 1u << x;
-          }
-          while (cand) {
-            const int x = __ffs(cand) - 1;
-            cand &= cand - 1;
-            float v = s[mt][0][hf];
-#pragma unroll
-            for (int y = 1; y < 2 * NS; ++y)
-              if (x == y) v = s[mt][y >> 1][hf + (y & 1)];
-            if (!(v <= thr[i]))  // thr rose since the mask was taken
-              gate_detail::list_insert<KR>(ls[i], li[i], thr[i], v, jt + (x >> 1) * 8 + (x & 1));
-          }
+          gate_detail::row_scan<KR, 2 * NS>([&](int x) { return s[mt][x >> 1][hf + (x & 1)]; }, jt, own[i],
+                                            ls[i], li[i], thr[i], bound[i]);
         }
-#pragma unroll
-        for (int i = 0; i < 4; ++i) {  // fmaxf ignores NaN (a list not yet full)
-          const float b = fmaxf(thr[i], __shfl_xor_sync(kFull, thr[i], 1));
-          bound[i] = fmaxf(b, __shfl_xor_sync(kFull, b, 2));
-        }
+        gate_detail::refresh_bounds<4>(thr, bound);
       }
     }
     if (!active) continue;
 
     // Merge the quad's four lists of each row; lane c4 keeps row c4's winners.
     int pick[KR];
-#pragma unroll
-    for (int r = 0; r < KR; ++r) pick[r] = -1;
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-#pragma unroll
-      for (int r = 0; r < KR; ++r) {
-        if (r >= K) break;
-        float bs = 0.f;  // this lane's best: its first slot not pinned or popped
-        int bi = gate_detail::kEmpty;
-#pragma unroll
-        for (int k = KR - 1; k >= 0; --k)
-          if (li[i][k] >= 0) bs = ls[i][k], bi = li[i][k];
-#pragma unroll
-        for (int x = 1; x <= 2; x <<= 1) {
-          const float os = __shfl_xor_sync(kFull, bs, x);
-          const int oi = __shfl_xor_sync(kFull, bi, x);
-          if (gate_detail::better(os, oi, bs, bi)) bs = os, bi = oi;
-        }
-#pragma unroll
-        for (int k = 0; k < KR; ++k)  // the winner's lane pops it
-          if (bi >= 0 && li[i][k] == bi) li[i][k] = gate_detail::kPinned;
-        if (c4 == i) pick[r] = bi;
-      }
-    }
-    // Ascending block order; -1 (fewer than K past blocks) sorts last as an unsigned value.
-#pragma unroll
-    for (int a = 0; a < KR; ++a)
-#pragma unroll
-      for (int b = 0; b + 1 < KR - a; ++b)
-        if (unsigned(pick[b]) > unsigned(pick[b + 1])) {
-          const int x = pick[b];
-          pick[b] = pick[b + 1];
-          pick[b + 1] = x;
-        }
+    gate_detail::quad_merge<KR, 4>(ls, li, K, c4, pick);
     const int lr = wr0 + (c4 >> 1) * 16 + (c4 & 1) * 8 + g;  // row i = c4
-    if (lr < w_rows) {
-      std::int32_t* out = p.sel + (std::int64_t(w_tok0 + lr) * p.hq + h) * K;
-#pragma unroll
-      for (int a = 0; a < KR; ++a)
-        if (a < K) out[a] = pick[a];
-    }
+    if (lr < w_rows) gate_detail::write_pick<KR>(p.sel + (std::int64_t(w_tok0 + lr) * p.hq + h) * K, pick, K);
   }
   cp_async_wait<0>();
 }
