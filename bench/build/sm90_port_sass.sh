@@ -26,11 +26,16 @@ OUT=$(mktemp -d)
 trap 'rm -rf "$OUT"' EXIT
 
 git archive "$BASE" src include | tar -x -C "$OUT" && mkdir -p "$OUT/base" && mv "$OUT/src" "$OUT/include" "$OUT/base/"
-# the translation units that reach the primitives (directly or through a kernel header), in
-# either tree
-hdrs=$(grep -rlE 'hopper_wgmma\.cuh|sm90_pipeline\.cuh' --include='*.cuh' src "$OUT/base/src" |
-  xargs -n1 basename | sort -u | sed 's/\./\\./g' | paste -sd'|')
-mapfile -t TUS < <(grep -rlE "$hdrs" --include='*.cu' src "$OUT/base/src" | sed "s|^$OUT/base/||" |
+# the translation units that reach the primitives (through any chain of headers), in either tree
+pat='hopper_wgmma\.cuh|sm90_pipeline\.cuh'
+while :; do
+  next=$(grep -rlE "#include \"[^\"]*/($pat)\"" --include='*.cuh' src "$OUT/base/src" | xargs -n1 basename | sort -u |
+    sed 's/\./\\./g' | paste -sd'|')
+  next="hopper_wgmma\.cuh|sm90_pipeline\.cuh${next:+|$next}"
+  [[ $next == "$pat" ]] && break
+  pat=$next
+done
+mapfile -t TUS < <(grep -rlE "#include \"[^\"]*/($pat)\"" --include='*.cu' src "$OUT/base/src" | sed "s|^$OUT/base/||" |
   sort -u | grep -E "${ONLY:-.}")
 
 # compile SIDE TU: object, ptxas log, normalised SASS
