@@ -114,13 +114,14 @@ struct CudaOptions {
   // When set, a MoBA forward fills it (counts of its one-pass plan) after synchronising the
   // stream: a debug statistic, not for CUDA-graph capture or production use.
   CudaForwardStats* forward_stats = nullptr;
-  // MoBA gate's score + top-k kernel. `automatic`: `sm90_wgmma` where it can run, else
-  // `sm80_mma_sync`. `sm90_wgmma` (topk - 1 <= 16; above, the shared-memory-list kernel runs):
-  // scores on sm_90a warpgroup MMA, the means streamed by TMA, top-k lists in registers;
-  // `sm80_mma_sync`: mma.sync scores, register lists for topk - 1 <= 8, shared memory above;
-  // it needs a compute capability 9.0 device, a build with sm_90a code and a driver that
-  // encodes TMA tensor maps, else moba::Error(unsupported). Both select the same blocks
-  // (docs/semantics.md), they differ in speed only.
+  // MoBA gate's score + top-k kernel. `automatic`: `sm80_mma_sync` (as fast or faster on the
+  // H200 at every measured shape but (d) 512K, where the wgmma kernel is 1.04x; see
+  // docs/architecture.md, "The sm_90a gate"). `sm90_wgmma` (topk - 1 <= 16; above, the
+  // shared-memory-list kernel runs): scores on sm_90a warpgroup MMA, the means streamed by TMA,
+  // top-k lists in registers; it needs a compute capability 9.0 device, a build with sm_90a
+  // code and a driver that encodes TMA tensor maps, else moba::Error(unsupported).
+  // `sm80_mma_sync`: mma.sync scores, register lists for topk - 1 <= 8, shared memory above.
+  // All select the same blocks (docs/semantics.md); they differ in speed only.
   enum class GateKernel { automatic, sm90_wgmma, sm80_mma_sync };
   GateKernel gate_kernel = GateKernel::automatic;
   // Backward: synchronise the stream after each stage and record the stage times (read by the

@@ -288,8 +288,11 @@ void run_gate(const Problem& p, const Plan& pl, const Operand& q, const Operand&
   dispatch(p, [&](auto* t, auto d) {
     using T = std::remove_pointer_t<decltype(t)>;
     constexpr int D = decltype(d)::value;
-    // the score kernel of the register top-k range (CudaOptions::gate_kernel)
-    const bool sm90_ok = o.gate_kernel != CudaOptions::GateKernel::sm80_mma_sync &&
+    // the score kernel of the register top-k range (CudaOptions::gate_kernel). automatic takes
+    // mma.sync: on the H200 the wgmma kernel was 0.74-0.99x of it from 8K to 128K and 1.04x at
+    // (d) 512K (bench/results/h200-2026-11-29-session3/gate.md): the top-k lists, not the MMA,
+    // bound the gate.
+    const bool sm90_ok = o.gate_kernel == CudaOptions::GateKernel::sm90_wgmma &&
                          gate_sm90_available<T, D>();
     if (o.gate_kernel == CudaOptions::GateKernel::sm90_wgmma && !sm90_ok)
       fail(ErrorKind::unsupported,
