@@ -80,16 +80,17 @@ struct CudaOptions {
   // Backward in the default (non-deterministic) mode: add every row's dQ by fp32 atomics in the
   // key pass, instead of the query-major pass for the causal rows. A measurement variant.
   bool backward_dq_all_atomic = false;
-  // Backward key pass (dK, dV and the listed rows' dQ). `automatic`: `sm90_wgmma` where it can
-  // run, except MoBA blocks under 256 tokens (there `sm80_mma_sync` measured faster on the
-  // H200), else `sm80_mma_sync`. `sm90_wgmma`: the sm_90a
+  // Backward key pass (dK, dV and the listed rows' dQ). `automatic`: `sm90_warp_specialized`
+  // where it can run, except deterministic calls whose MoBA blocks fit one key tile with
+  // topk - 1 <= 2 (deterministic mode's slot path runs on `sm80_mma_sync`, measured 1.8x
+  // faster there on the H200), else `sm80_mma_sync`. `sm90_wgmma`: the sm_90a
   // warpgroup-MMA key pass (same work items, masks and outputs; deterministic mode supported:
   // it then adds no float atomics, like the mma.sync pass); it needs a compute capability 9.0
   // device and a build with sm_90a code, else moba::Error(unsupported).
   // `sm90_warp_specialized`: the same sm_90a pass warp-specialised (a producer warpgroup loads
   // K, V and every row tile into an mbarrier ring, TMA boxes for the implicit rows, cp.async for
   // gathered MoBA rows; the consumer warpgroups only compute); same requirements and errors as
-  // `sm90_wgmma`. `automatic` takes it wherever it would take `sm90_wgmma`.
+  // `sm90_wgmma`; faster than it on every measured shape.
   enum class BackwardKernel { automatic, sm80_mma_sync, sm90_wgmma, sm90_warp_specialized };
   BackwardKernel backward_kernel = BackwardKernel::automatic;
   // sm90_wgmma / sm90_warp_specialized only: add each row's dQ (listed rows; every row with backward_dq_all_atomic) by

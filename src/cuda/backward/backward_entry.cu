@@ -125,17 +125,28 @@ void key_pass(bool bf16, int D, const KeyPassArgs& a, int n, cudaStream_t s) {
   else D == 64 ? launch_key_pass<false, 64>(a, n, s) : launch_key_pass<false, 128>(a, n, s);
   MOBA_CUDA_LAUNCH_CHECK();
 }
-// Which key pass runs (CudaOptions::backward_kernel). sm90_wgmma: the sm_90a kernel (it throws
-// where it cannot run). automatic: the sm_90a kernel where it can run and was measured faster
-// (H200, bench_backward.cpp, 8K-128K: full causal 230 vs 195 TFLOP/s, MoBA blocks of 512
-// top-8 176 vs 151), mma.sync for MoBA blocks under 256 (blocks of 64: 44 vs 60 TFLOP/s, its
-// 64-key tiles see few rows each) and where sm_90a code is absent.
-bool use_sm90_key_pass(const Problem& p, bool bf16, int D, const CudaOptions& o) {
+// Deterministic mode's slot path (bwd_plan.hpp): a MoBA block is one key tile (128 keys when
+// blocks are a multiple of 128, else 64) and P <= kDetSlotMax; it runs on the mma.sync key pass.
+bool det_slot_path_fits(const Problem& p, const CudaOptions& o) {
+  if (p.mode != Mode::moba) return false;
+  const int P = p.past_k(), B = p.block_size;
+  const int KT = (o.backward_key_tile != 64 && B % 128 == 0) ? 128 : 64;
+  return P > 0 && P <= kDetSlotMax && B <= KT;
+}
+// Which key pass runs (CudaOptions::backward_kernel). sm90_wgmma / sm90_warp_specialized: the
+// sm_90a kernels (they throw where they cannot run). automatic: the sm_90a kernels where they
+// can run, except deterministic calls that fit the slot path, which take mma.sync. Measured on
+// the H200 (bench_backward.cpp, session 3, bench/results/h200-2026-11-29-session3/): default
+// mode, the warp-specialised pass vs mma.sync: blocks of 64 top-3 0.339 / 0.954 / 3.387 vs
+// 0.345 / 1.008 / 3.558 ms at 8K / 32K / 128K, (a) at 8K (blocks of 128) 0.408 vs 0.479 ms;
+// deterministic, blocks of 64 top-3 at 128K: mma.sync's slot path 3.76 ms, the warp-specialised
+// pass's per-slot dQ waves 6.83 ms.
+bool use_sm90_key_pass(const Problem& p, bool bf16, int D, const CudaOptions& o, bool det) {
   using BK = CudaOptions::BackwardKernel;
   if (o.backward_kernel == BK::sm80_mma_sync) return false;
   const bool ok = bf16 ? (D == 64 ? sm90_key_pass_available<true, 64>() : sm90_key_pass_available<true, 128>())
                        : (D == 64 ? sm90_key_pass_available<false, 64>() : sm90_key_pass_available<false, 128>());
-  if (o.backward_kernel == BK::automatic) return ok && (p.mode != Mode::moba || p.block_size >= 256);
+  if (o.backward_kernel == BK::automatic) return ok && !(det && det_slot_path_fits(p, o));
   if (!ok)
     fail(ErrorKind::unsupported,
          std::string("cuda backend: CudaOptions::backward_kernel = ") +
@@ -145,14 +156,11 @@ bool use_sm90_key_pass(const Problem& p, bool bf16, int D, const CudaOptions& o)
   return true;
 }
 // Of the sm_90a passes (once use_sm90_key_pass said yes): the warp-specialised one unless
-// sm90_wgmma was asked for. automatic prefers it: the producer takes every load off the
-// consumers' critical path and the only CTA-wide waits left are around the shared dQ buffers
-// (H200 numbers: bench/cuda/run_keypass_device.sh).
-constexpr bool kAutomaticTakesWs = true;
+// sm90_wgmma was asked for (H200, 128K: full causal 308 vs 381 ms, (a) 24.5 vs 35.8 ms, blocks of
+// 512 top-8 18.9 vs 28.4 ms of backward; bench/cuda/run_keypass_device.sh).
 bool use_ws_key_pass(bool bf16, int D, const CudaOptions& o) {
   using BK = CudaOptions::BackwardKernel;
   if (o.backward_kernel == BK::sm90_wgmma) return false;
-  if (o.backward_kernel == BK::automatic && !kAutomaticTakesWs) return false;
   const bool ok = bf16 ? (D == 64 ? sm90_ws_key_pass_available<true, 64>() : sm90_ws_key_pass_available<true, 128>())
                        : (D == 64 ? sm90_ws_key_pass_available<false, 64>() : sm90_ws_key_pass_available<false, 128>());
   if (!ok && o.backward_kernel == BK::sm90_warp_specialized)
@@ -222,7 +230,7 @@ void run_backward(const Problem& p, const Backward& w, const RunOptions& o) {
   // Measurement variants (CudaOptions): every dQ by atomics in the key pass; per-stage times.
   const bool all_atomic = !det && o.cuda.backward_dq_all_atomic;
   const bool timing = o.cuda.collect_timing;
-  const bool sm90 = use_sm90_key_pass(p, bf16, D, o.cuda);
+  const bool sm90 = use_sm90_key_pass(p, bf16, D, o.cuda, det);
   const bool sm90_ws = sm90 && use_ws_key_pass(bf16, D, o.cuda);
   auto last_mark = std::chrono::steady_clock::now();
   auto mark = [&](const char* what) {
@@ -260,7 +268,7 @@ void run_backward(const Problem& p, const Backward& w, const RunOptions& o) {
   const int NG = (!ng1 && (!moba || B % 128 == 0)) ? 2 : 1, KT = 64 * NG;
   // Deterministic mode's slot path (bwd_plan.hpp): a block is one key tile, so the mma.sync key
   // pass computes each listed entry's dQ whole and stores it to its slot's buffer.
-  const bool det_slots = det && P > 0 && P <= kDetSlotMax && B <= KT && !sm90;
+  const bool det_slots = det && det_slot_path_fits(p, o.cuda) && !sm90;
   BackwardPlan plan;
   const int* win_d = nullptr;
   {
