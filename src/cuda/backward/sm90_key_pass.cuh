@@ -72,6 +72,81 @@ __device__ __forceinline__ void sm90_dq_part(float (&acc)[32], std::uint32_t sDS
   hw::reg_fence<32>(acc);
   hw::reg_fence_u<4 * kKS>(&af[0][0]);
 }
+
+// One 64-row tile's dV / dK step of a sm_90a key pass, once S^T became P^T in `s` (fp32,
+// masked) and dP^T is in `g`: P^T's b16 A fragments, dV_w += P^T dO, dS^T = P^T (dP^T - D) (fp32
+// P, as key_pass.cuh) into `g` and its A fragments, dK_w += dS^T Q (RS wgmma, B MN-major: the
+// 64 rows are the k dimension), and, with with_ds, dS^T to ds_base in shared memory ([key][row],
+// bwd::swz<8>) while the wgmmas run (they read registers and Q / dO, not that buffer). Returns
+// with every wgmma retired. Shared by the lock-step and the warp-specialised passes.
+template <bool kBf16, int D, class T>
+__device__ __forceinline__ void sm90_dv_dk_step(float (&s)[32], float (&g)[32], const float* dt_b,
+                                                int c4, float* dv, float* dk, std::uint32_t sDO,
+                                                std::uint32_t sQ, bool with_ds, unsigned char* ds_base,
+                                                int key_row0) {
+  namespace hw = moba::cuda::hopper;
+  // A fragments (b16) of P^T: k-step kq = query rows 16 kq..16 kq + 15 (n8 tiles 2 kq, 2 kq + 1).
+  std::uint32_t pa[4][4], da[4][4];
+#pragma unroll
+  for (int kq = 0; kq < 4; ++kq) {
+    const float* s0 = s + 8 * kq;
+    pa[kq][0] = cuda::Dt<T>::pack(s0[0], s0[1]);
+    pa[kq][1] = cuda::Dt<T>::pack(s0[2], s0[3]);
+    pa[kq][2] = cuda::Dt<T>::pack(s0[4], s0[5]);
+    pa[kq][3] = cuda::Dt<T>::pack(s0[6], s0[7]);
+  }
+  // dV_w += P^T dO.
+  hw::wg_fence();
+#pragma unroll
+  for (int kq = 0; kq < 4; ++kq)
+    hw::wgmma_rs<kBf16, D>(dv, pa[kq], hw::make_desc(sDO + kq * 16 * 128, 64 * 128, 1024), 1);
+  hw::wg_commit();
+  // dP^T landed; dV may still run, except at D = 128, where dK, dV, P^T, dP^T leave no
+  // registers for P^T's fragments to stay live (waiting frees them: no spills)
+  if constexpr (D == 128) {
+    hw::wg_wait<0>();
+    hw::reg_fence_u<16>(&pa[0][0]);
+  } else {
+    hw::wg_wait<1>();
+  }
+  hw::reg_fence<32>(g);
+
+  // dS^T, its A fragments, dK_w += dS^T Q.
+#pragma unroll
+  for (int n = 0; n < 8; ++n)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) g[4 * n + e] = s[4 * n + e] * (g[4 * n + e] - dt_b[n * 8 + c4 * 2 + (e & 1)]);
+#pragma unroll
+  for (int kq = 0; kq < 4; ++kq) {
+    const float* g0 = g + 8 * kq;
+    da[kq][0] = cuda::Dt<T>::pack(g0[0], g0[1]);
+    da[kq][1] = cuda::Dt<T>::pack(g0[2], g0[3]);
+    da[kq][2] = cuda::Dt<T>::pack(g0[4], g0[5]);
+    da[kq][3] = cuda::Dt<T>::pack(g0[6], g0[7]);
+  }
+  hw::wg_fence();
+#pragma unroll
+  for (int kq = 0; kq < 4; ++kq)
+    hw::wgmma_rs<kBf16, D>(dk, da[kq], hw::make_desc(sQ + kq * 16 * 128, 64 * 128, 1024), 1);
+  hw::wg_commit();
+
+  // dS^T to shared for dQ while the wgmmas run.
+  if (with_ds) {
+    unsigned char* base = ds_base;
+#pragma unroll
+    for (int kq = 0; kq < 4; ++kq) {
+      *reinterpret_cast<std::uint32_t*>(base + swz<8>(key_row0, 2 * kq) + c4 * 4) = da[kq][0];
+      *reinterpret_cast<std::uint32_t*>(base + swz<8>(key_row0 + 8, 2 * kq) + c4 * 4) = da[kq][1];
+      *reinterpret_cast<std::uint32_t*>(base + swz<8>(key_row0, 2 * kq + 1) + c4 * 4) = da[kq][2];
+      *reinterpret_cast<std::uint32_t*>(base + swz<8>(key_row0 + 8, 2 * kq + 1) + c4 * 4) = da[kq][3];
+    }
+  }
+  hw::wg_wait<0>();
+  hw::reg_fence<D / 2>(dv);
+  hw::reg_fence<D / 2>(dk);
+  hw::reg_fence_u<16>(&pa[0][0]);
+  hw::reg_fence_u<16>(&da[0][0]);
+}
 #endif
 
 template <class T, int D, int kVis>
@@ -246,68 +321,7 @@ __global__ void __launch_bounds__(256, 1) sm90_key_pass_kernel(const KeyPassArgs
         s[4 * n + e] = p;
       }
 
-    // A fragments (b16) of P^T: k-step kq = query rows 16 kq..16 kq + 15 (n8 tiles 2 kq, 2 kq + 1).
-    std::uint32_t pa[4][4], da[4][4];
-#pragma unroll
-    for (int kq = 0; kq < 4; ++kq) {
-      const float* s0 = s + 8 * kq;
-      pa[kq][0] = cuda::Dt<T>::pack(s0[0], s0[1]);
-      pa[kq][1] = cuda::Dt<T>::pack(s0[2], s0[3]);
-      pa[kq][2] = cuda::Dt<T>::pack(s0[4], s0[5]);
-      pa[kq][3] = cuda::Dt<T>::pack(s0[6], s0[7]);
-    }
-    // dV_w += P^T dO (B MN-major: the 64 rows are the k dimension).
-    hw::wg_fence();
-#pragma unroll
-    for (int kq = 0; kq < 4; ++kq)
-      hw::wgmma_rs<kBf16, D>(dv, pa[kq], hw::make_desc(sDO + kq * 16 * 128, 64 * 128, 1024), 1);
-    hw::wg_commit();
-    // dP^T landed; dV may still run, except at D = 128, where dK, dV, P^T, dP^T leave no
-    // registers for P^T's fragments to stay live (waiting frees them: no spills)
-    if constexpr (D == 128) {
-      hw::wg_wait<0>();
-      hw::reg_fence_u<16>(&pa[0][0]);
-    } else {
-      hw::wg_wait<1>();
-    }
-    hw::reg_fence<32>(g);
-
-    // dS^T = P^T (dP^T - D) (fp32 P, as key_pass.cuh), its A fragments, dK_w += dS^T Q.
-#pragma unroll
-    for (int n = 0; n < 8; ++n)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) g[4 * n + e] = s[4 * n + e] * (g[4 * n + e] - dt_b[n * 8 + c4 * 2 + (e & 1)]);
-#pragma unroll
-    for (int kq = 0; kq < 4; ++kq) {
-      const float* g0 = g + 8 * kq;
-      da[kq][0] = cuda::Dt<T>::pack(g0[0], g0[1]);
-      da[kq][1] = cuda::Dt<T>::pack(g0[2], g0[3]);
-      da[kq][2] = cuda::Dt<T>::pack(g0[4], g0[5]);
-      da[kq][3] = cuda::Dt<T>::pack(g0[6], g0[7]);
-    }
-    hw::wg_fence();
-#pragma unroll
-    for (int kq = 0; kq < 4; ++kq)
-      hw::wgmma_rs<kBf16, D>(dk, da[kq], hw::make_desc(sQ + kq * 16 * 128, 64 * 128, 1024), 1);
-    hw::wg_commit();
-
-    // dS^T to shared ([key][row], bwd::swz<8>) while the wgmmas run (they read registers and
-    // Q / dO, not this buffer).
-    if (with_dq) {
-      unsigned char* base = smem + L.ds;
-#pragma unroll
-      for (int kq = 0; kq < 4; ++kq) {
-        *reinterpret_cast<std::uint32_t*>(base + swz<8>(key_row0, 2 * kq) + c4 * 4) = da[kq][0];
-        *reinterpret_cast<std::uint32_t*>(base + swz<8>(key_row0 + 8, 2 * kq) + c4 * 4) = da[kq][1];
-        *reinterpret_cast<std::uint32_t*>(base + swz<8>(key_row0, 2 * kq + 1) + c4 * 4) = da[kq][2];
-        *reinterpret_cast<std::uint32_t*>(base + swz<8>(key_row0 + 8, 2 * kq + 1) + c4 * 4) = da[kq][3];
-      }
-    }
-    hw::wg_wait<0>();
-    hw::reg_fence<D / 2>(dv);
-    hw::reg_fence<D / 2>(dk);
-    hw::reg_fence_u<16>(&pa[0][0]);
-    hw::reg_fence_u<16>(&da[0][0]);
+    sm90_dv_dk_step<kBf16, D, T>(s, g, dt_b, c4, dv, dk, sDO, sQ, with_dq, smem + L.ds, key_row0);
 
     if (with_dq) {
       __syncthreads();  // dS^T complete

@@ -292,65 +292,9 @@ __global__ void __launch_bounds__(384, 1)
         s[4 * n + e] = p;
       }
 
-    std::uint32_t pa[4][4], da[4][4];
-#pragma unroll
-    for (int kq = 0; kq < 4; ++kq) {
-      const float* s0 = s + 8 * kq;
-      pa[kq][0] = cuda::Dt<T>::pack(s0[0], s0[1]);
-      pa[kq][1] = cuda::Dt<T>::pack(s0[2], s0[3]);
-      pa[kq][2] = cuda::Dt<T>::pack(s0[4], s0[5]);
-      pa[kq][3] = cuda::Dt<T>::pack(s0[6], s0[7]);
-    }
-    // dV_w += P^T dO.
-    hw::wg_fence();
-#pragma unroll
-    for (int kq = 0; kq < 4; ++kq)
-      hw::wgmma_rs<kBf16, D>(dv, pa[kq], hw::make_desc(sDO + kq * 16 * 128, 64 * 128, 1024), 1);
-    hw::wg_commit();
-    if constexpr (D == 128) {  // registers: as sm90_key_pass.cuh
-      hw::wg_wait<0>();
-      hw::reg_fence_u<16>(&pa[0][0]);
-    } else {
-      hw::wg_wait<1>();
-    }
-    hw::reg_fence<32>(g);
-
-    // dS^T = P^T (dP^T - D), its A fragments, dK_w += dS^T Q.
-#pragma unroll
-    for (int n = 0; n < 8; ++n)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) g[4 * n + e] = s[4 * n + e] * (g[4 * n + e] - dt_b[n * 8 + c4 * 2 + (e & 1)]);
-#pragma unroll
-    for (int kq = 0; kq < 4; ++kq) {
-      const float* g0 = g + 8 * kq;
-      da[kq][0] = cuda::Dt<T>::pack(g0[0], g0[1]);
-      da[kq][1] = cuda::Dt<T>::pack(g0[2], g0[3]);
-      da[kq][2] = cuda::Dt<T>::pack(g0[4], g0[5]);
-      da[kq][3] = cuda::Dt<T>::pack(g0[6], g0[7]);
-    }
-    hw::wg_fence();
-#pragma unroll
-    for (int kq = 0; kq < 4; ++kq)
-      hw::wgmma_rs<kBf16, D>(dk, da[kq], hw::make_desc(sQ + kq * 16 * 128, 64 * 128, 1024), 1);
-    hw::wg_commit();
-
-    // dS^T to shared while the wgmmas run. The previous dQ tile's reads of this buffer ended
-    // before its barrier 1 (after its dQ parts), which every consumer passed.
-    if (with_dq) {
-      unsigned char* base = smem + L.ds;
-#pragma unroll
-      for (int kq = 0; kq < 4; ++kq) {
-        *reinterpret_cast<std::uint32_t*>(base + swz<8>(key_row0, 2 * kq) + c4 * 4) = da[kq][0];
-        *reinterpret_cast<std::uint32_t*>(base + swz<8>(key_row0 + 8, 2 * kq) + c4 * 4) = da[kq][1];
-        *reinterpret_cast<std::uint32_t*>(base + swz<8>(key_row0, 2 * kq + 1) + c4 * 4) = da[kq][2];
-        *reinterpret_cast<std::uint32_t*>(base + swz<8>(key_row0 + 8, 2 * kq + 1) + c4 * 4) = da[kq][3];
-      }
-    }
-    hw::wg_wait<0>();
-    hw::reg_fence<D / 2>(dv);
-    hw::reg_fence<D / 2>(dk);
-    hw::reg_fence_u<16>(&pa[0][0]);
-    hw::reg_fence_u<16>(&da[0][0]);
+    // dV, dK; dS^T to shared for dQ while the wgmmas run (the previous dQ tile's reads of that
+    // buffer ended before its barrier 1, after its dQ parts, which every consumer passed).
+    sm90_dv_dk_step<kBf16, D, T>(s, g, dt_b, c4, dv, dk, sDO, sQ, with_dq, smem + L.ds, key_row0);
 
     if (with_dq) {
       // the last dQ tile's bulk adds have read the fp32 rows (their issuers wait, then the barrier)
