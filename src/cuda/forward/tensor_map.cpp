@@ -26,41 +26,15 @@ PFN_cuTensorMapEncodeTiled_v12000 encode_fn() {
   return fn;
 }
 
-// heads_inner: dimensions (D, heads, tokens), else (D, tokens, heads); strides ascending.
 CUtensorMap encode(const KvOperand& x, int tokens, int heads, int head_dim, bool bf16,
-                   bool heads_inner, const char* name) {
-  auto fn = encode_fn();
-  if (!fn)
+                   int& token_dim, const char* name) {
+  if (!encode_fn())
     throw Error(ErrorKind::unsupported,
                 "cuda backend: the driver offers no cuTensorMapEncodeTiled (TMA), needed by "
                 "CudaOptions::forward_kernel = sm90_warp_specialized");
-  const cuuint64_t es = 2;
-  const cuuint64_t ts = cuuint64_t(x.token_stride) * es;
-  // a single head: the stride past all tokens (its coordinate is always 0)
-  const cuuint64_t hs = heads > 1 ? cuuint64_t(x.head_stride) * es : ts * cuuint64_t(tokens);
-  cuuint64_t dims[3] = {cuuint64_t(head_dim), 0, 0};
-  cuuint64_t strides[2];
-  cuuint32_t box[3] = {64, 1, 1};
-  if (heads_inner) {
-    dims[1] = cuuint64_t(heads);
-    dims[2] = cuuint64_t(tokens);
-    strides[0] = hs;
-    strides[1] = ts;
-    box[2] = 128;
-  } else {
-    dims[1] = cuuint64_t(tokens);
-    dims[2] = cuuint64_t(heads);
-    strides[0] = ts;
-    strides[1] = hs;
-    box[1] = 128;
-  }
-  const cuuint32_t estr[3] = {1, 1, 1};
   CUtensorMap m;
-  const CUresult r =
-      fn(&m, bf16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16, 3,
-         const_cast<void*>(x.data), dims, strides, box, estr, CU_TENSOR_MAP_INTERLEAVE_NONE,
-         CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
-         CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  const CUresult r = encode_operand_map(m, token_dim, x.data, x.token_stride, x.head_stride,
+                                        tokens, heads, head_dim, bf16, 128);
   if (r != CUDA_SUCCESS)
     throw Error(ErrorKind::unsupported,
                 std::string("cuda backend: cuTensorMapEncodeTiled rejected ") + name +
@@ -75,17 +49,45 @@ CUtensorMap encode(const KvOperand& x, int tokens, int heads, int head_dim, bool
 
 bool tensor_maps_available() { return encode_fn() != nullptr; }
 
+CUresult encode_operand_map(CUtensorMap& m, int& token_dim, const void* data,
+                            std::int64_t token_stride, std::int64_t head_stride, int tokens,
+                            int heads, int head_dim, bool bf16, int box_tokens) {
+  auto fn = encode_fn();
+  if (!fn) return CUDA_ERROR_NOT_SUPPORTED;
+  const bool heads_inner = heads > 1 && head_stride < token_stride;
+  const cuuint64_t es = 2;
+  const cuuint64_t ts = cuuint64_t(token_stride) * es;
+  // a single head: the stride past all tokens (its coordinate is always 0)
+  const cuuint64_t hs = heads > 1 ? cuuint64_t(head_stride) * es : ts * cuuint64_t(tokens);
+  cuuint64_t dims[3] = {cuuint64_t(head_dim), 0, 0};
+  cuuint64_t strides[2];
+  cuuint32_t box[3] = {64, 1, 1};
+  if (heads_inner) {
+    dims[1] = cuuint64_t(heads);
+    dims[2] = cuuint64_t(tokens);
+    strides[0] = hs;
+    strides[1] = ts;
+    box[2] = cuuint32_t(box_tokens);
+  } else {
+    dims[1] = cuuint64_t(tokens);
+    dims[2] = cuuint64_t(heads);
+    strides[0] = ts;
+    strides[1] = hs;
+    box[1] = cuuint32_t(box_tokens);
+  }
+  token_dim = heads_inner ? 2 : 1;
+  const cuuint32_t estr[3] = {1, 1, 1};
+  return fn(&m, bf16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16, 3,
+            const_cast<void*>(data), dims, strides, box, estr, CU_TENSOR_MAP_INTERLEAVE_NONE,
+            CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+            CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+}
+
 KvTensorMaps make_kv_tensor_maps(const KvOperand& k, const KvOperand& v, int tokens, int heads,
                                  int head_dim, bool bf16) {
-  // heads inside tokens (the usual [tokens, heads, D]) unless the strides say otherwise; a
-  // single head sits outside, after the tokens
-  const bool k_inner = heads > 1 && k.head_stride < k.token_stride;
-  const bool v_inner = heads > 1 && v.head_stride < v.token_stride;
   KvTensorMaps m{};
-  m.k = encode(k, tokens, heads, head_dim, bf16, k_inner, "k");
-  m.v = encode(v, tokens, heads, head_dim, bf16, v_inner, "v");
-  m.k_token_dim = k_inner ? 2 : 1;
-  m.v_token_dim = v_inner ? 2 : 1;
+  m.k = encode(k, tokens, heads, head_dim, bf16, m.k_token_dim, "k");
+  m.v = encode(v, tokens, heads, head_dim, bf16, m.v_token_dim, "v");
   return m;
 }
 

@@ -32,4 +32,15 @@ KvTensorMaps make_kv_tensor_maps(const KvOperand& k, const KvOperand& v, int tok
 // Whether the driver offers cuTensorMapEncodeTiled (probed once per process).
 bool tensor_maps_available();
 
+// One [tokens, heads, head_dim] 16-bit operand (element strides) as a 3-D tensor map: boxes of
+// 64 columns (128 bytes, 128-byte swizzle) x `box_tokens` tokens x 1 head, the two outer
+// dimensions ordered by stride (heads inside tokens when heads > 1 and head_stride <
+// token_stride; a single head sits after the tokens). `token_dim` gets the token's coordinate
+// (1: (d, token, head), 2: (d, head, token)). Returns the driver's result
+// (CUDA_ERROR_NOT_SUPPORTED without an encoder). Used by the forward's K/V maps and the
+// backward's row maps (src/cuda/backward/row_tensor_map.cpp).
+CUresult encode_operand_map(CUtensorMap& m, int& token_dim, const void* data,
+                            std::int64_t token_stride, std::int64_t head_stride, int tokens,
+                            int heads, int head_dim, bool bf16, int box_tokens);
+
 }  // namespace moba::cuda
