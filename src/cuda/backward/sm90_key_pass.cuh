@@ -25,11 +25,11 @@
 
 #include <cuda_runtime.h>
 
-#include <atomic>
 #include <cmath>
 
 #include "cuda/backward/bwd_common.cuh"
 #include "cuda/backward/sm90_key_pass.hpp"
+#include "cuda/common/sm90_available.hpp"
 #include "cuda/forward/hopper_wgmma.cuh"
 #include "cuda/forward/sm90_pipeline.cuh"
 
@@ -423,22 +423,9 @@ void launch_sm90_key_pass_impl(const KeyPassArgs& a, int n_items, void* stream) 
 
 template <class T, int D>
 bool sm90_key_pass_available_impl() {
-  static std::atomic<int> cached{-1};  // per process (checked on the first call's device)
-  if (cached.load() < 0) {
-    int dev = 0, major = 0, minor = 0;
-    bool ok = cudaGetDevice(&dev) == cudaSuccess &&
-              cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess &&
-              cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) == cudaSuccess &&
-              major == 9 && minor == 0;
-    if (ok) {  // the kernel is an empty stub unless this build has sm_90a code for it
-      cudaFuncAttributes fa{};
-      ok = cudaFuncGetAttributes(&fa, sm90_key_pass_kernel<T, D, kVisCausal>) == cudaSuccess &&
-           fa.binaryVersion == 90;
-    }
-    (void)cudaGetLastError();
-    cached.store(ok ? 1 : 0);
-  }
-  return cached.load() == 1;
+  static const bool ok =  // per process (checked on the first call's device)
+      ::moba::cuda::sm90a_kernel_runs(sm90_key_pass_kernel<T, D, kVisCausal>);
+  return ok;
 }
 
 }  // namespace moba::detail::bwd

@@ -33,13 +33,13 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
-#include <atomic>
 #include <cfloat>
 #include <cstdint>
 
 #include "cuda/common/check.hpp"
 #include "cuda/common/mma.cuh"
 #include "cuda/common/online_softmax.cuh"
+#include "cuda/common/sm90_available.hpp"
 #include "cuda/common/visibility.cuh"
 #include "cuda/forward/attn_params.hpp"
 #include "cuda/forward/epilogue.cuh"
@@ -420,22 +420,9 @@ __global__ void __launch_bounds__(384, 1)
 // driver encodes tensor maps.
 template <class T, int D>
 bool ws_attention_available() {
-  static std::atomic<int> cached{-1};  // per process (checked on the first call's device)
-  if (cached.load() < 0) {
-    int dev = 0, major = 0, minor = 0;
-    bool ok = cudaGetDevice(&dev) == cudaSuccess &&
-              cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess &&
-              cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) == cudaSuccess &&
-              major == 9 && minor == 0;
-    if (ok) {
-      cudaFuncAttributes fa{};
-      ok = cudaFuncGetAttributes(&fa, attn_fwd_ws_kernel<T, D, kDenseFull>) == cudaSuccess &&
-           fa.binaryVersion == 90;
-    }
-    (void)cudaGetLastError();
-    cached.store(ok && tensor_maps_available() ? 1 : 0);
-  }
-  return cached.load() == 1;
+  static const bool ok =  // per process (checked on the first call's device)
+      ::moba::cuda::sm90a_kernel_runs(attn_fwd_ws_kernel<T, D, kDenseFull>) && tensor_maps_available();
+  return ok;
 }
 
 // grid_x * grid_y bounds the number of tiles. Persistent: one CTA per SM, each walking work

@@ -26,11 +26,11 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
-#include <atomic>
 #include <cstdint>
 
 #include "cuda/common/check.hpp"
 #include "cuda/common/mma.cuh"
+#include "cuda/common/sm90_available.hpp"
 #include "cuda/forward/hopper_wgmma.cuh"
 #include "cuda/forward/sm90_pipeline.cuh"
 #include "cuda/forward/tensor_map.hpp"
@@ -272,23 +272,10 @@ __global__ void __launch_bounds__(128 * TP + 32, 1)
 // driver encodes tensor maps (checked once per process, on the first call's device).
 template <class T, int D>
 bool gate_sm90_available_impl() {
-  static std::atomic<int> cached{-1};
-  if (cached.load() < 0) {
-    int dev = 0, major = 0, minor = 0;
-    bool ok = cudaGetDevice(&dev) == cudaSuccess &&
-              cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess &&
-              cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) == cudaSuccess &&
-              major == 9 && minor == 0;
-    if (ok) {  // the kernel is an empty stub unless this build has sm_90a code for it
-      cudaFuncAttributes fa{};
-      ok = cudaFuncGetAttributes(&fa, gate_topk_sm90_kernel<T, D, kRegGateMaxK, kSm90GateTiles>) ==
-               cudaSuccess &&
-           fa.binaryVersion == 90;
-    }
-    (void)cudaGetLastError();
-    cached.store(ok && tensor_maps_available() ? 1 : 0);
-  }
-  return cached.load() == 1;
+  static const bool ok =
+      ::moba::cuda::sm90a_kernel_runs(gate_topk_sm90_kernel<T, D, kRegGateMaxK, kSm90GateTiles>) &&
+      tensor_maps_available();
+  return ok;
 }
 
 // TP plan tiles per CTA. The means [blocks, hkv, D] are described to the TMA as a [tokens,
