@@ -147,6 +147,39 @@ __device__ __forceinline__ void sm90_dv_dk_step(float (&s)[32], float (&g)[32], 
   hw::reg_fence_u<16>(&pa[0][0]);
   hw::reg_fence_u<16>(&da[0][0]);
 }
+
+// The end of a sm_90a key pass: this thread's dK (scaled) and dV accumulator elements (wgmma
+// m64nD layout, keys key_row0 and key_row0 + 8) to the outputs, or to the item's fp32 partial
+// slot when the item is one split of a popular key tile (summed later in a fixed order, as
+// key_pass.cuh). Shared by the lock-step and the warp-specialised passes.
+template <class T, int D>
+__device__ __forceinline__ void sm90_store_dk_dv(const KeyPassArgs& a, const KeyItem& it,
+                                                 const float* dk, const float* dv, int key_row0,
+                                                 int c4, int KT) {
+#pragma unroll
+  for (int n = 0; n < D / 8; ++n) {
+    const int d = n * 8 + c4 * 2;
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int key = key_row0 + h * 8;
+      const float k0 = dk[4 * n + 2 * h] * a.scale, k1 = dk[4 * n + 2 * h + 1] * a.scale;
+      const float v0 = dv[4 * n + 2 * h], v1 = dv[4 * n + 2 * h + 1];
+      if (it.partial < 0) {
+        if (key < it.key_len) {
+          const std::int64_t tok = it.key_start + key;
+          *reinterpret_cast<std::uint32_t*>(static_cast<T*>(a.op.dk) + tok * a.op.dk_ts + it.g * a.op.dk_hs + d) =
+              cuda::Dt<T>::pack(k0, k1);
+          *reinterpret_cast<std::uint32_t*>(static_cast<T*>(a.op.dv) + tok * a.op.dv_ts + it.g * a.op.dv_hs + d) =
+              cuda::Dt<T>::pack(v0, v1);
+        }
+      } else {
+        float* pk = a.partial + (std::int64_t(it.partial) * 2 * KT + key) * D + d;
+        *reinterpret_cast<float2*>(pk) = make_float2(k0, k1);
+        *reinterpret_cast<float2*>(pk + KT * D) = make_float2(v0, v1);
+      }
+    }
+  }
+}
 #endif
 
 template <class T, int D, int kVis>
@@ -373,30 +406,8 @@ __global__ void __launch_bounds__(256, 1) sm90_key_pass_kernel(const KeyPassArgs
   }
   if (a.dq_bulk && tid < 64) cuda::sm90::bulk_wait_all();
 
-  // dK (scaled), dV: to the outputs, or to this item's fp32 partial slot (as key_pass.cuh).
-#pragma unroll
-  for (int n = 0; n < D / 8; ++n) {
-    const int d = n * 8 + c4 * 2;
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const int key = key_row0 + h * 8;
-      const float k0 = dk[4 * n + 2 * h] * a.scale, k1 = dk[4 * n + 2 * h + 1] * a.scale;
-      const float v0 = dv[4 * n + 2 * h], v1 = dv[4 * n + 2 * h + 1];
-      if (it.partial < 0) {
-        if (key < it.key_len) {
-          const std::int64_t tok = it.key_start + key;
-          *reinterpret_cast<std::uint32_t*>(static_cast<T*>(a.op.dk) + tok * a.op.dk_ts + it.g * a.op.dk_hs + d) =
-              cuda::Dt<T>::pack(k0, k1);
-          *reinterpret_cast<std::uint32_t*>(static_cast<T*>(a.op.dv) + tok * a.op.dv_ts + it.g * a.op.dv_hs + d) =
-              cuda::Dt<T>::pack(v0, v1);
-        }
-      } else {
-        float* pk = a.partial + (std::int64_t(it.partial) * 2 * KT + key) * D + d;
-        *reinterpret_cast<float2*>(pk) = make_float2(k0, k1);
-        *reinterpret_cast<float2*>(pk + KT * D) = make_float2(v0, v1);
-      }
-    }
-  }
+  // dK (scaled), dV: to the outputs, or to this item's fp32 partial slot.
+  sm90_store_dk_dv<T, D>(a, it, dk, dv, key_row0, c4, KT);
 #else
   (void)a;
 #endif

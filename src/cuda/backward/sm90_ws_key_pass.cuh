@@ -349,29 +349,7 @@ __global__ void __launch_bounds__(384, 1)
   if (a.dq_bulk && ctid < 64) pl::bulk_wait_all();
 
   // dK (scaled), dV: to the outputs, or to this item's fp32 partial slot.
-#pragma unroll
-  for (int n = 0; n < D / 8; ++n) {
-    const int d = n * 8 + c4 * 2;
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const int key = key_row0 + h * 8;
-      const float k0 = dk[4 * n + 2 * h] * a.scale, k1 = dk[4 * n + 2 * h + 1] * a.scale;
-      const float v0 = dv[4 * n + 2 * h], v1 = dv[4 * n + 2 * h + 1];
-      if (it.partial < 0) {
-        if (key < it.key_len) {
-          const std::int64_t tok = it.key_start + key;
-          *reinterpret_cast<std::uint32_t*>(static_cast<T*>(a.op.dk) + tok * a.op.dk_ts + it.g * a.op.dk_hs + d) =
-              cuda::Dt<T>::pack(k0, k1);
-          *reinterpret_cast<std::uint32_t*>(static_cast<T*>(a.op.dv) + tok * a.op.dv_ts + it.g * a.op.dv_hs + d) =
-              cuda::Dt<T>::pack(v0, v1);
-        }
-      } else {
-        float* pk = a.partial + (std::int64_t(it.partial) * 2 * KT + key) * D + d;
-        *reinterpret_cast<float2*>(pk) = make_float2(k0, k1);
-        *reinterpret_cast<float2*>(pk + KT * D) = make_float2(v0, v1);
-      }
-    }
-  }
+  sm90_store_dk_dv<T, D>(a, it, dk, dv, key_row0, c4, KT);
 #else
   (void)a;
   (void)maps;
