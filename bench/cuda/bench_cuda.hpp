@@ -1,12 +1,14 @@
 // What the CUDA benchmarks share: CK(call) stops the benchmark with the failing call, its error
-// and where it is; fill_normal (CUDA sources only) draws standard normal inputs on the GPU from
+// and where it is; median_event_ms times a call; fill_normal (CUDA sources only) draws standard normal inputs on the GPU from
 // a counter-based hash, so every run and every benchmark sees the same values for a seed.
 #pragma once
 
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
+#include <vector>
 
 #define CK(x)                                                                                  \
   do {                                                                                         \
@@ -17,6 +19,26 @@
       std::exit(1);                                                                            \
     }                                                                                          \
   } while (0)
+
+// The median of `reps` calls of f, each timed by CUDA events on the default stream, after one
+// untimed warm-up call; in ms.
+template <class F>
+double median_event_ms(F&& f, int reps, cudaEvent_t e0, cudaEvent_t e1) {
+  f();
+  CK(cudaDeviceSynchronize());
+  std::vector<float> ts;
+  for (int i = 0; i < reps; ++i) {
+    CK(cudaEventRecord(e0));
+    f();
+    CK(cudaEventRecord(e1));
+    CK(cudaEventSynchronize(e1));
+    float ms;
+    CK(cudaEventElapsedTime(&ms, e0, e1));
+    ts.push_back(ms);
+  }
+  std::sort(ts.begin(), ts.end());
+  return ts[ts.size() / 2];
+}
 
 #if defined(__CUDACC__)
 template <class T>

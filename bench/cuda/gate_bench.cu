@@ -37,24 +37,6 @@ struct Setting {
   int block_size(long long n) const { return bf16 ? int(n / 64) : 128; }
 };
 
-template <class F>
-double time_ms(F&& f, cudaEvent_t e0, cudaEvent_t e1) {
-  f();
-  CK(cudaDeviceSynchronize());
-  std::vector<float> ts;
-  for (int i = 0; i < 7; ++i) {
-    CK(cudaEventRecord(e0));
-    f();
-    CK(cudaEventRecord(e1));
-    CK(cudaEventSynchronize(e1));
-    float ms;
-    CK(cudaEventElapsedTime(&ms, e0, e1));
-    ts.push_back(ms);
-  }
-  std::sort(ts.begin(), ts.end());
-  return ts[ts.size() / 2];
-}
-
 template <int KR, class T>
 void run(const Setting& st, long long n, cudaEvent_t e0, cudaEvent_t e1) {
   constexpr int D = 128;
@@ -100,14 +82,14 @@ void run(const Setting& st, long long n, cudaEvent_t e0, cudaEvent_t e1) {
   p.list_k = K;
   const cudaStream_t s0 = nullptr;
 
-  const double t_means = time_ms([&] { moba::cuda::launch_block_means<T, D>(p, sums, s0); }, e0, e1);
+  const double t_means = median_event_ms([&] { moba::cuda::launch_block_means<T, D>(p, sums, s0); }, 7, e0, e1);
   GateParams ps = p, p2 = p, p9 = p;
   ps.sel = sel[0], p2.sel = sel[1], p9.sel = sel[2];
   const bool sm90 = moba::cuda::gate_sm90_available<T, D>();
-  const double t_smem = time_ms([&] { moba::cuda::launch_topk_smem<T, D>(ps, s0); }, e0, e1);
-  const double t_regs = time_ms([&] { moba::cuda::launch_topk_regs<T, D, KR, 2>(p2, s0); }, e0, e1);
+  const double t_smem = median_event_ms([&] { moba::cuda::launch_topk_smem<T, D>(ps, s0); }, 7, e0, e1);
+  const double t_regs = median_event_ms([&] { moba::cuda::launch_topk_regs<T, D, KR, 2>(p2, s0); }, 7, e0, e1);
   const double t_sm90 =
-      sm90 ? time_ms([&] { moba::cuda::launch_topk_sm90<T, D, KR, moba::cuda::kSm90GateTiles>(p9, s0); }, e0, e1)
+      sm90 ? median_event_ms([&] { moba::cuda::launch_topk_sm90<T, D, KR, moba::cuda::kSm90GateTiles>(p9, s0); }, 7, e0, e1)
            : 0.0;
   CK(cudaDeviceSynchronize());
 

@@ -98,21 +98,7 @@ void run_flashmoba(const moba::RunOptions& run, cudaEvent_t e0, cudaEvent_t e1) 
     const moba::TensorView sv = moba::TensorView::contiguous(sel, moba::DType::i32, moba::Device::cuda(0), {T, H, 7});
     auto fwd = [&]() { moba::attention_forward(view(q), view(k), view(v), cuv, params, view(out), lv, sv, run); };
     auto gate = [&]() { moba::moba_gate(view(q), view(k), cuv, params, sv, run); };
-    auto time = [&](auto&& f) {
-      f();
-      CK(cudaDeviceSynchronize());
-      std::vector<float> ts;
-      for (int i = 0; i < 5; ++i) {
-        CK(cudaEventRecord(e0));
-        f();
-        CK(cudaEventRecord(e1));
-        CK(cudaEventSynchronize(e1));
-        float ms;
-        CK(cudaEventElapsedTime(&ms, e0, e1));
-        ts.push_back(ms);
-      }
-      return median(ts);
-    };
+    auto time = [&](auto&& f) { return median_event_ms(f, 5, e0, e1); };
     const double ms = time(fwd), gms = time(gate);
     const double flops = B * pairs(params, N) * 4.0 * D * H;
     std::printf("| %lldK | %d | moba B=128 top8 fp16 batch 2 | %.3f | %.3f | %.0f%% | %.0f |\n", N / 1024,
@@ -194,23 +180,12 @@ void run_coherent(moba::RunOptions run, cudaEvent_t e0, cudaEvent_t e1) {
         moba::RunOptions r = run;
         r.cuda.moba_one_pass = one_pass;
         auto fwd = [&]() { moba::attention_forward(view(q), view(k), view(v), cuv, params, view(out), lv, sv, r); };
-        fwd();
-        CK(cudaDeviceSynchronize());
-        std::vector<float> ts;
-        for (int i = 0; i < 7; ++i) {
-          CK(cudaEventRecord(e0));
-          fwd();
-          CK(cudaEventRecord(e1));
-          CK(cudaEventSynchronize(e1));
-          float ms;
-          CK(cudaEventElapsedTime(&ms, e0, e1));
-          ts.push_back(ms);
-        }
+        const double ms = median_event_ms(fwd, 7, e0, e1);
         if (stats) {  // one more call that reports the plan (it synchronises: untimed)
           r.cuda.forward_stats = stats;
           moba::attention_forward(view(q), view(k), view(v), cuv, params, view(out), lv, sv, r);
         }
-        return median(ts);
+        return ms;
       };
       moba::CudaForwardStats stats;
       const double on = timed(true, &stats), off = timed(false, nullptr);
