@@ -400,7 +400,8 @@ void run_attention(const Problem& p, const Forward& f, const RunOptions& o, cons
   OnePassPlan op;
   if (one_pass) {
     op = plan_one_pass(a, f.selection, (long long)dense_tiles * p.hq,
-                       factor > 0.f ? factor : onepass_default_factor(p.block_size), ws);
+                       factor > 0.f ? factor : onepass_default_factor(p.block_size),
+                       o.cuda.forward_stats != nullptr, ws);
     use_one_pass(a, op);
   }
   a.kind = kDenseMobaOwn;

@@ -74,8 +74,10 @@ __global__ void __launch_bounds__(kPlanWarps * 32)
     }
     const bool one = onepass_accept(union_size, n, factor);
     if (lane == 0) {
-      atomicAdd(op.counts.dev + 2, 1);
-      if (one) atomicAdd(op.counts.dev + 3, union_size);
+      if (op.counts.statistics) {
+        atomicAdd(op.counts.dev + 2, 1);
+        if (one) atomicAdd(op.counts.dev + 3, union_size);
+      }
       op.flags[d] = one ? 1 : 0;
     }
     if (!one) continue;
@@ -120,8 +122,9 @@ int grid_for(long long n, int per_cta) {
 }  // namespace
 
 OnePassPlan plan_one_pass(const AttnParams& a, const std::int32_t* sel, long long dense_bound,
-                          float factor, Workspace& ws) {
+                          float factor, bool statistics, Workspace& ws) {
   OnePassPlan op;
+  op.counts.statistics = statistics;
   const long long nb = dense_bound > 0 ? dense_bound : 1;
   op.counts.dev = ws.alloc<int>(4, "MoBA one-pass counts");
   op.flags = ws.alloc<int>(nb, "MoBA one-pass flags");

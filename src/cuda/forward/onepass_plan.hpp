@@ -42,11 +42,13 @@ MOBA_HD bool onepass_row(const int* op_flag, const int* t128, int batch, int hq,
   return op_flag[(std::int64_t(t128[batch]) - 1 - tile) * hq + h] != 0;
 }
 
-// The device counters of a plan (kept for CudaForwardStats).
+// The device counters of a plan. [0] one-pass items, [1] own-pass items (both read by the
+// kernels); [2] candidate items (with past blocks), [3] sum of the one-pass items' union sizes:
+// CudaForwardStats only, counted when `statistics` (two same-address atomics per item otherwise
+// spent on every call).
 struct OnePassCounts {
-  // [0] one-pass items, [1] own-pass items, [2] candidate items (with past blocks),
-  // [3] sum of the one-pass items' union sizes
   int* dev = nullptr;
+  bool statistics = false;
 };
 
 struct OnePassPlan {
@@ -62,7 +64,7 @@ struct OnePassPlan {
 // (tile_off = 128-row tile offsets), cu, hq, batch, block_size (a multiple of 128) and past_k;
 // sel is the gate's selection [total, hq, past_k]; dense_bound bounds tile_off[batch] * hq.
 OnePassPlan plan_one_pass(const AttnParams& a, const std::int32_t* sel, long long dense_bound,
-                          float factor, Workspace& ws);
+                          float factor, bool statistics, Workspace& ws);
 
 // Points the attention parameters at a plan.
 inline void use_one_pass(AttnParams& a, const OnePassPlan& op) {
